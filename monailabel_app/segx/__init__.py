@@ -1,0 +1,38 @@
+"""SegX core: explanations of a classifier aligned with the clinical region found by a
+segmentation model (SegX), and a certainty score from how far the unrefined explanation
+strays from that region (SegU). Imports neither monailabel nor slicer.
+
+    from segx import ModelPair, Preprocessing, explain
+    result = explain(pair, "image.nii.gz")
+"""
+
+from .certainty import VARIANTS, Certainty, LevelThresholds, calibrate_levels, save_levels, segu
+from .engine import SegXResult, explain
+from .explainers import METHODS, explain_classes, find_target_layer
+from .imageio import Image, as_image, read_image
+from .pair import ModelPair, Preprocessing
+from .refine import expand_region, segx_map, top_k_mask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "VARIANTS",
+    "Certainty",
+    "Image",
+    "LevelThresholds",
+    "ModelPair",
+    "Preprocessing",
+    "SegXResult",
+    "as_image",
+    "calibrate_levels",
+    "expand_region",
+    "explain",
+    "explain_classes",
+    "find_target_layer",
+    "read_image",
+    "save_levels",
+    "segu",
+    "segx_map",
+    "top_k_mask",
+]

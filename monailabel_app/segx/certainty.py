@@ -1,0 +1,212 @@
+"""SegU: how much to trust a prediction, from how far its *unrefined* explanation strays
+from the clinically relevant region.
+
+All variants take the raw explanation ``E`` of the predicted class and the binary clinical
+region ``M`` on the image grid, shapes ``(H, W)`` or ``(D, H, W)``, and return a
+:class:`Certainty` in [0, 1]. ``E+ = max(E, 0)``. Degenerate inputs (empty region, all-zero
+map) give a defined value with a reason, never NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .refine import distance_to_region_mm, top_k_mask
+
+#: Certainty given when the explanation or the region is empty: nothing supports the
+#: prediction, so it is flagged for review.
+DEGENERATE_CERTAINTY = 0.0
+
+
+@dataclass
+class Certainty:
+    """A SegU score: ``value`` in [0, 1], the ``variant`` that produced it, and a one-line
+    human ``reason``."""
+
+    value: float
+    variant: str
+    reason: str
+
+
+def _degenerate(explanation: torch.Tensor, region: torch.Tensor, variant: str) -> Certainty | None:
+    if explanation.shape != region.shape:
+        raise ValueError(
+            f"clinical mask shape {tuple(region.shape)} does not match explanation shape {tuple(explanation.shape)}"
+        )
+    if not bool(torch.isfinite(explanation).all()):
+        raise ValueError("explanation contains NaN or Inf")
+    if not bool(region.any()):
+        return Certainty(DEGENERATE_CERTAINTY, variant, "no clinical region was found, so the explanation cannot be checked")
+    if not bool((explanation > 0).any()):
+        return Certainty(DEGENERATE_CERTAINTY, variant, "the explanation is empty: the classifier showed no evidence")
+    return None
+
+
+def _describe(value: float, what: str) -> str:
+    return f"{100 * value:.0f}% of {what} lies in the clinical region"
+
+
+def mass_inside(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certainty:
+    """Share of positive attribution mass inside the region:
+    ``sum_{x in M} E+(x) / sum_x E+(x)``."""
+    bad = _degenerate(explanation, region, "mass_inside")
+    if bad:
+        return bad
+    positive = explanation.clamp_min(0).double()
+    value = float(positive[region].sum() / positive.sum())
+    return Certainty(value, "mass_inside", _describe(value, "the explanation's mass"))
+
+
+def mass_enrichment(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certainty:
+    """Attribution mass inside the region beyond what its size explains:
+    ``clip((m - a) / (1 - a), 0, 1)`` with ``m`` = :func:`mass_inside` and ``a = |M| / N``
+    the region's share of the image (a map spread uniformly scores 0; all mass in ``M``
+    scores 1). A region covering the whole image gives ``m``."""
+    bad = _degenerate(explanation, region, "mass_enrichment")
+    if bad:
+        return bad
+    mass = mass_inside(explanation, region).value
+    area = float(region.double().mean())
+    value = mass if area >= 1.0 else float(np.clip((mass - area) / (1.0 - area), 0.0, 1.0))
+    return Certainty(value, "mass_enrichment", f"explanation mass {100 * mass:.0f}% inside a region of {100 * area:.0f}% of the image")
+
+
+def topk_inside(explanation: torch.Tensor, region: torch.Tensor, percent: float = 5.0, **_) -> Certainty:
+    """Share of the top-``percent`` % pixels (rank rule of :func:`segx.refine.top_k_mask`)
+    inside the region: ``|T_k intersect M| / |T_k|``."""
+    bad = _degenerate(explanation, region, "topk_inside")
+    if bad:
+        return bad
+    top = top_k_mask(explanation, percent)
+    value = float((top & region).sum() / top.sum())
+    return Certainty(value, "topk_inside", _describe(value, f"the top {percent:g}% of the explanation"))
+
+
+def distance_decay(
+    explanation: torch.Tensor,
+    region: torch.Tensor,
+    spacing: Sequence[float] | None = None,
+    scale_mm: float = 10.0,
+    **_,
+) -> Certainty:
+    """Mass-weighted closeness to the region in millimetres:
+    ``sum_x E+(x) exp(-d(x) / tau) / sum_x E+(x)``, with ``d(x)`` the Euclidean distance
+    in mm from ``x`` to the region (0 inside; voxel spacing respected) and
+    ``tau = scale_mm``. Evidence just outside the region costs little, evidence far away
+    costs much."""
+    bad = _degenerate(explanation, region, "distance_decay")
+    if bad:
+        return bad
+    spacing = spacing or [1.0] * region.dim()
+    distance = distance_to_region_mm(region, spacing).double()
+    positive = explanation.clamp_min(0).double()
+    value = float((positive * torch.exp(-distance / scale_mm)).sum() / positive.sum())
+    mean_mm = float((positive * distance).sum() / positive.sum())
+    return Certainty(value, "distance_decay", f"the explanation lies on average {mean_mm:.1f} mm from the clinical region")
+
+
+VARIANTS: dict[str, Callable[..., Certainty]] = {
+    "mass_inside": mass_inside,
+    "mass_enrichment": mass_enrichment,
+    "topk_inside": topk_inside,
+    "distance_decay": distance_decay,
+}
+DEFAULT_VARIANT = "mass_inside"
+
+
+def segu(explanation: torch.Tensor, region: torch.Tensor, variant: str = DEFAULT_VARIANT, **options) -> Certainty:
+    """Compute the SegU certainty ``variant`` (one of :data:`VARIANTS`) of a raw
+    explanation ``(H, W)``/``(D, H, W)`` against a binary region of the same shape.
+    ``options`` (``percent``, ``spacing``, ``scale_mm``) go to the variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[variant](explanation, region.bool(), **options)
+
+
+@dataclass
+class LevelThresholds:
+    """Certainty levels: ``high`` if value >= ``high``, ``medium`` if >= ``low``, else
+    ``low``. Calibrated on validation data by :func:`calibrate_levels`."""
+
+    variant: str
+    low: float
+    high: float
+    high_accuracy: float
+    low_accuracy: float
+    n_validation: int
+
+    def level(self, value: float) -> str:
+        if value >= self.high:
+            return "high"
+        return "medium" if value >= self.low else "low"
+
+
+def calibrate_levels(
+    certainty: Sequence[float],
+    correct: Sequence[bool],
+    variant: str,
+    high_accuracy: float = 0.9,
+    low_accuracy: float = 0.5,
+) -> LevelThresholds:
+    """Choose level thresholds on a labelled validation set.
+
+    ``high`` is the smallest certainty ``t`` such that predictions with certainty >= ``t``
+    are correct at a rate >= ``high_accuracy``; ``low`` is the largest ``t <= high`` such
+    that predictions with certainty < ``t`` are correct at a rate <= ``low_accuracy``.
+    When no threshold reaches a target, that level is empty (``high`` = 1 + eps is
+    replaced by the maximum certainty + 1e-9; ``low`` = 0).
+    """
+    values = np.asarray(certainty, dtype=float)
+    hits = np.asarray(correct, dtype=bool)
+    if values.ndim != 1 or values.shape != hits.shape or values.size == 0:
+        raise ValueError("certainty and correct must be non-empty 1-D sequences of equal length")
+    if not np.isfinite(values).all():
+        raise ValueError("certainty contains NaN or Inf")
+    candidates = np.unique(values)
+    high = float(values.max() + 1e-9)
+    for t in candidates:
+        if hits[values >= t].mean() >= high_accuracy:
+            high = float(t)
+            break
+    low = 0.0
+    for t in candidates[candidates <= high][::-1]:
+        below = hits[values < t]
+        if below.size and below.mean() <= low_accuracy:
+            low = float(t)
+            break
+    return LevelThresholds(variant, low, high, high_accuracy, low_accuracy, int(values.size))
+
+
+def save_levels(config_path: str | Path, thresholds: LevelThresholds) -> None:
+    """Store thresholds under the ``certainty`` key of a model configuration file
+    (``.json``, ``.yaml`` or ``.yml``), keeping every other key."""
+    path = Path(config_path)
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    config: dict = {}
+    if path.exists():
+        text = path.read_text()
+        if yaml_file:
+            import yaml
+
+            config = yaml.safe_load(text) or {}
+        else:
+            config = json.loads(text or "{}")
+    config["certainty"] = asdict(thresholds)
+    if yaml_file:
+        import yaml
+
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    else:
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_levels(config: dict) -> LevelThresholds | None:
+    """Thresholds from a model configuration's ``certainty`` section, or None."""
+    section = config.get("certainty")
+    return LevelThresholds(**section) if section else None

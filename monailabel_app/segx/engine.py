@@ -1,0 +1,248 @@
+"""The one-call API: classifier + segmenter + image -> probabilities, explanations, SegX
+maps, clinical region and SegU certainty."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .certainty import VARIANTS, Certainty, segu
+from .explainers import explain_classes, normalise, resample
+from .imageio import Image, as_image
+from .pair import ModelPair
+from .refine import expand_region, segx_map
+
+#: Largest image accepted by default (voxels per channel): 512 x 512 x 512.
+MAX_VOXELS = 512**3
+
+
+@dataclass
+class SegXResult:
+    """Everything one :func:`explain` call computes, on the input image's grid ``S``.
+
+    Attributes:
+        class_names: all ``C`` class labels.
+        probabilities: ``(C,)`` softmax (or sigmoid for multi-label) probabilities.
+        predicted: index of the most probable class.
+        classes: the ``K`` explained class indices (order of the map tensors).
+        method: explanation method actually used (``cam`` is exact Grad-CAM).
+        explanation: raw, unnormalised maps ``(K, *S)`` (>= 0).
+        explanation_normalised: ``explanation`` min-max scaled to [0, 1], ``(K, *S)``.
+        segx: ``explanation_normalised * clinical_mask``, ``(K, *S)`` in [0, 1].
+        clinical_mask: region per explained class ``(K, *S)``, float (binary 0/1 or soft).
+        segmentation: segmenter label map ``(*S)`` int64.
+        segment_names: label value -> name.
+        certainty: per explained class index, per SegU variant, a :class:`Certainty`.
+        segu: certainty of the predicted class with the pair's default variant.
+        level: ``high``/``medium``/``low`` from the pair's calibrated thresholds, or None.
+        spacing, affine: geometry of ``S``.
+        timings: seconds per stage.
+    """
+
+    class_names: list[str]
+    probabilities: np.ndarray
+    predicted: int
+    classes: list[int]
+    method: str
+    explanation: torch.Tensor
+    explanation_normalised: torch.Tensor
+    segx: torch.Tensor
+    clinical_mask: torch.Tensor
+    segmentation: torch.Tensor
+    segment_names: dict[int, str]
+    certainty: dict[int, dict[str, Certainty]]
+    segu: Certainty
+    level: str | None
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def predicted_label(self) -> str:
+        return self.class_names[self.predicted]
+
+    def map_of(self, layer: str, class_index: int) -> torch.Tensor:
+        """One layer (``segx``, ``explanation``, ``explanation_normalised``, ``mask``) for a class,
+        shape ``S``."""
+        if class_index not in self.classes:
+            raise ValueError(f"class {class_index} was not explained; explained: {self.classes}")
+        layers = {
+            "segx": self.segx,
+            "explanation": self.explanation,
+            "explanation_normalised": self.explanation_normalised,
+            "mask": self.clinical_mask,
+        }
+        if layer not in layers:
+            raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(layers)}")
+        return layers[layer][self.classes.index(class_index)]
+
+
+def _segment(pair: ModelPair, image: Image, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segmenter on the image -> ``(probabilities (L, *S), labels (*S))`` on the image grid.
+    For a label-map segmenter ``probabilities`` is the one-hot map."""
+    x = pair.segmenter_input(image.array).to(device)
+    output = pair.segmenter(x)[0].float()
+    size = image.spatial_shape
+    if pair.segmenter_output == "label":
+        labels = resample_labels(output[0], size)
+        n_labels = max(int(labels.max()) + 1, max(pair.segment_names, default=0) + 1)
+        probabilities = torch.nn.functional.one_hot(labels, n_labels).movedim(-1, 0).float()
+        return probabilities, labels
+    if output.shape[0] == 1:
+        foreground = output[0] if pair.segmenter_output == "probabilities" else output[0].sigmoid()
+        probabilities = torch.stack([1 - foreground, foreground])
+    else:
+        probabilities = output if pair.segmenter_output == "probabilities" else output.softmax(0)
+    probabilities = resample(probabilities, size)
+    return probabilities, probabilities.argmax(0)
+
+
+def resample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a label map ``(*s)`` to ``(*size)``, int64."""
+    if tuple(labels.shape) == tuple(size):
+        return labels.round().long()
+    resized = torch.nn.functional.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest-exact")
+    return resized[0, 0].round().long()
+
+
+def explain(
+    pair: ModelPair,
+    image: "str | Path | np.ndarray | torch.Tensor | Image",
+    classes: Sequence[int | str] | None = None,
+    method: str = "gradcam",
+    spacing: Sequence[float] | None = None,
+    margin_mm: float = 0.0,
+    soft_mask: bool = False,
+    variants: Sequence[str] | None = None,
+    top_percent: float = 5.0,
+    device: str | torch.device = "cpu",
+    autocast: bool = False,
+    max_voxels: int = MAX_VOXELS,
+) -> SegXResult:
+    """Explain a classifier's decision on one image and align it with the clinical region.
+
+    Args:
+        pair: the classifier + segmenter description.
+        image: file path (NIfTI, NRRD, MHA, PNG, JPEG, DICOM), or array/tensor ``(C, *S)``
+            or ``S`` (one channel), ``S`` = ``(H, W)`` or ``(D, H, W)``.
+        classes: classes to explain (names or indices); default all classes.
+        method: an explanation method of :data:`segx.explainers.METHODS`.
+        spacing: voxel size in mm for array input (files carry their own).
+        margin_mm: grow each clinical region by this many mm before refining.
+        soft_mask: multiply by the region's probability instead of the binary region.
+        variants: SegU variants to compute (default all of :data:`segx.certainty.VARIANTS`).
+        top_percent: k of the top-k % rule used by the ``topk_inside`` variant.
+        device: ``cpu``, ``cuda`` or a torch device; the pair is moved there.
+        autocast: run the networks under float16 autocast (CUDA only).
+        max_voxels: refuse larger images (per channel).
+
+    Returns:
+        a :class:`SegXResult` on the image's grid.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    device = torch.device(device)
+    if autocast and device.type != "cuda":
+        raise ValueError("autocast is supported on CUDA devices only")
+    image = as_image(image, pair.spatial_dims, tuple(spacing) if spacing else None)
+    if int(np.prod(image.spatial_shape)) > max_voxels:
+        raise ValueError(f"image of {image.spatial_shape} voxels exceeds the limit of {max_voxels} voxels")
+    indices = [pair.class_index(c) for c in classes] if classes is not None else list(range(len(pair.class_names)))
+    if not indices:
+        raise ValueError("no class to explain")
+    variants = list(variants or VARIANTS)
+    pair.to(device)
+    amp = torch.autocast("cuda", dtype=torch.float16) if autocast else contextlib.nullcontext()
+    timings["load"] = time.perf_counter() - start
+
+    tick = time.perf_counter()
+    with amp:
+        x = pair.classifier_input(image.array).to(device)
+        explained = explain_classes(pair.classifier, x, indices, method, pair.target_layer)
+    logits = explained.logits.float()
+    probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(0)
+    raw = resample(explained.maps.float(), image.spatial_shape)
+    timings["classify_explain"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    with torch.no_grad(), amp:
+        region_probabilities, segmentation = _segment(pair, image, device)
+    timings["segment"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    masks = [_clinical_region(pair, c, segmentation, region_probabilities, margin_mm, image.spacing, soft_mask) for c in indices]
+    clinical_mask = torch.stack(masks)
+    normalised = normalise(raw)
+    segx = segx_map(normalised, clinical_mask)
+    timings["refine"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    certainty = {
+        c: {
+            v: segu(raw[k], clinical_mask[k] >= 0.5, v, spacing=image.spacing, percent=top_percent)
+            for v in variants
+        }
+        for k, c in enumerate(indices)
+    }
+    predicted = int(probabilities.argmax())
+    default_variant = pair.certainty_variant
+    if predicted in certainty and default_variant in certainty[predicted]:
+        headline = certainty[predicted][default_variant]
+    else:
+        maps = explain_classes(pair.classifier, x, [predicted], method, pair.target_layer).maps.float()
+        region = _clinical_region(pair, predicted, segmentation, region_probabilities, margin_mm, image.spacing, False)
+        headline = segu(resample(maps, image.spatial_shape)[0], region > 0, default_variant, spacing=image.spacing, percent=top_percent)
+    level = pair.levels.level(headline.value) if pair.levels and pair.levels.variant == headline.variant else None
+    timings["certainty"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+
+    return SegXResult(
+        class_names=list(pair.class_names),
+        probabilities=probabilities.detach().cpu().numpy(),
+        predicted=predicted,
+        classes=indices,
+        method=explained.method,
+        explanation=raw,
+        explanation_normalised=normalised,
+        segx=segx,
+        clinical_mask=clinical_mask,
+        segmentation=segmentation,
+        segment_names=dict(pair.segment_names),
+        certainty=certainty,
+        segu=headline,
+        level=level,
+        spacing=image.spacing,
+        affine=image.affine,
+        timings=timings,
+    )
+
+
+def _clinical_region(
+    pair: ModelPair,
+    class_index: int,
+    segmentation: torch.Tensor,
+    probabilities: torch.Tensor,
+    margin_mm: float,
+    spacing: Sequence[float],
+    soft: bool,
+) -> torch.Tensor:
+    """Clinical region of a class on the image grid, float ``(*S)``.
+
+    Binary: the class's segmenter labels, grown by ``margin_mm``. Soft: the summed
+    probability of those labels ``(L, *S) -> (*S)``, raised to 1 inside the grown region
+    when a margin is set.
+    """
+    labels = pair.region_of(class_index)
+    region = torch.isin(segmentation, torch.as_tensor(labels, device=segmentation.device))
+    region = expand_region(region, margin_mm, spacing).float()
+    if not soft:
+        return region
+    present = [label for label in labels if label < probabilities.shape[0]]
+    soft_region = probabilities[present].sum(0).clamp(0, 1) if present else torch.zeros_like(region)
+    return torch.maximum(soft_region, region) if margin_mm > 0 else soft_region

@@ -1,0 +1,385 @@
+"""Explanation maps for a classifier: fast Grad-CAM / CAM, pytorch-grad-cam methods,
+occlusion and integrated gradients.
+
+Every explainer takes one preprocessed image ``x`` of shape ``(1, C_in, *S)`` with
+``S = (H, W)`` or ``(D, H, W)`` and a list of ``K`` class indices, and returns an
+:class:`ExplainerOutput` with the classifier logits ``(C,)`` and *raw* (unnormalised,
+non-negative) maps ``(K, *s)`` at the explainer's own resolution ``s`` (the target
+layer's grid for CAM methods, ``S`` for input attributions). Use :func:`resample` and
+:func:`normalise` to bring them to an image grid and to [0, 1].
+
+Thread safety: no hook outlives a call. The fast Grad-CAM hook acts only for the thread
+that registered it, so concurrent calls on one shared model do not mix state.
+pytorch-grad-cam keeps global hooks while it runs, so its calls are serialised per model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Target layers of the MONAI (and torchvision) classifiers, by class name.
+DEFAULT_TARGET_LAYERS = {
+    "DenseNet": "class_layers.relu",
+    "DenseNet121": "class_layers.relu",
+    "DenseNet169": "class_layers.relu",
+    "DenseNet201": "class_layers.relu",
+    "DenseNet264": "class_layers.relu",
+    "ResNet": "layer4",
+    "ResNetFeatures": "layer4",
+    "SENet": "layer4",
+    "SEResNet50": "layer4",
+    "SEResNet101": "layer4",
+    "SEResNet152": "layer4",
+    "SEResNext50": "layer4",
+    "SEResNext101": "layer4",
+    "EfficientNetBN": "_bn1",
+    "EfficientNet": "_bn1",
+}
+
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam", "scorecam")
+INPUT_METHODS = ("occlusion", "integrated_gradients")
+METHODS = CAM_METHODS + INPUT_METHODS
+
+
+@dataclass
+class ExplainerOutput:
+    """Result of one explainer call.
+
+    Attributes:
+        logits: classifier output for the image, shape ``(C,)``, detached.
+        maps: raw non-negative explanation maps, shape ``(K, *s)``, one per class.
+        classes: the ``K`` class indices, in the order of ``maps``.
+        method: the method that produced the maps (``"cam"`` when the exact CAM
+            shortcut replaced Grad-CAM).
+    """
+
+    logits: torch.Tensor
+    maps: torch.Tensor
+    classes: list[int]
+    method: str
+
+
+def is_scripted(model: nn.Module) -> bool:
+    """True for TorchScript modules, which accept no Python hooks."""
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def default_method(model: nn.Module) -> str:
+    """Grad-CAM where hooks work, integrated gradients for TorchScript models."""
+    return "integrated_gradients" if is_scripted(model) else "gradcam"
+
+
+def find_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """Resolve the CAM target layer: ``name`` if given, else the known layer for MONAI's
+    DenseNet / ResNet / SEResNet / EfficientNetBN, else the last Conv2d/Conv3d.
+
+    Returns:
+        ``(dotted_name, module)``.
+    """
+    if is_scripted(model):
+        raise ValueError(
+            "CAM methods need forward hooks, which TorchScript models do not support; "
+            f"use one of {INPUT_METHODS}"
+        )
+    modules = dict(model.named_modules())
+    name = name or DEFAULT_TARGET_LAYERS.get(type(model).__name__)
+    if name is None:
+        convs = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+        if not convs:
+            raise ValueError(f"no convolution found in {type(model).__name__}; set target_layer")
+        name = convs[-1]
+    if name not in modules:
+        raise ValueError(f"target layer {name!r} not found in {type(model).__name__}")
+    return name, modules[name]
+
+
+def resample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize maps ``(K, *s)`` to ``(K, *size)`` with torch (bi/trilinear, half-pixel
+    centres, the same convention as OpenCV's resize)."""
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(maps[:, None].float(), size=tuple(size), mode=mode, align_corners=False)[:, 0]
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map of ``(K, *s)`` to [0, 1] (``(m - min) / (max - min + 1e-7)``,
+    pytorch-grad-cam's convention; an all-constant map becomes all zeros)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    shifted = flat - flat.min(dim=1, keepdim=True).values
+    return (shifted / (shifted.max(dim=1, keepdim=True).values + 1e-7)).reshape(maps.shape)
+
+
+@contextlib.contextmanager
+def _capture_activation(layer: nn.Module, copies: int) -> Iterator[dict]:
+    """Capture ``layer``'s output during one forward of the calling thread.
+
+    With ``copies > 0`` the output is replaced by ``copies`` detached copies that require
+    grad, and grad mode is switched on from there: the rest of the forward builds a graph
+    from the activation only, never through the backbone. Yields a dict with
+    ``activation`` ``(1, Ch, *s)`` and ``leaf`` ``(copies, Ch, *s)``.
+    """
+    state: dict = {"activation": None, "leaf": None}
+    owner = threading.get_ident()
+
+    def hook(module, inputs, output):
+        if threading.get_ident() != owner:
+            return None
+        if state["activation"] is not None:
+            raise ValueError("the target layer runs more than once per forward; choose another layer")
+        if not torch.is_tensor(output):
+            raise ValueError("the target layer must return a single tensor")
+        state["activation"] = output.detach()
+        if copies == 0:
+            return None
+        torch.set_grad_enabled(True)
+        state["leaf"] = output.detach().repeat(copies, *([1] * (output.dim() - 1))).requires_grad_(True)
+        return state["leaf"]
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
+_gap_linear_heads: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _gap_linear_head(model: nn.Module, layer_name: str, activation: torch.Tensor, logits: torch.Tensor):
+    """The ``nn.Linear`` head if ``logits == Linear(mean_spatial(activation))``, else None.
+
+    The check is numerical, so it holds for any architecture whose head after the target
+    layer is global average pooling + linear; the verdict is remembered per model/layer.
+    """
+    verdicts = _gap_linear_heads.setdefault(model, {})
+    if layer_name in verdicts:
+        return verdicts[layer_name]
+    channels = activation.shape[1]
+    candidates = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
+    head = None
+    if candidates:
+        pooled = activation.flatten(2).mean(-1)
+        with torch.no_grad():
+            predicted = candidates[-1](pooled.to(candidates[-1].weight.dtype))
+        if predicted.shape == logits.shape and torch.allclose(predicted, logits, rtol=1e-4, atol=1e-4):
+            head = candidates[-1]
+    verdicts[layer_name] = head
+    return head
+
+
+def _check_input(x: torch.Tensor, classes: Sequence[int]) -> None:
+    if x.dim() not in (4, 5) or x.shape[0] != 1:
+        raise ValueError(f"expected one image of shape (1, C, H, W) or (1, C, D, H, W), got {tuple(x.shape)}")
+    if not classes:
+        raise ValueError("no class to explain")
+
+
+def _check_classes(classes: Sequence[int], num_classes: int) -> None:
+    unknown = [c for c in classes if not 0 <= c < num_classes]
+    if unknown:
+        raise ValueError(f"unknown class index {unknown}: the classifier has {num_classes} classes")
+
+
+def fast_gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    target_layer: str | None = None,
+    allow_cam: bool = True,
+) -> ExplainerOutput:
+    """Grad-CAM of all ``classes`` from one forward pass.
+
+    ``map_c = ReLU(sum_k alpha_ck A_k)`` with ``alpha_ck = mean_x d logit_c / d A_k(x)`` and
+    ``A`` the target layer's activation ``(1, Ch, *s)``. The backbone runs once without
+    autograd; only the layers after the target run with autograd, on ``K`` copies of the
+    activation (one per class), and gradients are taken with respect to those copies only
+    (parameters get no gradient). When the head is global-average-pool + linear (checked
+    numerically) and ``allow_cam``, the exact CAM ``alpha_ck = W_ck / N`` is used and no
+    backward runs at all.
+
+    Args:
+        model: classifier in eval mode, returning logits ``(1, C)``.
+        x: image ``(1, C_in, *S)``.
+        classes: ``K`` class indices.
+        target_layer: dotted module name; auto-detected when None.
+        allow_cam: permit the exact CAM shortcut.
+    """
+    _check_input(x, classes)
+    layer_name, layer = find_target_layer(model, target_layer)
+    if allow_cam and _gap_linear_heads.get(model, {}).get(layer_name, True) is not None:
+        with torch.no_grad(), _capture_activation(layer, copies=0) as state:
+            logits = model(x)
+        _check_classes(classes, logits.shape[1])
+        head = _gap_linear_head(model, layer_name, state["activation"], logits)
+        if head is not None:
+            activation = state["activation"][0].float()
+            n_positions = activation[0].numel()
+            weights = head.weight[list(classes)].detach().float() / n_positions
+            maps = torch.einsum("kc,c...->k...", weights, activation).clamp_min(0)
+            return ExplainerOutput(logits[0].detach(), maps, list(classes), "cam")
+    with torch.no_grad(), _capture_activation(layer, copies=len(classes)) as state:
+        logits = model(x)
+    if state["leaf"] is None:
+        raise ValueError(f"target layer {layer_name!r} did not run during the forward pass")
+    _check_classes(classes, logits.shape[1])
+    index = torch.arange(len(classes), device=logits.device)
+    selected = logits[index, torch.as_tensor(list(classes), device=logits.device)].sum()
+    (gradients,) = torch.autograd.grad(selected, state["leaf"])
+    spatial = tuple(range(2, gradients.dim()))
+    weights = gradients.float().mean(dim=spatial)
+    maps = torch.einsum("kc,c...->k...", weights, state["activation"][0].float()).clamp_min(0)
+    return ExplainerOutput(logits[0].detach(), maps, list(classes), "gradcam")
+
+
+_model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.Lock:
+    with _model_locks_guard:
+        return _model_locks.setdefault(model, threading.Lock())
+
+
+def _pgc_class(method: str):
+    import pytorch_grad_cam as pgc
+
+    return {
+        "gradcam": pgc.GradCAM,
+        "gradcam++": pgc.GradCAMPlusPlus,
+        "hirescam": pgc.HiResCAM,
+        "layercam": pgc.LayerCAM,
+        "xgradcam": pgc.XGradCAM,
+        "eigencam": pgc.EigenCAM,
+        "scorecam": pgc.ScoreCAM,
+    }[method]
+
+
+def pytorch_grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    method: str,
+    target_layer: str | None = None,
+) -> ExplainerOutput:
+    """Raw maps of a pytorch-grad-cam method at the target layer's resolution.
+
+    Uses the library's own weighting (``get_cam_image``) and ReLU, but neither its
+    normalisation nor its resizing (scipy cubic zoom in 3D). Hooks live only inside this
+    call and calls on one model are serialised. Cost: one forward (+ one full backward for
+    gradient methods) per class.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    _check_input(x, classes)
+    if method == "scorecam" and x.dim() == 5:
+        raise ValueError("scorecam supports 2D images only")
+    _, layer = find_target_layer(model, target_layer)
+    cam_class = _pgc_class(method)
+    maps, logits = [], None
+    with _model_lock(model), torch.enable_grad(), cam_class(model=model, target_layers=[layer]) as cam:
+        for c in classes:
+            image = x.detach().clone().requires_grad_(True)
+            output = cam.activations_and_grads(image)
+            if logits is None:
+                logits = output[0].detach()
+                _check_classes(classes, logits.shape[0])
+            targets = [ClassifierOutputTarget(c)]
+            if cam.uses_gradients:
+                output[0, c].backward(inputs=[image])
+            activations = cam.activations_and_grads.activations[0].numpy()
+            gradients = cam.activations_and_grads.gradients[0].numpy() if cam.uses_gradients else None
+            raw = cam.get_cam_image(image, layer, targets, activations, gradients, False)
+            maps.append(torch.as_tensor(raw[0]).clamp_min(0))
+    return ExplainerOutput(logits, torch.stack(maps).to(x.device), list(classes), method)
+
+
+def occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    grid: int | None = None,
+    batch_size: int = 16,
+) -> ExplainerOutput:
+    """Occlusion sensitivity: ``map_c[p] = max(0, logit_c(x) - logit_c(x with patch p set to
+    the image mean))`` on a ``grid^d`` partition of the image (default 8 per axis in 2D,
+    4 in 3D). Needs only forward passes, so it works for any model, TorchScript included;
+    all classes come from the same ``grid^d`` forwards. Maps have shape ``(K, grid, ...)``.
+    """
+    _check_input(x, classes)
+    spatial = x.shape[2:]
+    grid = grid or (8 if len(spatial) == 2 else 4)
+    edges = [torch.linspace(0, n, grid + 1).round().long().tolist() for n in spatial]
+    cells = list(torch.cartesian_prod(*[torch.arange(grid)] * len(spatial)).reshape(-1, len(spatial)).tolist())
+    fill = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    drops = []
+    with torch.no_grad():
+        logits = model(x)[0]
+        _check_classes(classes, logits.shape[0])
+        for start in range(0, len(cells), batch_size):
+            chunk = cells[start : start + batch_size]
+            batch = x.repeat(len(chunk), *([1] * (x.dim() - 1)))
+            for i, cell in enumerate(chunk):
+                region = tuple(slice(edges[a][c], edges[a][c + 1]) for a, c in enumerate(cell))
+                batch[(i, slice(None)) + region] = fill[0].expand_as(batch[(i, slice(None)) + region])
+            drops.append(logits[None] - model(batch))
+    drop = torch.cat(drops)[:, list(classes)].clamp_min(0)
+    return ExplainerOutput(logits, drop.T.reshape(len(classes), *([grid] * len(spatial))), list(classes), "occlusion")
+
+
+def integrated_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    steps: int = 16,
+    batch_size: int = 8,
+) -> ExplainerOutput:
+    """Integrated gradients from a black baseline, summed over input channels:
+    ``map_c = ReLU(sum_ch (x - 0) * mean_i d logit_c / d x (x * (i + 0.5) / steps))``
+    (midpoint rule, ``steps`` points). Works for any differentiable model, TorchScript
+    included. Maps have the input's shape ``(K, *S)``.
+    """
+    _check_input(x, classes)
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
+    with torch.no_grad():
+        logits = model(x)[0]
+    _check_classes(classes, logits.shape[0])
+    maps = []
+    with torch.enable_grad():
+        for c in classes:
+            total = torch.zeros_like(x)
+            for start in range(0, steps, batch_size):
+                a = alphas[start : start + batch_size].reshape(-1, *([1] * (x.dim() - 1)))
+                scaled = (x.detach() * a).requires_grad_(True)
+                (gradient,) = torch.autograd.grad(model(scaled)[:, c].sum(), scaled)
+                total += gradient.sum(0, keepdim=True)
+            maps.append((x * total / steps).sum(1)[0].clamp_min(0).detach())
+    return ExplainerOutput(logits, torch.stack(maps), list(classes), "integrated_gradients")
+
+
+def explain_classes(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    method: str = "gradcam",
+    target_layer: str | None = None,
+) -> ExplainerOutput:
+    """Dispatch to the explainer named ``method`` (one of :data:`METHODS`)."""
+    explainers: dict[str, Callable[[], ExplainerOutput]] = {
+        "gradcam": lambda: fast_gradcam(model, x, classes, target_layer),
+        "occlusion": lambda: occlusion(model, x, classes),
+        "integrated_gradients": lambda: integrated_gradients(model, x, classes),
+    }
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; choose one of {METHODS}")
+    if method in explainers:
+        return explainers[method]()
+    return pytorch_grad_cam(model, x, classes, method, target_layer)

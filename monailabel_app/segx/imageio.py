@@ -1,0 +1,97 @@
+"""Reading images into channel-first tensors with their geometry (MONAI readers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Image:
+    """A channel-first image and its geometry.
+
+    Attributes:
+        array: float32 tensor ``(C, *S)``, ``S = (H, W)`` or ``(D, H, W)`` (MONAI's axis order
+            for files, i.e. the file's voxel index order).
+        spacing: voxel size in mm per spatial axis.
+        affine: 4x4 voxel-to-world (RAS) matrix, identity-with-spacing when unknown.
+    """
+
+    array: torch.Tensor
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[1:])
+
+
+def _default_affine(spacing: tuple[float, ...]) -> np.ndarray:
+    affine = np.eye(4)
+    for axis, size in enumerate(spacing):
+        affine[axis, axis] = size
+    return affine
+
+
+def read_image(path: str | Path) -> Image:
+    """Read NIfTI, NRRD, MHA, PNG, JPEG or DICOM (file or series folder) with MONAI's
+    ``LoadImage``, channel first, keeping spacing and the affine."""
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"image file not found: {path}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"image file is empty: {path}")
+    try:
+        loaded = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
+    except Exception as error:  # readers raise many types; the user needs one clear message
+        raise ValueError(f"cannot read {path.name} as an image: {error}") from error
+    array = torch.as_tensor(np.asarray(loaded), dtype=torch.float32)
+    affine = np.asarray(loaded.affine, dtype=float)
+    spatial = array.dim() - 1
+    spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(min(spatial, 3)))
+    return Image(array, spacing, affine)
+
+
+def as_image(
+    image: "str | Path | np.ndarray | torch.Tensor | Image",
+    spatial_dims: int,
+    spacing: tuple[float, ...] | None = None,
+) -> Image:
+    """Turn a path, array or tensor into an :class:`Image` with ``spatial_dims`` spatial axes.
+
+    Arrays and tensors are ``(C, *S)`` or, for one channel, ``S``. Files keep their own
+    geometry; a trailing singleton axis (a 2D image stored as ``H x W x 1``) is dropped.
+
+    Raises:
+        ValueError: wrong number of dimensions, empty image, or NaN/Inf voxels.
+    """
+    if isinstance(image, Image):
+        result = image
+    elif isinstance(image, (str, Path)):
+        result = read_image(image)
+    else:
+        array = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).float()
+        if array.dim() == spatial_dims:
+            array = array[None]
+        spacing = tuple(spacing or (1.0,) * spatial_dims)
+        result = Image(array, spacing, _default_affine(spacing))
+    array = result.array
+    while array.dim() > spatial_dims + 1 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dim() != spatial_dims + 1:
+        raise ValueError(
+            f"expected a {spatial_dims}D image (channels + {spatial_dims} spatial axes), "
+            f"got an array of shape {tuple(result.array.shape)}"
+        )
+    if array.numel() == 0:
+        raise ValueError("the image is empty")
+    if not bool(torch.isfinite(array).all()):
+        raise ValueError("the image contains NaN or Inf voxels")
+    if len(result.spacing) < spatial_dims:
+        raise ValueError(f"spacing {result.spacing} does not match a {spatial_dims}D image")
+    return Image(array, tuple(result.spacing[:spatial_dims]), result.affine)
