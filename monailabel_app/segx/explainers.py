@@ -111,11 +111,14 @@ def resample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each map of ``(K, *s)`` to [0, 1] (``(m - min) / (max - min + 1e-7)``,
-    pytorch-grad-cam's convention; an all-constant map becomes all zeros)."""
+    """Min-max normalise each map of ``(K, *s)`` to [0, 1]: ``(m - min) / (max - min)``.
+
+    Scale-invariant (no epsilon, so maps of tiny magnitude keep their shape); a constant
+    map becomes all zeros."""
     flat = maps.reshape(maps.shape[0], -1)
     shifted = flat - flat.min(dim=1, keepdim=True).values
-    return (shifted / (shifted.max(dim=1, keepdim=True).values + 1e-7)).reshape(maps.shape)
+    peak = shifted.max(dim=1, keepdim=True).values
+    return torch.where(peak > 0, shifted / torch.where(peak > 0, peak, 1), 0).reshape(maps.shape)
 
 
 @contextlib.contextmanager
@@ -157,8 +160,10 @@ _gap_linear_heads: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKe
 def _gap_linear_head(model: nn.Module, layer_name: str, activation: torch.Tensor, logits: torch.Tensor):
     """The ``nn.Linear`` head if ``logits == Linear(mean_spatial(activation))``, else None.
 
-    The check is numerical, so it holds for any architecture whose head after the target
-    layer is global average pooling + linear; the verdict is remembered per model/layer.
+    The check is numerical (relative to the logits' distance from the bias, so tiny
+    activations cannot pass by accident): it holds for any architecture whose head after
+    the target layer is global average pooling + linear; the verdict is remembered per
+    model and layer.
     """
     verdicts = _gap_linear_heads.setdefault(model, {})
     if layer_name in verdicts:
@@ -170,7 +175,10 @@ def _gap_linear_head(model: nn.Module, layer_name: str, activation: torch.Tensor
         pooled = activation.flatten(2).mean(-1)
         with torch.no_grad():
             predicted = candidates[-1](pooled.to(candidates[-1].weight.dtype))
-        if predicted.shape == logits.shape and torch.allclose(predicted, logits, rtol=1e-4, atol=1e-4):
+            bias = candidates[-1].bias if candidates[-1].bias is not None else 0.0
+            signal, predicted_signal = logits.float() - bias, predicted.float() - bias
+        scale = float(signal.abs().max()) if predicted.shape == logits.shape else 0.0
+        if scale > 0 and float((predicted_signal - signal).abs().max()) <= 1e-4 * scale:
             head = candidates[-1]
     verdicts[layer_name] = head
     return head
@@ -232,8 +240,9 @@ def fast_gradcam(
         raise ValueError(f"target layer {layer_name!r} did not run during the forward pass")
     _check_classes(classes, logits.shape[1])
     index = torch.arange(len(classes), device=logits.device)
-    selected = logits[index, torch.as_tensor(list(classes), device=logits.device)].sum()
-    (gradients,) = torch.autograd.grad(selected, state["leaf"])
+    with torch.enable_grad():
+        selected = logits[index, torch.as_tensor(list(classes), device=logits.device)].sum()
+        (gradients,) = torch.autograd.grad(selected, state["leaf"])
     spatial = tuple(range(2, gradients.dim()))
     weights = gradients.float().mean(dim=spatial)
     maps = torch.einsum("kc,c...->k...", weights, state["activation"][0].float()).clamp_min(0)

@@ -1,0 +1,238 @@
+"""Explainers against pytorch-grad-cam, the exact CAM shortcut, hooks and threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import DenseNet121, EfficientNetBN, resnet18
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from segx.explainers import (
+    explain_classes,
+    fast_gradcam,
+    find_target_layer,
+    integrated_gradients,
+    normalise,
+    occlusion,
+    pytorch_grad_cam,
+    resample,
+)
+
+
+
+@pytest.fixture(scope="module")
+def densenet2d():
+    torch.manual_seed(0)
+    return DenseNet121(spatial_dims=2, in_channels=3, out_channels=7).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet3d():
+    torch.manual_seed(1)
+    return resnet18(spatial_dims=3, n_input_channels=1, num_classes=3).eval()
+
+
+def _pgc_maps(model, layer, x, classes, feature_grid=None):
+    """pytorch-grad-cam GradCAM maps ``(K, ...)``, re-normalised with our scale-invariant
+    min-max (its own adds 1e-7 to the maximum, which distorts maps of tiny magnitude such as
+    a randomly initialised EfficientNet's). With ``feature_grid`` its
+    resize is made the identity (it would otherwise use scipy cubic zoom in 3D, which
+    our engine deliberately replaces by trilinear interpolation)."""
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        if feature_grid is not None:
+            cam.get_target_width_height = lambda _: tuple(reversed(feature_grid))
+        maps = np.stack([cam(x, targets=[ClassifierOutputTarget(c)])[0] for c in classes])
+    return normalise(torch.as_tensor(maps)).numpy()
+
+
+def _all_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_fast_gradcam_matches_pytorch_grad_cam_2d(densenet2d):
+    torch.manual_seed(2)
+    x = torch.rand(1, 3, 224, 224)
+    classes = [0, 3, 6]
+    reference = _pgc_maps(densenet2d, densenet2d.class_layers.relu, x, classes)
+    for allow_cam in (False, True):
+        ours = fast_gradcam(densenet2d, x, classes, allow_cam=allow_cam)
+        assert ours.method == ("cam" if allow_cam else "gradcam")
+        maps = normalise(resample(ours.maps, (224, 224))).numpy()
+        assert maps.shape == reference.shape
+        assert np.abs(maps - reference).max() <= 1e-3
+    assert not np.allclose(reference[0], reference[1]), "classes must give different maps"
+
+
+def test_fast_gradcam_matches_pytorch_grad_cam_3d(resnet3d):
+    torch.manual_seed(3)
+    x = torch.rand(1, 1, 96, 96, 96)
+    classes = [0, 1, 2]
+    ours = fast_gradcam(resnet3d, x, classes, allow_cam=False)
+    grid = tuple(ours.maps.shape[1:])
+    reference = _pgc_maps(resnet3d, resnet3d.layer4, x, classes, feature_grid=grid)
+    assert np.abs(normalise(ours.maps).numpy() - reference).max() <= 1e-3
+    cam = fast_gradcam(resnet3d, x, classes)
+    assert cam.method == "cam"
+    assert np.abs(normalise(cam.maps).numpy() - reference).max() <= 1e-3
+
+
+def test_cam_equals_gradcam_for_gap_linear_head(densenet2d):
+    x = torch.rand(1, 3, 96, 96)
+    cam = fast_gradcam(densenet2d, x, [1, 2, 4], allow_cam=True)
+    grad = fast_gradcam(densenet2d, x, [1, 2, 4], allow_cam=False)
+    assert cam.method == "cam" and grad.method == "gradcam"
+    torch.testing.assert_close(cam.maps, grad.maps, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cam.logits, grad.logits)
+
+
+def test_non_gap_head_falls_back_to_gradients_and_matches_pgc():
+    """EfficientNetBN: swish between the target layer ``_bn1`` and the pooling."""
+    torch.manual_seed(4)
+    model = EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3, num_classes=4).eval()
+    assert find_target_layer(model)[0] == "_bn1"
+    x = torch.rand(1, 3, 128, 128)
+    ours = fast_gradcam(model, x, [0, 2])
+    assert ours.method == "gradcam"
+    reference = _pgc_maps(model, model._bn1, x, [0, 2])
+    assert np.abs(normalise(resample(ours.maps, (128, 128))).numpy() - reference).max() <= 1e-3
+
+
+class _SmallCNN(nn.Module):
+    """A small CNN (8 feature channels) so that ScoreCAM's one forward per channel stays cheap."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam", "xgradcam", "eigencam", "scorecam"])
+def test_pytorch_grad_cam_adapters_leave_no_hooks(method):
+    torch.manual_seed(6)
+    model = _SmallCNN().eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():  # MONAI Label runs inference under no_grad
+        out = explain_classes(model, x, [0, 5], method)
+    assert find_target_layer(model)[0] == "features.2"
+    assert out.maps.shape == (2, 16, 16) and out.method == method
+    assert bool(torch.isfinite(out.maps).all()) and bool((out.maps >= 0).all())
+    assert _all_hooks(model) == 0
+
+
+def test_adapter_gradcam_equals_fast_gradcam(densenet2d):
+    x = torch.rand(1, 3, 96, 96)
+    adapter = pytorch_grad_cam(densenet2d, x, [2, 3], "gradcam")
+    fast = fast_gradcam(densenet2d, x, [2, 3], allow_cam=False)
+    torch.testing.assert_close(adapter.maps, fast.maps, rtol=1e-3, atol=1e-6)
+
+
+def test_no_hook_left_after_calls_and_errors(densenet2d):
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        fast_gradcam(densenet2d, x, [0, 1], allow_cam=False)
+        fast_gradcam(densenet2d, x, [0, 1])
+    with pytest.raises(ValueError, match="unknown class"):
+        fast_gradcam(densenet2d, x, [9], allow_cam=False)
+    assert _all_hooks(densenet2d) == 0
+
+
+def test_layer_running_twice_is_refused():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(self.conv(x.expand(-1, 4, -1, -1)[:, :1]).mean(1, keepdim=True)).mean((2, 3)))
+
+    model = Twice().eval()
+    with pytest.raises(ValueError, match="more than once"):
+        fast_gradcam(model, torch.rand(1, 1, 16, 16), [0], target_layer="conv")
+    assert _all_hooks(model) == 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("allow_cam", [True, False])
+def test_concurrent_calls_equal_sequential(densenet2d, method, allow_cam):
+    images = [torch.rand(1, 3, 96, 96) for _ in range(4)]
+    classes = [0, 4]
+
+    def run(x):
+        if method == "gradcam":
+            return fast_gradcam(densenet2d, x, classes, allow_cam=allow_cam).maps
+        return pytorch_grad_cam(densenet2d, x, classes, method).maps
+
+    sequential = [run(x) for x in images]
+    results: list = [None] * len(images)
+    barrier = threading.Barrier(len(images))
+
+    def worker(i):
+        barrier.wait()
+        results[i] = run(images[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, expected in zip(results, sequential):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert _all_hooks(densenet2d) == 0
+
+
+class _Quadrant(nn.Module):
+    """Class 0 scores the mean of the top-left quadrant, class 1 the bottom-right."""
+
+    def forward(self, x):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        return torch.stack([x[:, :, :h, :w].mean((1, 2, 3)), x[:, :, h:, w:].mean((1, 2, 3))], dim=1)
+
+
+def test_occlusion_finds_the_evidence_and_works_with_torchscript():
+    model = torch.jit.script(_Quadrant())
+    x = torch.zeros(1, 1, 32, 32)
+    x[:, :, :16, :16] = 1.0
+    x[:, :, 16:, 16:] = 1.0
+    out = occlusion(model, x, [0, 1], grid=4)
+    assert out.maps.shape == (2, 4, 4)
+    # occluding a top-left cell (value 1 -> mean 0.5) lowers class 0 only there
+    assert set(torch.nonzero(out.maps[0]).flatten().tolist()) <= {0, 1}
+    assert torch.nonzero(out.maps[0]).shape[0] == 4 and torch.nonzero(out.maps[1]).shape[0] == 4
+    assert set(map(tuple, torch.nonzero(out.maps[1]).tolist())) == {(2, 2), (2, 3), (3, 2), (3, 3)}
+
+
+def test_integrated_gradients_is_exact_for_a_linear_model():
+    torch.manual_seed(5)
+    linear = nn.Linear(2 * 8 * 8, 3)
+    model = torch.jit.script(nn.Sequential(nn.Flatten(), linear).eval())
+    x = torch.rand(1, 2, 8, 8)
+    out = integrated_gradients(model, x, [0, 2], steps=4)
+    # for f(x) = W x + b, IG from a zero baseline is exactly W * x (per input element)
+    expected = (linear.weight[[0, 2]].reshape(2, 2, 8, 8) * x[0]).sum(1).clamp_min(0)
+    torch.testing.assert_close(out.maps, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_torchscript_refuses_cam_methods_with_a_clear_message():
+    model = torch.jit.script(_Quadrant())
+    with pytest.raises(ValueError, match="TorchScript"):
+        explain_classes(model, torch.rand(1, 1, 8, 8), [0], "gradcam")
+
+
+def test_bad_inputs(densenet2d):
+    with pytest.raises(ValueError, match="one image"):
+        fast_gradcam(densenet2d, torch.rand(2, 3, 32, 32), [0])
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        explain_classes(densenet2d, torch.rand(1, 3, 32, 32), [0], "magic")
+    with pytest.raises(ValueError, match="not found"):
+        find_target_layer(densenet2d, "no.such.layer")
+    with pytest.raises(ValueError, match="2D"):
+        explain_classes(densenet2d, torch.rand(1, 1, 8, 8, 8), [0], "scorecam")
