@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, monai {monai.__version__}, grad-cam {version('grad-cam')}, segx {segx.__version__}")
     print(f"device {device} ({device_name}), threads {torch.get_num_threads()}, repeats {repeats} (+1 warm-up), seed {args.seed}")
-    print(f"cpu cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other processes distort CPU timings)")
+    print(f"cpu cores {os.cpu_count()} (other busy processes distort CPU timings)")
     if args.quick:
         print(f"QUICK MODE: 3D image {size_3d}^3 instead of 96^3, {repeats} rounds; use the full mode for reported numbers")
 

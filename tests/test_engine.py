@@ -1,0 +1,192 @@
+"""The one-call API on arrays and real image files (PNG, NIfTI, NRRD), and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.networks.nets import DenseNet121
+from PIL import Image as PILImage
+from torch import nn
+
+from segx import LevelThresholds, ModelPair, Preprocessing, explain
+
+
+class BrightRegion(nn.Module):
+    """A segmenter with a known answer: foreground where the channel mean exceeds 0.5.
+    Output: logits ``(1, 2, *S)``."""
+
+    def forward(self, x):
+        foreground = 20 * (x.mean(1, keepdim=True) - 0.5)
+        return torch.cat([-foreground, foreground], dim=1)
+
+
+def make_pair(spatial_dims=2, channels=3, classes=4, intensity="none", **options) -> ModelPair:
+    torch.manual_seed(0)
+    classifier = DenseNet121(spatial_dims=spatial_dims, in_channels=channels, out_channels=classes)
+    size = (64,) * spatial_dims
+    return ModelPair(
+        classifier,
+        BrightRegion(),
+        [f"class{i}" for i in range(classes)],
+        spatial_dims=spatial_dims,
+        segment_names={1: "lesion"},
+        classifier_input=Preprocessing(channels, size, intensity),
+        segmenter_input=Preprocessing(channels, None, intensity),
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def pair2d():
+    return make_pair()
+
+
+@pytest.fixture(scope="module")
+def pair3d():
+    return make_pair(spatial_dims=3, channels=1, classes=3)
+
+
+def square_image(shape=(3, 50, 40)):
+    image = np.full(shape, 0.2, dtype=np.float32)
+    image[:, 10:30, 5:25] = 0.9
+    return image
+
+
+def test_array_input_gives_maps_on_the_image_grid(pair2d):
+    image = square_image()
+    result = explain(pair2d, image)
+    assert result.explanation.shape == (4, 50, 40)
+    assert result.segx.shape == result.clinical_mask.shape == (4, 50, 40)
+    assert result.segmentation.shape == (50, 40)
+    assert math.isclose(float(result.probabilities.sum()), 1.0, rel_tol=1e-5)
+    assert result.predicted == int(np.argmax(result.probabilities))
+    expected_region = torch.zeros(50, 40)
+    expected_region[10:30, 5:25] = 1
+    assert torch.equal(result.clinical_mask[0], expected_region)
+    assert bool((result.segx[:, expected_region == 0] == 0).all())
+    inside = expected_region == 1
+    assert torch.allclose(result.segx[:, inside], result.explanation_normalised[:, inside])
+    assert float(result.explanation_normalised.max()) == pytest.approx(1.0)
+    assert set(result.certainty) == {0, 1, 2, 3}
+    for per_variant in result.certainty.values():
+        assert all(0.0 <= c.value <= 1.0 and c.reason for c in per_variant.values())
+    assert result.segu == result.certainty[result.predicted]["mass_inside"]
+    assert {"classify_explain", "segment", "refine", "certainty", "total"} <= set(result.timings)
+    assert result.method == "cam"
+
+
+def test_margin_soft_mask_and_selected_classes(pair2d):
+    image = square_image()
+    binary = explain(pair2d, image, classes=["class1"], spacing=(0.5, 0.5))
+    grown = explain(pair2d, image, classes=[1], spacing=(0.5, 0.5), margin_mm=2.0)
+    assert binary.classes == [1] and binary.explanation.shape == (1, 50, 40)
+    # 2 mm at 0.5 mm voxels = 4 voxels: the 20 x 20 square, four 20 x 4 bands and four
+    # rounded corners of 8 voxels each ((i, j) in 1..4 with i^2 + j^2 <= 16)
+    assert int(binary.clinical_mask.sum()) == 400
+    assert int(grown.clinical_mask.sum()) == 400 + 4 * 20 * 4 + 4 * 8
+    soft = explain(pair2d, image, classes=[1], soft_mask=True)
+    assert 0.0 <= float(soft.clinical_mask.min()) and float(soft.clinical_mask.max()) <= 1.0
+    assert soft.segu.value >= 0.0  # predicted class is scored even when not explained
+
+
+def test_levels_come_from_calibrated_thresholds():
+    pair = make_pair(levels=LevelThresholds("mass_inside", low=0.2, high=0.6, high_accuracy=0.9, low_accuracy=0.5, n_validation=10))
+    result = explain(pair, square_image())
+    expected = "high" if result.segu.value >= 0.6 else "medium" if result.segu.value >= 0.2 else "low"
+    assert result.level == expected
+
+
+def test_constant_image_gives_defined_certainty(pair2d):
+    result = explain(pair2d, np.zeros((3, 32, 32), dtype=np.float32))
+    assert result.segu.value == 0.0 and "no clinical region" in result.segu.reason
+    assert not any(math.isnan(c.value) for v in result.certainty.values() for c in v.values())
+
+
+def test_multi_label_uses_sigmoid():
+    pair = make_pair(multi_label=True)
+    result = explain(pair, square_image())
+    assert not math.isclose(float(result.probabilities.sum()), 1.0, rel_tol=1e-3)
+    assert ((result.probabilities > 0) & (result.probabilities < 1)).all()
+
+
+def test_png_file_input(tmp_path):
+    rgb = (square_image((50, 40, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "lesion.png"
+    PILImage.fromarray(rgb).save(path)
+    result = explain(make_pair(intensity="divide255"), path, classes=[0])
+    # MONAI's PIL reader puts the image's width first: (W, H)
+    assert result.explanation.shape == (1, 40, 50)
+    assert int(result.clinical_mask.sum()) == 400
+    assert result.spacing == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_3d_file_keeps_spacing_and_affine(tmp_path, pair3d, suffix):
+    volume = np.full((20, 24, 16), 0.1, dtype=np.float32)
+    volume[5:12, 6:14, 4:10] = 0.9
+    path = tmp_path / f"ct{suffix}"
+    if suffix == ".nii.gz":
+        affine = np.diag([2.0, 1.5, 3.0, 1.0])
+        affine[:3, 3] = [10.0, -5.0, 7.0]
+        nib.save(nib.Nifti1Image(volume, affine), str(path))
+    else:
+        itk_image = sitk.GetImageFromArray(volume.transpose(2, 1, 0))
+        itk_image.SetSpacing((2.0, 1.5, 3.0))
+        sitk.WriteImage(itk_image, str(path))
+    result = explain(pair3d, path, classes=[0, 2])
+    assert result.explanation.shape == (2, 20, 24, 16)
+    assert result.spacing == pytest.approx((2.0, 1.5, 3.0))
+    assert int(result.clinical_mask[0].sum()) == 7 * 8 * 6
+    assert np.allclose(np.abs(np.diag(result.affine))[:3], [2.0, 1.5, 3.0])
+
+
+def write_nrrd(path, array):
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, pair2d, pair3d):
+    with pytest.raises(ValueError, match="2D image"):
+        explain(pair2d, np.zeros((3, 4, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="3D image"):
+        explain(pair3d, np.zeros((1, 8, 8), dtype=np.float32)[None, None])
+    with pytest.raises(ValueError, match="channels"):
+        explain(pair2d, np.zeros((2, 16, 16), dtype=np.float32))
+    bad = square_image()
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        explain(pair2d, bad)
+    with pytest.raises(ValueError, match="unknown class"):
+        explain(pair2d, square_image(), classes=["melanoma"])
+    with pytest.raises(ValueError, match="unknown class"):
+        explain(pair2d, square_image(), classes=[7])
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        explain(pair2d, square_image(), method="astrology")
+    with pytest.raises(ValueError, match="exceeds"):
+        explain(pair2d, square_image(), max_voxels=100)
+    with pytest.raises(ValueError, match="autocast"):
+        explain(pair2d, square_image(), autocast=True, device="cpu")
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        explain(pair3d, empty)
+    corrupt = tmp_path / "corrupt.nrrd"
+    corrupt.write_bytes(b"NRRD0004\nthis is not an image\n" + bytes(range(256)))
+    with pytest.raises(ValueError, match="cannot read"):
+        explain(pair3d, corrupt)
+    with_nan = np.ones((6, 6, 6), dtype=np.float32)
+    with_nan[2, 2, 2] = np.nan
+    write_nrrd(tmp_path / "nan.nrrd", with_nan)
+    with pytest.raises(ValueError, match="NaN"):
+        explain(pair3d, tmp_path / "nan.nrrd")
+    with pytest.raises(ValueError, match="not found"):
+        explain(pair3d, tmp_path / "missing.nii.gz")
+
+
+def test_region_labels_must_name_known_classes():
+    with pytest.raises(ValueError, match="unknown classes"):
+        make_pair(region_labels={"not_a_class": [1]})

@@ -1,0 +1,167 @@
+"""SegX refinement and SegU certainty on small hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from segx.certainty import (
+    DEGENERATE_CERTAINTY,
+    VARIANTS,
+    calibrate_levels,
+    load_levels,
+    save_levels,
+    segu,
+)
+from segx.refine import expand_region, segx_map, top_k_count, top_k_mask
+
+
+def test_top_k_count_is_exact_ceil():
+    assert top_k_count(5, 200) == 10  # 5 % of 200 is exactly 10, not 11
+    assert top_k_count(5, 201) == 11  # 10.05 -> 11
+    assert top_k_count(0.1, 7) == 1
+    assert top_k_count(100, 9) == 9
+    with pytest.raises(ValueError, match="percent"):
+        top_k_count(0, 10)
+
+
+def test_top_k_mask_breaks_ties_by_lower_index():
+    values = torch.tensor([[1.0, 3.0, 3.0], [3.0, 0.0, 2.0]])
+    # 50 % of 6 = 3 elements: the three 3.0 values at flat indices 1, 2, 3
+    assert top_k_mask(values, 50).flatten().tolist() == [False, True, True, True, False, False]
+    # 34 % of 6 = 2.04 -> 3 elements; 30 % -> 1.8 -> 2: the two lowest indices among the ties
+    assert top_k_mask(values, 30).flatten().tolist() == [False, True, True, False, False, False]
+    constant = torch.zeros(2, 2, 2)
+    assert top_k_mask(constant, 25).flatten().tolist() == [True, True] + [False] * 6
+
+
+def test_expand_region_respects_anisotropic_spacing():
+    region = torch.zeros(9, 9, dtype=torch.bool)
+    region[4, 4] = True
+    grown = expand_region(region, margin_mm=3.0, spacing=(1.0, 3.0))
+    # along axis 0 (1 mm voxels) 3 voxels each side; along axis 1 (3 mm voxels) 1 voxel
+    assert grown[:, 4].nonzero().flatten().tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert grown[4, :].nonzero().flatten().tolist() == [3, 4, 5]
+    assert bool(grown[3, 5]) is False  # sqrt(1 + 9) = 3.16 mm > 3 mm
+    assert bool(grown[4 - 2, 5]) is False
+    assert torch.equal(expand_region(region, 0.0, (1.0, 3.0)), region)
+    with pytest.raises(ValueError, match="margin"):
+        expand_region(region, -1.0, (1.0, 1.0))
+
+
+def test_segx_map_binary_soft_and_shape_check():
+    explanation = torch.tensor([[0.2, 0.8], [1.0, 0.4]])
+    binary = segx_map(explanation, torch.tensor([[True, False], [True, False]]))
+    assert torch.equal(binary, torch.tensor([[0.2, 0.0], [1.0, 0.0]]))
+    soft = segx_map(explanation, torch.tensor([[0.5, 1.0], [0.0, 0.25]]))
+    assert torch.allclose(soft, torch.tensor([[0.1, 0.8], [0.0, 0.1]]))
+    with pytest.raises(ValueError, match="does not match"):
+        segx_map(explanation, torch.ones(3, 2))
+
+
+@pytest.fixture
+def case():
+    """4x4 map, region = left two columns (8 of 16 pixels).
+
+    Map values (positive mass 20): inside the region 1+2+0+1 + 3+0+0+1 = 8; outside 12.
+    """
+    explanation = torch.tensor(
+        [[1.0, 3.0, 0.0, 4.0], [2.0, 0.0, 0.0, 5.0], [0.0, 0.0, 2.0, 0.0], [1.0, 1.0, 0.0, 1.0]]
+    )
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[:, :2] = True
+    return explanation, region
+
+
+def test_mass_inside(case):
+    assert segu(*case, "mass_inside").value == pytest.approx(8 / 20)
+
+
+def test_mass_enrichment(case):
+    # m = 0.4, a = 0.5 -> (0.4 - 0.5) / 0.5 < 0 -> clipped to 0
+    assert segu(*case, "mass_enrichment").value == 0.0
+    explanation, region = case
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[:2, 2:] = True  # mass 0 + 4 + 0 + 5 = 9 of 20 in 4/16 of the image
+    assert segu(explanation, region, "mass_enrichment").value == pytest.approx((9 / 20 - 0.25) / 0.75)
+
+
+def test_topk_inside(case):
+    # top 25 % = 4 pixels: 5 (1,3), 4 (0,3), 3 (0,1), then ties at 2: (1,0) before (2,2) -> 2 of 4 inside
+    assert segu(*case, "topk_inside", percent=25).value == pytest.approx(2 / 4)
+
+
+def test_distance_decay_uses_millimetres():
+    explanation = torch.zeros(1, 5)
+    explanation[0, 4] = 1.0
+    region = torch.zeros(1, 5, dtype=torch.bool)
+    region[0, 0] = True
+    # all mass 4 voxels away; 2 mm voxels along axis 1 -> 8 mm; tau = 10 mm
+    value = segu(explanation, region, "distance_decay", spacing=(1.0, 2.0), scale_mm=10.0)
+    assert value.value == pytest.approx(math.exp(-0.8))
+    assert "8.0 mm" in value.reason
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_degenerate_inputs_give_defined_values_with_reasons(variant):
+    explanation = torch.rand(6, 6)
+    empty_region = torch.zeros(6, 6, dtype=torch.bool)
+    result = segu(explanation, empty_region, variant)
+    assert result.value == DEGENERATE_CERTAINTY and "no clinical region" in result.reason
+    region = torch.ones(6, 6, dtype=torch.bool)
+    result = segu(torch.zeros(6, 6), region, variant)
+    assert result.value == DEGENERATE_CERTAINTY and "empty" in result.reason
+    full = segu(explanation + 0.1, region, variant)
+    assert 0.0 <= full.value <= 1.0 and not math.isnan(full.value)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_all_variants_in_unit_interval_3d(variant):
+    torch.manual_seed(0)
+    for _ in range(5):
+        explanation = torch.randn(6, 7, 8)
+        region = torch.rand(6, 7, 8) > 0.7
+        value = segu(explanation, region, variant, spacing=(3.0, 1.0, 1.0)).value
+        assert 0.0 <= value <= 1.0
+
+
+def test_segu_bad_inputs():
+    with pytest.raises(ValueError, match="unknown SegU variant"):
+        segu(torch.rand(3, 3), torch.ones(3, 3), "vibes")
+    with pytest.raises(ValueError, match="does not match"):
+        segu(torch.rand(3, 3), torch.ones(3, 4), "mass_inside")
+    with pytest.raises(ValueError, match="NaN"):
+        segu(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 2), "mass_inside")
+
+
+def test_calibrate_levels_hand_computed():
+    certainty = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    correct = [False, False, True, False, True, True, True, True, True, True]
+    levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.5)
+    # >= 0.5: 6/6 correct; >= 0.4: 6/7 = 0.857 < 0.9 -> high = 0.5
+    assert levels.high == 0.5
+    # below 0.5: 1/4 correct <= 0.5 -> low = 0.5 (largest t <= high)
+    assert levels.low == 0.5
+    assert [levels.level(v) for v in (0.49, 0.5, 0.99)] == ["low", "high", "high"]
+    levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.25)
+    assert levels.low == 0.5  # 1/4 = 0.25 <= 0.25
+    levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.2)
+    assert levels.low == 0.3  # below 0.5: 1/4 > 0.2; below 0.4: 1/3 > 0.2; below 0.3: 0/2
+    with pytest.raises(ValueError, match="equal length"):
+        calibrate_levels([0.1], [True, False], "mass_inside")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_save_levels_keeps_the_model_configuration(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    config = {"name": "demo", "classes": ["a", "b"]}
+    path.write_text(json.dumps(config) if suffix == ".json" else yaml.safe_dump(config))
+    levels = calibrate_levels([0.1, 0.9, 0.8, 0.2], [False, True, True, False], "topk_inside")
+    save_levels(path, levels)
+    loaded = json.loads(path.read_text()) if suffix == ".json" else yaml.safe_load(path.read_text())
+    assert loaded["name"] == "demo" and loaded["classes"] == ["a", "b"]
+    assert load_levels(loaded) == levels
