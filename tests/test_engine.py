@@ -115,7 +115,7 @@ def test_multi_label_uses_sigmoid():
 
 
 def test_png_file_input(tmp_path):
-    rgb = (square_image((50, 40, 3)) * 255).astype(np.uint8)
+    rgb = (square_image().transpose(1, 2, 0) * 255).astype(np.uint8)
     path = tmp_path / "lesion.png"
     PILImage.fromarray(rgb).save(path)
     result = explain(make_pair(intensity="divide255"), path, classes=[0])
