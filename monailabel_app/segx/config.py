@@ -1,0 +1,213 @@
+"""Model-pair configuration files: one YAML or JSON file per model configuration.
+
+Each network is a MONAI network name with arguments and a state_dict, a TorchScript file,
+or a MONAI bundle folder. Relative paths are resolved against the config file's folder::
+
+    name: demo2d
+    spatial_dims: 2
+    classes: [benign, malignant]        # class labels, logit order
+    multi_label: false                  # softmax (false) or one sigmoid per class
+    classifier:
+      network: DenseNet121              # any monai.networks.nets name, or module.Class
+      args: {spatial_dims: 2, in_channels: 3, out_channels: 2}
+      weights: demo2d_classifier.pt     # state_dict
+      # torchscript: classifier.ts      # ... or a TorchScript file
+      # bundle: my_bundle/              # ... or a MONAI bundle folder
+      input: {channels: 3, spatial_size: [128, 128], intensity: divide255}
+      target_layer: class_layers.relu   # optional, auto-detected
+    segmenter:
+      network: UNet
+      args: {spatial_dims: 2, in_channels: 3, out_channels: 2, channels: [8, 16], strides: [2]}
+      weights: demo2d_segmenter.pt
+      output: logits                    # logits | probabilities | label
+      labels: {1: lesion}               # label value -> name
+      input: {channels: 3, intensity: divide255}
+    region_labels: {malignant: [1]}     # optional; default: every foreground label
+    certainty: {variant: mass_inside, low: 0.3, high: 0.6, ...}   # optional, calibrated
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .certainty import DEFAULT_VARIANT, VARIANTS, load_levels
+from .pair import ModelPair, Preprocessing
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ConfigError(ValueError):
+    """A model configuration file is invalid; the message names the file and the field."""
+
+
+class MissingWeightsError(ConfigError):
+    """A network's weight file does not exist (we never run with random weights)."""
+
+    def __init__(self, config_file: Path, field: str, weights: Path):
+        super().__init__(f"{config_file}: {field}: weight file not found: {weights}")
+        self.weights = weights
+
+
+def read_config(path: str | Path) -> dict:
+    """Parse a YAML or JSON configuration file into a dict."""
+    path = Path(path)
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{path}: model configurations are {CONFIG_SUFFIXES} files")
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except Exception as error:  # OSError, JSONDecodeError, YAMLError: one clear message
+        raise ConfigError(f"{path}: cannot parse: {error}") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config
+
+
+def _require(section: dict, key: str, where: str, config_file: Path) -> Any:
+    if key not in section:
+        raise ConfigError(f"{config_file}: missing field {where}{key}")
+    return section[key]
+
+
+def _network_class(name: str, config_file: Path, field: str):
+    import monai.networks.nets as nets
+
+    if "." not in name:
+        if not hasattr(nets, name):
+            raise ConfigError(f"{config_file}: {field}: unknown MONAI network {name!r}")
+        return getattr(nets, name)
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"{config_file}: {field}: cannot import {name!r}: {error}") from error
+
+
+def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: str) -> None:
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"{config_file}: {field}: cannot read weights {weights}: {error}") from error
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(f"{config_file}: {field}: weights {weights} do not fit the network: {error}") from error
+
+
+def _bundle_network(folder: Path, config_file: Path, field: str) -> nn.Module:
+    from monai.bundle import ConfigParser
+
+    configs = [folder / "configs" / f"inference{s}" for s in CONFIG_SUFFIXES]
+    found = [c for c in configs if c.exists()]
+    if not found:
+        raise ConfigError(f"{config_file}: {field}: bundle {folder} has no configs/inference.json or .yaml")
+    scripted = folder / "models" / "model.ts"
+    weights = folder / "models" / "model.pt"
+    if not weights.exists() and scripted.exists():
+        return torch.jit.load(str(scripted), map_location="cpu")
+    if not weights.exists():
+        raise MissingWeightsError(config_file, field, weights)
+    parser = ConfigParser()
+    parser.read_config(str(found[0]))
+    try:
+        network = parser.get_parsed_content("network_def")
+    except Exception as error:
+        raise ConfigError(f"{config_file}: {field}: bundle {folder}: cannot build network_def: {error}") from error
+    _load_state_dict(network, weights, config_file, field)
+    return network
+
+
+def load_network(section: dict, config_file: Path, field: str) -> nn.Module:
+    """Build one network from its config section (``network`` + ``args`` + ``weights``,
+    ``torchscript`` or ``bundle``), weights loaded, in eval mode."""
+    base = config_file.parent
+    kinds = [k for k in ("network", "torchscript", "bundle") if k in section]
+    if len(kinds) != 1:
+        raise ConfigError(f"{config_file}: {field}: give exactly one of network, torchscript, bundle")
+    if kinds[0] == "torchscript":
+        path = base / section["torchscript"]
+        if not path.exists():
+            raise MissingWeightsError(config_file, f"{field}.torchscript", path)
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    if kinds[0] == "bundle":
+        return _bundle_network(base / section["bundle"], config_file, f"{field}.bundle").eval()
+    network_class = _network_class(section["network"], config_file, f"{field}.network")
+    try:
+        network = network_class(**section.get("args", {}))
+    except Exception as error:
+        raise ConfigError(f"{config_file}: {field}.args: cannot build {section['network']}: {error}") from error
+    weights = base / _require(section, "weights", f"{field}.", config_file)
+    if not weights.exists():
+        raise MissingWeightsError(config_file, f"{field}.weights", weights)
+    _load_state_dict(network, weights, config_file, f"{field}.weights")
+    return network.eval()
+
+
+def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessing:
+    try:
+        return Preprocessing(**section.get("input", {}))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{config_file}: {field}.input: {error}") from error
+
+
+def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
+    """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
+
+    Returns:
+        ``(pair, config)`` with the parsed config dict.
+
+    Raises:
+        ConfigError: naming the file and the field; :class:`MissingWeightsError` when a
+            weight file is missing.
+    """
+    config_file = Path(path).resolve()
+    config = read_config(config_file)
+    classes = _require(config, "classes", "", config_file)
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"{config_file}: classes: expected a non-empty list of names")
+    classifier_section = _require(config, "classifier", "", config_file)
+    segmenter_section = _require(config, "segmenter", "", config_file)
+    certainty = config.get("certainty") or {}
+    variant = certainty.get("variant", DEFAULT_VARIANT)
+    if variant not in VARIANTS:
+        raise ConfigError(f"{config_file}: certainty.variant: unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    try:
+        levels = load_levels(config) if "high" in certainty else None
+    except TypeError as error:
+        raise ConfigError(f"{config_file}: certainty: {error}") from error
+    labels = segmenter_section.get("labels", {1: "region"})
+    try:
+        pair = ModelPair(
+            classifier=load_network(classifier_section, config_file, "classifier"),
+            segmenter=load_network(segmenter_section, config_file, "segmenter"),
+            class_names=classes,
+            spatial_dims=int(config.get("spatial_dims", 2)),
+            multi_label=bool(config.get("multi_label", False)),
+            segmenter_output=segmenter_section.get("output", "logits"),
+            segment_names={int(k): str(v) for k, v in labels.items()},
+            region_labels={k: [int(v) for v in vs] for k, vs in config.get("region_labels", {}).items()},
+            classifier_input=_preprocessing(classifier_section, config_file, "classifier"),
+            segmenter_input=_preprocessing(segmenter_section, config_file, "segmenter"),
+            target_layer=classifier_section.get("target_layer"),
+            certainty_variant=variant,
+            levels=levels,
+        )
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{config_file}: {error}") from error
+    return pair, config
