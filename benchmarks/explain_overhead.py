@@ -144,6 +144,15 @@ def measure(case: Case, repeats: int, progress: tqdm) -> dict[str, float]:
     }
 
 
+def cpu_name() -> str:
+    """CPU model from /proc/cpuinfo (Linux), else the architecture."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def print_table(cases: list[Case], results: dict[str, dict[str, float]]) -> None:
     header = f"{'case':<5} {'image':<14} {'classes':>7} {'baseline s':>11} {'ours s':>9} {'pgc s':>9} {'ours/base':>10} {'pgc/base':>9} {'pgc/ours':>9} {'max|diff|':>10}"
     print(header)
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     import monai
     from importlib.metadata import version
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"torch {torch.__version__}, monai {monai.__version__}, grad-cam {version('grad-cam')}, segx {segx.__version__}")
     print(f"device {device} ({device_name}), threads {torch.get_num_threads()}, repeats {repeats} (+1 warm-up), seed {args.seed}")
     print(f"cpu cores {os.cpu_count()} (other busy processes distort CPU timings)")
