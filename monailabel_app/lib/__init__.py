@@ -1,0 +1,1 @@
+"""MONAI Label adapters around the segx core."""

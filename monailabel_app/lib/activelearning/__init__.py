@@ -1,0 +1,1 @@
+"""SegU scoring and the lowest-certainty-first strategy."""

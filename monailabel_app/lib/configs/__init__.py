@@ -1,0 +1,1 @@
+"""One TaskConfig per model configuration file."""

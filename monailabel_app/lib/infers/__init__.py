@@ -1,0 +1,1 @@
+"""Classification, segmentation and SegX/SegU infer tasks."""

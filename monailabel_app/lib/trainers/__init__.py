@@ -1,0 +1,1 @@
+"""Trainers for the classifier and the segmenter."""

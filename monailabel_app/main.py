@@ -1,0 +1,62 @@
+"""SegX MONAI Label app.
+
+    monailabel start_server --app monailabel_app --studies DIR --conf models NAMES
+
+``--conf`` keys:
+
+- ``models``: comma-separated model configuration names, or ``all`` (default);
+- ``models_dir``: extra folders of model configuration files (``os.pathsep``-separated),
+  read after the built-in ``model_configs/``;
+- ``device``: ``auto`` (GPU when present, default), ``cpu`` or ``cuda``;
+- ``max_upload_mb``: uploads above it are refused with 413 (default 1024);
+- ``cache_mb``: memory for cached SegX results per model (default 1024).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+
+from lib.configs.segx_model import load_model_configs  # noqa: E402
+from lib.endpoints import install_infer_route  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class SegXApp(MONAILabelApp):
+    """Classification, segmentation and SegX/SegU tasks for every model configuration."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict):
+        folders = [Path(app_dir) / "model_configs"]
+        folders += [Path(p) for p in conf.get("models_dir", "").split(os.pathsep) if p]
+        self.models, self.unavailable = load_model_configs(folders, conf.get("models", "all"), conf)
+        self.max_upload_bytes = int(float(conf.get("max_upload_mb", 1024)) * 2**20)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="SegX",
+            description="Classifier explanations aligned to the clinical region (SegX) with certainty (SegU)",
+            version="0.1.0",
+        )
+        install_infer_route(self, self.max_upload_bytes)
+
+    def init_infers(self):
+        tasks = {}
+        for model in self.models.values():
+            tasks.update(model.infer())
+        return tasks
+
+    def infer_tasks(self) -> dict:
+        return self._infers
+
+    def info(self):
+        info = super().info()
+        info["unavailable_models"] = self.unavailable
+        return info
