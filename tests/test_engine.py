@@ -13,7 +13,7 @@ from monai.networks.nets import DenseNet121
 from PIL import Image as PILImage
 from torch import nn
 
-from segx import LevelThresholds, ModelPair, Preprocessing, explain
+from segx import LevelThresholds, ModelPair, Preprocessing, explain, segu
 
 
 class BrightRegion(nn.Module):
@@ -59,7 +59,7 @@ def square_image(shape=(3, 50, 40)):
 
 def test_array_input_gives_maps_on_the_image_grid(pair2d):
     image = square_image()
-    result = explain(pair2d, image)
+    result = explain(pair2d, image, variants=["mass_inside", "topk_inside", "distance_decay", "mass_enrichment"])
     assert result.explanation.shape == (4, 50, 40)
     assert result.segx.shape == result.clinical_mask.shape == (4, 50, 40)
     assert result.segmentation.shape == (50, 40)
@@ -84,14 +84,29 @@ def test_margin_soft_mask_and_selected_classes(pair2d):
     image = square_image()
     binary = explain(pair2d, image, classes=["class1"], spacing=(0.5, 0.5))
     grown = explain(pair2d, image, classes=[1], spacing=(0.5, 0.5), margin_mm=2.0)
-    assert binary.classes == [1] and binary.explanation.shape == (1, 50, 40)
+    assert binary.classes[0] == 1 and set(binary.classes) == {1, binary.predicted}
+    assert binary.explanation.shape == (len(binary.classes), 50, 40)
     # 2 mm at 0.5 mm voxels = 4 voxels: the 20 x 20 square, four 20 x 4 bands and four
     # rounded corners of 8 voxels each ((i, j) in 1..4 with i^2 + j^2 <= 16)
-    assert int(binary.clinical_mask.sum()) == 400
-    assert int(grown.clinical_mask.sum()) == 400 + 4 * 20 * 4 + 4 * 8
+    assert int(binary.clinical_mask[0].sum()) == 400
+    assert int(grown.clinical_mask[0].sum()) == 400 + 4 * 20 * 4 + 4 * 8
     soft = explain(pair2d, image, classes=[1], soft_mask=True)
     assert 0.0 <= float(soft.clinical_mask.min()) and float(soft.clinical_mask.max()) <= 1.0
-    assert soft.segu.value >= 0.0  # predicted class is scored even when not explained
+    assert soft.segu == soft.certainty_of(soft.predicted, "mass_inside")
+
+
+def test_certainty_on_demand_needs_no_network(pair2d):
+    result = explain(pair2d, square_image(), classes=[0, 1, 2, 3])
+    assert set(result.certainty[0]) == {"mass_inside"}
+    k = result.classes.index(2)
+    region = result.clinical_mask[k] > 0
+    expected = segu(result.explanation[k], region, "distance_decay", spacing=result.spacing)
+    pair2d.classifier.forward = None  # any network call would now fail
+    try:
+        assert result.certainty_of(2, "distance_decay") == expected
+        assert result.certainty_of(3, "topk_inside").variant == "topk_inside"
+    finally:
+        del pair2d.classifier.forward
 
 
 def test_levels_come_from_calibrated_thresholds():
@@ -104,7 +119,8 @@ def test_levels_come_from_calibrated_thresholds():
 def test_constant_image_gives_defined_certainty(pair2d):
     result = explain(pair2d, np.zeros((3, 32, 32), dtype=np.float32))
     assert result.segu.value == 0.0 and "no clinical region" in result.segu.reason
-    assert not any(math.isnan(c.value) for v in result.certainty.values() for c in v.values())
+    for variant in ("mass_inside", "topk_inside", "distance_decay", "mass_enrichment"):
+        assert all(not math.isnan(result.certainty_of(c, variant).value) for c in result.classes)
 
 
 def test_multi_label_uses_sigmoid():

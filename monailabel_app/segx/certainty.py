@@ -93,18 +93,21 @@ def distance_decay(
     region: torch.Tensor,
     spacing: Sequence[float] | None = None,
     scale_mm: float = 10.0,
+    distance: torch.Tensor | None = None,
     **_,
 ) -> Certainty:
     """Mass-weighted closeness to the region in millimetres:
     ``sum_x E+(x) exp(-d(x) / tau) / sum_x E+(x)``, with ``d(x)`` the Euclidean distance
     in mm from ``x`` to the region (0 inside; voxel spacing respected) and
     ``tau = scale_mm``. Evidence just outside the region costs little, evidence far away
-    costs much."""
+    costs much. ``distance`` may pass a precomputed :func:`distance_to_region_mm` of
+    ``region`` (it is the costly part: one Euclidean distance transform)."""
     bad = _degenerate(explanation, region, "distance_decay")
     if bad:
         return bad
-    spacing = spacing or [1.0] * region.dim()
-    distance = distance_to_region_mm(region, spacing).double()
+    if distance is None:
+        distance = distance_to_region_mm(region, spacing or [1.0] * region.dim())
+    distance = distance.double()
     positive = explanation.clamp_min(0).double()
     value = float((positive * torch.exp(-distance / scale_mm)).sum() / positive.sum())
     mean_mm = float((positive * distance).sum() / positive.sum())
@@ -123,7 +126,7 @@ DEFAULT_VARIANT = "mass_inside"
 def segu(explanation: torch.Tensor, region: torch.Tensor, variant: str = DEFAULT_VARIANT, **options) -> Certainty:
     """Compute the SegU certainty ``variant`` (one of :data:`VARIANTS`) of a raw
     explanation ``(H, W)``/``(D, H, W)`` against a binary region of the same shape.
-    ``options`` (``percent``, ``spacing``, ``scale_mm``) go to the variant."""
+    ``options`` (``percent``, ``spacing``, ``scale_mm``, ``distance``) go to the variant."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return VARIANTS[variant](explanation, region.bool(), **options)

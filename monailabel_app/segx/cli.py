@@ -23,6 +23,7 @@ def _explain(args: argparse.Namespace) -> int:
         classes=args.classes,
         method=args.method,
         margin_mm=args.margin_mm,
+        variants=sorted(VARIANTS),
         device=args.device,
     )
     summary = {

@@ -16,7 +16,7 @@ from .certainty import VARIANTS, Certainty, segu
 from .explainers import explain_classes, normalise, resample
 from .imageio import Image, as_image
 from .pair import ModelPair
-from .refine import expand_region, segx_map
+from .refine import distance_to_region_mm, expand_region, segx_map
 
 #: Largest image accepted by default (voxels per channel): 512 x 512 x 512.
 MAX_VOXELS = 512**3
@@ -30,7 +30,8 @@ class SegXResult:
         class_names: all ``C`` class labels.
         probabilities: ``(C,)`` softmax (or sigmoid for multi-label) probabilities.
         predicted: index of the most probable class.
-        classes: the ``K`` explained class indices (order of the map tensors).
+        classes: the ``K`` explained class indices (order of the map tensors); the
+            predicted class is appended when it was not requested.
         method: explanation method actually used (``cam`` is exact Grad-CAM).
         explanation: raw, unnormalised maps ``(K, *S)`` (>= 0).
         explanation_normalised: ``explanation`` min-max scaled to [0, 1], ``(K, *S)``.
@@ -38,11 +39,13 @@ class SegXResult:
         clinical_mask: region per explained class ``(K, *S)``, float (binary 0/1 or soft).
         segmentation: segmenter label map ``(*S)`` int64.
         segment_names: label value -> name.
-        certainty: per explained class index, per SegU variant, a :class:`Certainty`.
+        certainty: per explained class index, per SegU variant computed so far, a
+            :class:`Certainty`; :meth:`certainty_of` computes (and stores) any other.
         segu: certainty of the predicted class with the pair's default variant.
         level: ``high``/``medium``/``low`` from the pair's calibrated thresholds, or None.
         spacing, affine: geometry of ``S``.
         timings: seconds per stage.
+        top_percent: k of the top-k % rule used by ``topk_inside``.
     """
 
     class_names: list[str]
@@ -62,6 +65,26 @@ class SegXResult:
     spacing: tuple[float, ...]
     affine: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    top_percent: float = 5.0
+    _distances: dict = field(default_factory=dict, repr=False)
+
+    def certainty_of(self, class_index: int, variant: str) -> Certainty:
+        """SegU ``variant`` of an explained class, from the stored raw map and region
+        (no network runs); one distance transform per distinct region, memoised."""
+        if class_index not in self.classes:
+            raise ValueError(f"class {class_index} was not explained; explained: {self.classes}")
+        per_variant = self.certainty.setdefault(class_index, {})
+        if variant not in per_variant:
+            k = self.classes.index(class_index)
+            region = self.clinical_mask[k] >= 0.5
+            options = {"spacing": self.spacing, "percent": self.top_percent}
+            if variant == "distance_decay" and bool(region.any()):
+                key = hash(region.cpu().numpy().tobytes())
+                if key not in self._distances:
+                    self._distances[key] = distance_to_region_mm(region, self.spacing)
+                options["distance"] = self._distances[key]
+            per_variant[variant] = segu(self.explanation[k], region, variant, **options)
+        return per_variant[variant]
 
     @property
     def predicted_label(self) -> str:
@@ -136,7 +159,9 @@ def explain(
         spacing: voxel size in mm for array input (files carry their own).
         margin_mm: grow each clinical region by this many mm before refining.
         soft_mask: multiply by the region's probability instead of the binary region.
-        variants: SegU variants to compute (default all of :data:`segx.certainty.VARIANTS`).
+        variants: SegU variants computed now for every explained class (default: the
+            pair's ``certainty_variant``); others are computed on demand by
+            :meth:`SegXResult.certainty_of` without running the networks.
         top_percent: k of the top-k % rule used by the ``topk_inside`` variant.
         device: ``cpu``, ``cuda`` or a torch device; the pair is moved there.
         autocast: run the networks under float16 autocast (CUDA only).
@@ -156,7 +181,10 @@ def explain(
     indices = [pair.class_index(c) for c in classes] if classes is not None else list(range(len(pair.class_names)))
     if not indices:
         raise ValueError("no class to explain")
-    variants = list(variants or VARIANTS)
+    variants = list(variants or [pair.certainty_variant])
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown SegU variant {unknown}; choose from {sorted(VARIANTS)}")
     pair.to(device)
     amp = torch.autocast("cuda", dtype=torch.float16) if autocast else contextlib.nullcontext()
     timings["load"] = time.perf_counter() - start
@@ -167,7 +195,12 @@ def explain(
         explained = explain_classes(pair.classifier, x, indices, method, pair.target_layer)
     logits = explained.logits.float()
     probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(0)
-    raw = resample(explained.maps.float(), image.spatial_shape)
+    predicted = int(probabilities.argmax())
+    maps = explained.maps.float()
+    if predicted not in indices:  # the headline certainty needs the predicted class's map
+        maps = torch.cat([maps, explain_classes(pair.classifier, x, [predicted], method, pair.target_layer).maps.float()])
+        indices = indices + [predicted]
+    raw = resample(maps, image.spatial_shape)
     timings["classify_explain"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -182,27 +215,7 @@ def explain(
     segx = segx_map(normalised, clinical_mask)
     timings["refine"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    certainty = {
-        c: {
-            v: segu(raw[k], clinical_mask[k] >= 0.5, v, spacing=image.spacing, percent=top_percent)
-            for v in variants
-        }
-        for k, c in enumerate(indices)
-    }
-    predicted = int(probabilities.argmax())
-    default_variant = pair.certainty_variant
-    if predicted in certainty and default_variant in certainty[predicted]:
-        headline = certainty[predicted][default_variant]
-    else:
-        maps = explain_classes(pair.classifier, x, [predicted], method, pair.target_layer).maps.float()
-        region = _clinical_region(pair, predicted, segmentation, region_probabilities, margin_mm, image.spacing, False)
-        headline = segu(resample(maps, image.spatial_shape)[0], region > 0, default_variant, spacing=image.spacing, percent=top_percent)
-    level = pair.levels.level(headline.value) if pair.levels and pair.levels.variant == headline.variant else None
-    timings["certainty"] = time.perf_counter() - tick
-    timings["total"] = time.perf_counter() - start
-
-    return SegXResult(
+    result = SegXResult(
         class_names=list(pair.class_names),
         probabilities=probabilities.detach().cpu().numpy(),
         predicted=predicted,
@@ -214,13 +227,24 @@ def explain(
         clinical_mask=clinical_mask,
         segmentation=segmentation,
         segment_names=dict(pair.segment_names),
-        certainty=certainty,
-        segu=headline,
-        level=level,
+        certainty={},
+        segu=None,
+        level=None,
         spacing=image.spacing,
         affine=image.affine,
         timings=timings,
+        top_percent=top_percent,
     )
+    tick = time.perf_counter()
+    for c in indices:
+        for variant in variants:
+            result.certainty_of(c, variant)
+    result.segu = result.certainty_of(predicted, pair.certainty_variant)
+    if pair.levels and pair.levels.variant == result.segu.variant:
+        result.level = pair.levels.level(result.segu.value)
+    timings["certainty"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+    return result
 
 
 def _clinical_region(

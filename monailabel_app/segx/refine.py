@@ -44,10 +44,13 @@ def top_k_mask(explanation: torch.Tensor | np.ndarray, percent: float) -> torch.
     flat = values.reshape(-1)
     if flat.numel() == 0:
         raise ValueError("cannot binarise an empty map")
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("cannot binarise a map containing NaN or Inf")
     keep = top_k_count(percent, flat.numel())
-    order = torch.argsort(-flat.double(), stable=True)
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    mask[order[:keep]] = True
+    threshold = torch.topk(flat, keep, sorted=False).values.min()  # the keep-th largest value
+    mask = flat > threshold
+    ties = torch.nonzero(flat == threshold).flatten()  # ascending flat indices
+    mask[ties[: keep - int(mask.sum())]] = True
     return mask.reshape(values.shape)
 
 

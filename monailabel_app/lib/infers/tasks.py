@@ -108,7 +108,7 @@ class SegXTask(_SegXTask):
         class_index = pair.class_index(requested) if requested is not None else result.predicted
         layer_map = result.map_of("explanation_normalised" if layer == "explanation" else layer, class_index)
         path = _write(layer_map, result.affine, request, np.uint8 if layer == "mask" else np.float32)
-        predicted_certainty = result.certainty[result.predicted][variant]
+        predicted_certainty = result.certainty_of(result.predicted, variant)
         level = pair.levels.level(predicted_certainty.value) if pair.levels and pair.levels.variant == variant else None
         return path, {
             "label_names": result.class_names,
@@ -123,7 +123,7 @@ class SegXTask(_SegXTask):
                 "variant": variant,
                 "reason": predicted_certainty.reason,
             },
-            "certainty_per_class": {result.class_names[c]: v[variant].value for c, v in result.certainty.items()},
+            "certainty_per_class": {result.class_names[c]: result.certainty_of(c, variant).value for c in result.classes},
             "latencies": result.timings,
         }
 
