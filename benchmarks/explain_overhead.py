@@ -6,12 +6,12 @@ three workloads are timed on the same image:
 
 * ``baseline``: classifier forward + segmenter forward under ``torch.no_grad``;
 * ``ours``: ``segx.explain(pair, image, method="gradcam")`` for ALL classes, including the
-  SegX maps and every SegU variant (the defaults);
+  SegX maps and the SegU certainty of every class (default variant ``mass_inside``);
 * ``pgc``: the same work done with pytorch-grad-cam: ``GradCAM(model,
   target_layers=[model.class_layers.relu])`` called once per class with
   ``ClassifierOutputTarget(c)`` (its own resizing to the input size), plus the segmenter
-  forward, the SegX product ``maps * region`` and ``segx.certainty.segu`` for every class
-  and every variant of ``segx.certainty.VARIANTS``, with region = segmenter argmax > 0.
+  forward, the SegX product ``maps * region`` and ``segx.certainty.segu`` (default
+  variant) for every class, with region = segmenter argmax > 0.
 
 Method: ``torch.set_num_threads(--threads)``; one warm-up call of each workload; then
 ``--repeats`` interleaved rounds (baseline, ours, pgc, baseline, ours, pgc, ...); the
@@ -47,7 +47,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monailabel_app"))
 
 import segx  # noqa: E402
-from segx.certainty import VARIANTS, segu  # noqa: E402
+from segx.certainty import DEFAULT_VARIANT, segu  # noqa: E402
 
 WORKLOADS = ("baseline", "ours", "pgc")
 
@@ -111,7 +111,7 @@ def run_pgc(case: Case) -> torch.Tensor:
     with torch.no_grad():
         region = segmenter(x)[0].argmax(0) > 0
     _segx_maps = maps * region  # the SegX product, as segx.refine.segx_map per class
-    _certainty = {c: {v: segu(maps[k], region, v) for v in VARIANTS} for k, c in enumerate(case.classes)}
+    _certainty = {c: segu(maps[k], region, DEFAULT_VARIANT) for k, c in enumerate(case.classes)}
     return maps
 
 

@@ -128,6 +128,10 @@ class ModelPair:
         return list(self.region_labels.get(name, sorted(self.segment_names)))
 
     def to(self, device: str | torch.device) -> "ModelPair":
-        self.classifier.to(device)
-        self.segmenter.to(device)
+        """Move both networks to ``device`` (a no-op when they are already there)."""
+        device = torch.device(device)
+        for network in (self.classifier, self.segmenter):
+            current = next(network.parameters(), None)
+            if current is None or current.device != device:
+                network.to(device)
         return self
