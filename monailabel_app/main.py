@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
+from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.endpoints import install_infer_route  # noqa: E402
 
@@ -37,6 +38,7 @@ class SegXApp(MONAILabelApp):
         folders += [Path(p) for p in conf.get("models_dir", "").split(os.pathsep) if p]
         self.models, self.unavailable = load_model_configs(folders, conf.get("models", "all"), conf)
         self.max_upload_bytes = int(float(conf.get("max_upload_mb", 1024)) * 2**20)
+        self.segu_scoring = SegUScoring({name: model.runtime for name, model in self.models.items()})
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -52,6 +54,12 @@ class SegXApp(MONAILabelApp):
         for model in self.models.values():
             tasks.update(model.infer())
         return tasks
+
+    def init_scoring_methods(self):
+        return {"segu": self.segu_scoring}
+
+    def init_strategies(self):
+        return {"segu_lowest_certainty": SegULowestCertainty(self.segu_scoring)}
 
     def infer_tasks(self) -> dict:
         return self._infers

@@ -58,7 +58,8 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
         if model not in segx_app.infer_tasks():
-            reason = segx_app.unavailable.get(model) or f"unknown model {model!r}; available: {sorted(segx_app.infer_tasks())}"
+            config_name = model.rsplit("_", 1)[0]  # NAME_segx -> NAME
+            reason = segx_app.unavailable.get(config_name) or f"unknown model {model!r}; available: {sorted(segx_app.infer_tasks())}"
             raise HTTPException(status_code=404, detail=reason)
         if not file and not image and not session_id:
             raise HTTPException(status_code=400, detail="send an image file or the id of an image in the datastore")

@@ -164,6 +164,24 @@ def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessin
         raise ConfigError(f"{config_file}: {field}.input: {error}") from error
 
 
+def weight_files(path: str | Path) -> list[Path]:
+    """The files a configuration's networks are loaded from (state_dicts, TorchScript
+    files, bundle model files), existing or not."""
+    config_file = Path(path).resolve()
+    config = read_config(config_file)
+    files = []
+    for field in ("classifier", "segmenter"):
+        section = config.get(field) or {}
+        if "weights" in section:
+            files.append(config_file.parent / section["weights"])
+        if "torchscript" in section:
+            files.append(config_file.parent / section["torchscript"])
+        if "bundle" in section:
+            models = config_file.parent / section["bundle"] / "models"
+            files += [models / "model.pt", models / "model.ts"]
+    return files
+
+
 def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
     """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
 

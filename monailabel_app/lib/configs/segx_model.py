@@ -10,7 +10,7 @@ from pathlib import Path
 
 from monailabel.interfaces.config import TaskConfig
 
-from segx.config import CONFIG_SUFFIXES, ConfigError, load_model_pair
+from segx.config import CONFIG_SUFFIXES, ConfigError
 
 from ..infers.runtime import ModelRuntime, resolve_device
 from ..infers.tasks import infer_tasks
@@ -39,10 +39,9 @@ class SegXModelConfig(TaskConfig):
 
     def init(self, name: str, model_dir: str, conf: dict, planner=None, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
-        pair, config = load_model_pair(self.config_file)
-        self.labels = pair.class_names
         cache_mb = float(conf.get("cache_mb", 1024))
-        self.runtime = ModelRuntime(name, pair, config, resolve_device(conf.get("device", "auto")), int(cache_mb * 2**20))
+        self.runtime = ModelRuntime(name, self.config_file, resolve_device(conf.get("device", "auto")), int(cache_mb * 2**20))
+        self.labels = self.runtime.pair.class_names
 
     def infer(self):
         return infer_tasks(self.runtime)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from segx import ModelPair, SegXResult, explain
+from segx import SegXResult, explain
+from segx.config import load_model_pair, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +40,49 @@ def _result_bytes(result: SegXResult) -> int:
     return sum(t.element_size() * t.numel() for t in tensors)
 
 
+def _files_stamp(files: list[Path]) -> tuple:
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else (str(f), None, None) for f in files)
+
+
 class ModelRuntime:
-    """A :class:`segx.ModelPair` on a device, shared by a model's infer tasks.
+    """A model configuration's :class:`segx.ModelPair` on a device, shared by its infer
+    tasks, scoring and strategy.
 
     ``explain`` results are cached by (image content, method, margin) and evicted least
     recently used first once their tensors exceed ``cache_bytes``: asking for another
-    layer or class of the same image does not run the networks again.
+    layer or class of the same image does not run the networks again. When a weight file
+    changes on disk (a trainer published new weights), the pair is reloaded and the cache
+    emptied before the next call. ``weights_digest`` identifies the weights in use.
     """
 
-    def __init__(self, name: str, pair: ModelPair, config: dict, device: torch.device, cache_bytes: int = 1 << 30):
+    def __init__(self, name: str, config_file: Path, device: torch.device, cache_bytes: int = 1 << 30):
         self.name = name
-        self.pair = pair.to(device)
-        self.config = config
+        self.config_file = Path(config_file)
         self.device = device
         self.cache_bytes = cache_bytes
         self._cache: "OrderedDict[tuple, SegXResult]" = OrderedDict()
         self._lock = threading.Lock()
         self.misses = 0
+        self._load()
+
+    def _load(self) -> None:
+        pair, self.config = load_model_pair(self.config_file)
+        self.pair = pair.to(self.device)
+        files = [f for f in weight_files(self.config_file) if f.exists()]
+        self._stamp = _files_stamp(weight_files(self.config_file))
+        self.weights_digest = hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()[:16]
+        self._cache.clear()
+
+    def refresh(self) -> None:
+        """Reload the pair if its weight files changed since it was loaded."""
+        with self._lock:
+            if _files_stamp(weight_files(self.config_file)) != self._stamp:
+                logger.info(f"{self.name}: weights changed on disk, reloading")
+                self._load()
 
     def explain(self, image_path: str, method: str, margin_mm: float) -> SegXResult:
         """Full SegX result for all classes of the image file, cached."""
+        self.refresh()
         key = (file_digest(image_path), method, float(margin_mm))
         with self._lock:
             if key in self._cache:

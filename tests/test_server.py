@@ -1,0 +1,225 @@
+"""The MONAI Label app in-process: MONAI Label's own FastAPI app (``monailabel.app``),
+driven over HTTP by FastAPI's TestClient, with model configurations read from files."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import APP_DIR, AFFINE_3D, organ_volume, square_rgb, write_studies
+from PIL import Image as PILImage
+
+from segx import explain
+
+
+@pytest.fixture(scope="module")
+def server(toy_models, tmp_path_factory):
+    """(client, app instance, studies folder)."""
+    from fastapi.testclient import TestClient
+    from monailabel.config import settings
+    from monailabel.interfaces.utils.app import app_instance, clear_cache
+
+    studies = write_studies(tmp_path_factory.mktemp("studies"))
+    settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
+    settings.MONAI_LABEL_STUDIES = str(studies)
+    settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(toy_models), "device": "cpu", "max_upload_mb": "0.5"}
+    settings.MONAI_LABEL_AUTO_UPDATE_SCORING = False
+    clear_cache()
+    from monailabel.app import app
+
+    with TestClient(app) as client:
+        yield client, app_instance(), studies
+    clear_cache()
+
+
+def post_infer(client, model, path=None, content=None, filename=None, params=None, output="all"):
+    data = content if content is not None else path.read_bytes()
+    files = {"file": (filename or path.name, io.BytesIO(data))}
+    return client.post(f"/infer/{model}?output={output}", files=files, data={"params": json.dumps(params or {})})
+
+
+def split_multipart(response) -> tuple[dict, bytes]:
+    """(params JSON, image bytes) of a multipart ``output=all`` reply."""
+    boundary = re.search(r"boundary=(\S+)", response.headers["content-type"]).group(1).encode()
+    params, image = None, None
+    for part in response.content.split(b"--" + boundary):
+        if b"\r\n\r\n" not in part:
+            continue
+        head, body = part.split(b"\r\n\r\n", 1)
+        body = body[:-2] if body.endswith(b"\r\n") else body
+        if b'name="params"' in head:
+            params = json.loads(body)
+        elif b'name="image"' in head:
+            image = body
+    return params, image
+
+
+def read_nrrd(data: bytes, tmp_path) -> sitk.Image:
+    path = tmp_path / "result.nrrd"
+    path.write_bytes(data)
+    return sitk.ReadImage(str(path))
+
+
+@pytest.fixture
+def ct_file(tmp_path):
+    path = tmp_path / "upload_ct.nii.gz"
+    nib.save(nib.Nifti1Image(organ_volume(), AFFINE_3D), str(path))
+    return path
+
+
+@pytest.fixture
+def skin_file(tmp_path):
+    path = tmp_path / "upload_skin.png"
+    PILImage.fromarray(square_rgb(50, 40, (10, 30, 5, 25))).save(path)
+    return path
+
+
+def test_info_lists_three_tasks_per_model_and_explains_missing_ones(server):
+    client, _, _ = server
+    info = client.get("/info/").json()
+    models = info["models"]
+    for name in ("toy2d", "toy3d"):
+        assert models[f"{name}_classification"]["type"] == "classification"
+        assert models[f"{name}_segmentation"]["type"] == "segmentation"
+        assert models[f"{name}_segx"]["type"] == "others"
+    assert models["toy3d_segx"]["dimension"] == 3 and models["toy2d_segx"]["labels"] == ["benign", "malignant", "other"]
+    assert models["toy2d_segmentation"]["labels"] == {"lesion": 1}
+    assert not any(k.startswith(("broken", "noweights")) for k in models)
+    unavailable = info["unavailable_models"]
+    assert "broken.yaml" in unavailable["broken"] and "classifier.network" in unavailable["broken"]
+    assert "not_trained_yet.pt" in unavailable["noweights"]
+    assert "segu" in info["scoring"] and "segu_lowest_certainty" in info["strategies"]
+
+
+def test_segx_heatmap_is_float32_in_the_source_geometry(server, ct_file, tmp_path):
+    client, _, _ = server
+    response = post_infer(client, "toy3d_segx", ct_file, params={"result_dtype": "uint8", "result_extension": ".nrrd"})
+    assert response.status_code == 200, response.text
+    params, image = split_multipart(response)
+    heatmap = read_nrrd(image, tmp_path)
+    source = sitk.ReadImage(str(ct_file))
+    assert heatmap.GetPixelID() == sitk.sitkFloat32
+    assert heatmap.GetSize() == source.GetSize()
+    assert np.allclose(heatmap.GetSpacing(), source.GetSpacing())
+    assert np.allclose(heatmap.GetOrigin(), source.GetOrigin())
+    assert np.allclose(heatmap.GetDirection(), source.GetDirection())
+    values = sitk.GetArrayFromImage(heatmap)
+    assert values.max() <= 1.0 and values.min() >= 0.0
+    organ = sitk.GetArrayFromImage(source) > 0.5
+    assert np.all(values[~organ] == 0), "SegX must vanish outside the clinical region"
+    assert params["label_names"] == ["healthy", "tumour"]
+    assert sum(params["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert params["predicted"] == max(params["probabilities"], key=params["probabilities"].get)
+    assert params["class"] == params["predicted"] and params["layer"] == "segx"
+    segu = params["segu"]
+    assert 0.0 <= segu["certainty"] <= 1.0 and segu["variant"] == "mass_inside" and segu["reason"]
+    assert set(params["certainty_per_class"]) == {"healthy", "tumour"}
+    assert params["method"] in ("cam", "gradcam") and "total" in params["latencies"]
+
+
+def test_layers_classes_variants_and_cache_reuse(server, ct_file, tmp_path):
+    client, app, _ = server
+    runtime = app.models["toy3d"].runtime
+    first = post_infer(client, "toy3d_segx", ct_file)
+    assert first.status_code == 200
+    misses = runtime.misses
+    mask = post_infer(client, "toy3d_segx", ct_file, params={"layer": "mask", "class": "healthy"})
+    explanation = post_infer(client, "toy3d_segx", ct_file, params={"layer": "explanation", "class": 0})
+    distance = post_infer(client, "toy3d_segx", ct_file, params={"variant": "distance_decay"})
+    assert runtime.misses == misses, "another layer/class/variant of the same image must not re-run the networks"
+    mask_params, mask_image = split_multipart(mask)
+    assert mask_params["class"] == "healthy" and mask_params["layer"] == "mask"
+    mask_volume = read_nrrd(mask_image, tmp_path)
+    assert mask_volume.GetPixelID() == sitk.sitkUInt8
+    assert int(sitk.GetArrayFromImage(mask_volume).sum()) == 7 * 8 * 6
+    explanation_values = sitk.GetArrayFromImage(read_nrrd(split_multipart(explanation)[1], tmp_path))
+    direct = explain(runtime.pair, ct_file, classes=[0]).map_of("explanation_normalised", 0).numpy()
+    assert np.allclose(explanation_values, direct.transpose(2, 1, 0), atol=1e-6)  # ITK axis order is reversed
+    assert split_multipart(distance)[0]["segu"]["variant"] == "distance_decay"
+    other = post_infer(client, "toy3d_segx", ct_file, params={"method": "gradcam++"})
+    assert other.status_code == 200 and runtime.misses == misses + 1
+
+
+def test_segmentation_task_with_stock_plugin_params(server, skin_file, tmp_path):
+    client, _, _ = server
+    response = post_infer(client, "toy2d_segmentation", skin_file, params={"result_extension": ".nrrd", "result_dtype": "uint8"})
+    assert response.status_code == 200, response.text
+    params, image = split_multipart(response)
+    assert params["label_names"] == {"lesion": 1}
+    labels = read_nrrd(image, tmp_path)
+    assert labels.GetPixelID() == sitk.sitkUInt8
+    assert int(sitk.GetArrayFromImage(labels).sum()) == 20 * 20
+
+
+def test_classification_task(server, skin_file):
+    client, _, _ = server
+    response = post_infer(client, "toy2d_classification", skin_file, output="json")
+    assert response.status_code == 200, response.text
+    prediction = response.json()["prediction"]
+    assert [p["label"] for p in sorted(prediction, key=lambda p: p["idx"])] == ["benign", "malignant", "other"]
+    scores = [p["score"] for p in prediction]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bad_input_gets_4xx_and_changes_nothing(server, ct_file, skin_file, tmp_path):
+    client, app, _ = server
+    before = sorted(app.datastore().list_images())
+    nan_volume = organ_volume()
+    nan_volume[3, 3, 3] = np.nan
+    nan_path = tmp_path / "nan.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(nan_volume), str(nan_path))
+    cases = [
+        (post_infer(client, "toy3d_segx", content=b"this is a text file", filename="notes.nii.gz"), 400, "cannot read"),
+        (post_infer(client, "toy3d_segx", content=b"", filename="empty.nii.gz"), 400, "empty"),
+        (post_infer(client, "toy3d_segx", skin_file), 400, "3D image"),
+        (post_infer(client, "toy2d_segx", ct_file), 400, "2D image"),
+        (post_infer(client, "toy3d_segx", nan_path), 400, "NaN"),
+        (post_infer(client, "melanoma_detector_segx", ct_file), 404, "unknown model"),
+        (post_infer(client, "noweights_segx", skin_file), 404, "not_trained_yet.pt"),
+        (post_infer(client, "toy3d_segx", ct_file, params={"class": "zebra"}), 400, "unknown class"),
+        (post_infer(client, "toy3d_segx", ct_file, params={"layer": "everything"}), 400, "unknown layer"),
+        (post_infer(client, "toy3d_segx", ct_file, params={"variant": "gut"}), 400, "unknown SegU variant"),
+        (post_infer(client, "toy3d_segx", ct_file, params={"method": "magic"}), 400, "unknown explanation method"),
+        (post_infer(client, "toy3d_segx", content=b"\0" * (600 * 1024), filename="huge.nii.gz"), 413, "exceeds the limit"),
+        (client.post("/infer/toy3d_segx?image=not_in_datastore"), 404, "not in the datastore"),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, response.text
+        assert message in response.json()["detail"], response.json()
+    assert sorted(app.datastore().list_images()) == before
+    assert client.get("/info/").status_code == 200
+    assert post_infer(client, "toy3d_segx", ct_file).status_code == 200
+
+
+def test_infer_by_datastore_id(server):
+    client, _, _ = server
+    response = client.post("/infer/toy2d_segx?image=skin0&output=json")
+    assert response.status_code == 200, response.text
+    assert response.json()["predicted"] in ("benign", "malignant", "other")
+
+
+def test_segu_scoring_and_lowest_certainty_strategy(server):
+    client, app, _ = server
+    response = client.post("/activelearning/segu_lowest_certainty", json={"model": "toy2d"})
+    assert response.status_code == 200, response.text
+    chosen = response.json()
+    datastore = app.datastore()
+    scores = {i: datastore.get_image_info(i)["segu"]["toy2d"] for i in datastore.get_unlabeled_images()}
+    certainties = {i: s["certainty"] for i, s in scores.items() if "certainty" in s}
+    assert set(certainties) == {"skin0", "skin1", "skin2"}
+    assert "error" in scores["ct0"], "a 3D study cannot be scored by a 2D model"
+    assert chosen["id"] == min(certainties, key=lambda i: (certainties[i], i))
+    assert chosen["certainty"] == pytest.approx(min(certainties.values()))
+    # each certainty is the one the segx task reports for the same image
+    for image_id, value in certainties.items():
+        reply = client.post(f"/infer/toy2d_segx?image={image_id}&output=json").json()
+        assert reply["segu"]["certainty"] == pytest.approx(value)
+    rescored = client.post("/scoring/segu?run_sync=true", json={"model": "toy2d"})
+    assert rescored.status_code == 200, rescored.text
+    digest = app.models["toy2d"].runtime.weights_digest
+    assert all(s["weights"] == digest for s in scores.values())
