@@ -26,6 +26,7 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.endpoints import install_infer_route  # noqa: E402
+from lib.trainers.pair_trainers import trainers_for  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class SegXApp(MONAILabelApp):
         for model in self.models.values():
             tasks.update(model.infer())
         return tasks
+
+    def init_trainers(self):
+        trainers = {}
+        for model in self.models.values():
+            trainers.update(trainers_for(model.runtime, self.studies))
+        return trainers
 
     def init_scoring_methods(self):
         return {"segu": self.segu_scoring}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -25,9 +26,11 @@ def server(toy_models, tmp_path_factory):
     from monailabel.interfaces.utils.app import app_instance, clear_cache
 
     studies = write_studies(tmp_path_factory.mktemp("studies"))
+    models = tmp_path_factory.mktemp("server_models")
+    shutil.copytree(toy_models, models, dirs_exist_ok=True)  # training here publishes weights
     settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
     settings.MONAI_LABEL_STUDIES = str(studies)
-    settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(toy_models), "device": "cpu", "max_upload_mb": "0.5"}
+    settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(models), "device": "cpu", "max_upload_mb": "0.5"}
     settings.MONAI_LABEL_AUTO_UPDATE_SCORING = False
     clear_cache()
     from monailabel.app import app
@@ -223,3 +226,24 @@ def test_segu_scoring_and_lowest_certainty_strategy(server):
     assert rescored.status_code == 200, rescored.text
     digest = app.models["toy2d"].runtime.weights_digest
     assert all(s["weights"] == digest for s in scores.values())
+
+
+def test_training_publishes_weights_that_the_next_inference_uses(server):
+    client, app, studies = server
+    runtime = app.models["toy2d"].runtime
+    assert set(app.info()["trainers"]) >= {"toy2d_classifier"}
+    assert "toy2d_segmenter" not in app.info()["trainers"], "a TorchScript segmenter is not trainable"
+    before = client.post("/infer/toy2d_segx?image=skin1&output=json").json()
+    digest = runtime.weights_digest
+    weights = runtime.config_file.parent / runtime.config["classifier"]["weights"]
+    old_weights = weights.read_bytes()
+    (studies / "labels.csv").write_text("image_id,label\nskin0,benign\nskin1,malignant\nskin2,other\nct0,unknown_label\n")
+    response = client.post(
+        "/train/toy2d_classifier?run_sync=true",
+        json={"max_epochs": 2, "val_split": 0.0, "learning_rate": 0.01, "train_batch_size": 3},
+    )
+    assert response.status_code == 200, response.text
+    assert weights.read_bytes() != old_weights, "the trained checkpoint was published over the weights"
+    after = client.post("/infer/toy2d_segx?image=skin1&output=json").json()
+    assert runtime.weights_digest != digest
+    assert after["probabilities"] != before["probabilities"]

@@ -1,0 +1,171 @@
+"""MONAI Label trainers for a model configuration's two networks.
+
+- ``NAME_segmenter``: from the label maps saved in the datastore with tag ``final``.
+- ``NAME_classifier``: from image labels: the ``label`` key of an image's datastore info,
+  else a ``labels.csv`` (``image_id,label``) in the studies folder.
+
+Both start from the weights in use and publish the best checkpoint over the weight file
+named in the configuration, so the running server picks it up at its next request.
+Only networks given as ``network`` + ``weights`` can be trained (not TorchScript or
+bundles).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import torch
+from monai.handlers import ConfusionMatrix, from_engine
+from monai.inferers import SimpleInferer
+from monai.losses import DiceCELoss
+from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, Lambdad, LoadImaged, Resized
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from segx.config import load_network
+from segx.pair import Preprocessing
+
+from ..infers.runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
+
+TRAIN_DEFAULTS = {
+    "max_epochs": 5,
+    "train_batch_size": 4,
+    "val_batch_size": 4,
+    "val_split": 0.2,
+    "dataset": "Dataset",
+    "dataloader": "DataLoader",
+    "tracking": "None",  # MLflow's file store refuses to run without migration; opt in per request
+}
+
+
+class _PairTrainer(BasicTrainTask):
+    """Common part: the network section of the configuration and where weights go."""
+
+    field = ""
+
+    def __init__(self, runtime: ModelRuntime, preprocessing: Preprocessing, description: str):
+        self.runtime = runtime
+        self.section = runtime.config[self.field]
+        self.preprocessing = preprocessing
+        config_file = runtime.config_file
+        super().__init__(
+            model_dir=str(config_file.parent / "training" / f"{runtime.name}_{self.field}"),
+            description=description,
+            config=dict(TRAIN_DEFAULTS),
+            amp=False,
+            tracking=None,
+            publish_path=str(config_file.parent / self.section["weights"]),
+        )
+
+    def network(self, context: Context):
+        return load_network(self.section, self.runtime.config_file, self.field).train()
+
+    def optimizer(self, context: Context):
+        return torch.optim.AdamW(context.network.parameters(), lr=float(context.request.get("learning_rate", 1e-4)))
+
+    def _preprocess(self, image) -> torch.Tensor:
+        """Loaded image ``(C, *S)`` -> network input without batch axis ``(C_in, *size)``."""
+        return self.preprocessing(torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image))[0]
+
+    def _image_transforms(self):
+        return [LoadImaged(keys="image", ensure_channel_first=True, image_only=True), Lambdad(keys="image", func=self._preprocess)]
+
+    def train_inferer(self, context: Context):
+        return SimpleInferer()
+
+    def val_inferer(self, context: Context):
+        return SimpleInferer()
+
+
+class SegmenterTrainer(_PairTrainer):
+    """Dice + cross-entropy on the datastore's final label maps."""
+
+    field = "segmenter"
+
+    def __init__(self, runtime: ModelRuntime):
+        super().__init__(runtime, runtime.pair.segmenter_input, f"{runtime.name}: train the segmenter on final labels")
+        self.n_labels = max(runtime.pair.segment_names) + 1
+
+    def loss_function(self, context: Context):
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def train_pre_transforms(self, context: Context):
+        label = [LoadImaged(keys="label", ensure_channel_first=True, image_only=True)]
+        if self.preprocessing.spatial_size is not None:
+            label.append(Resized(keys="label", spatial_size=tuple(self.preprocessing.spatial_size), mode="nearest"))
+        return self._image_transforms() + label + [EnsureTyped(keys=("image", "label"), track_meta=False)]
+
+    def train_post_transforms(self, context: Context):
+        return [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.n_labels, self.n_labels)),
+        ]
+
+
+class ClassifierTrainer(_PairTrainer):
+    """Cross-entropy on image labels (datastore info ``label``, or ``labels.csv``)."""
+
+    field = "classifier"
+    TRAIN_METRIC_ACCURACY = "train_acc"
+    VAL_METRIC_ACCURACY = "val_acc"
+
+    def __init__(self, runtime: ModelRuntime, studies: str):
+        super().__init__(runtime, runtime.pair.classifier_input, f"{runtime.name}: train the classifier on image labels")
+        self.n_classes = len(runtime.pair.class_names)
+        self.labels_csv = Path(studies) / "labels.csv"
+
+    def loss_function(self, context: Context):
+        return torch.nn.CrossEntropyLoss()
+
+    def pre_process(self, request, datastore: Datastore):
+        """Datalist ``[{"image": path, "label": class index}]`` of the labelled images."""
+        csv_labels = {}
+        if self.labels_csv.is_file():
+            with open(self.labels_csv, newline="") as stream:
+                csv_labels = {row["image_id"]: row["label"] for row in csv.DictReader(stream)}
+        datalist = []
+        for image_id in datastore.list_images():
+            label = datastore.get_image_info(image_id).get("label", csv_labels.get(image_id))
+            if label is None:
+                continue
+            try:
+                index = self.runtime.pair.class_index(label)
+            except ValueError:
+                logger.warning(f"{image_id}: label {label!r} is not a class of {self.runtime.name}; skipped")
+                continue
+            datalist.append({"image": datastore.get_image_uri(image_id), "label": index})
+        if not datalist:
+            raise ValueError(f"no labelled image for {self.runtime.name}: set 'label' in image info or add labels.csv")
+        return datalist
+
+    def train_pre_transforms(self, context: Context):
+        return self._image_transforms() + [EnsureTyped(keys="image", track_meta=False), Lambdad(keys="label", func=torch.as_tensor)]
+
+    def train_post_transforms(self, context: Context):
+        return [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.n_classes, self.n_classes)),
+        ]
+
+    def _accuracy(self):
+        return ConfusionMatrix(include_background=True, metric_name="accuracy", output_transform=from_engine(["pred", "label"]))
+
+    def train_key_metric(self, context: Context):
+        return {self.TRAIN_METRIC_ACCURACY: self._accuracy()}
+
+    def val_key_metric(self, context: Context):
+        return {self.VAL_METRIC_ACCURACY: self._accuracy()}
+
+
+def trainers_for(runtime: ModelRuntime, studies: str) -> dict[str, BasicTrainTask]:
+    """``NAME_segmenter`` / ``NAME_classifier`` for the networks that have a state_dict."""
+    trainers: dict[str, BasicTrainTask] = {}
+    if "network" in runtime.config["segmenter"]:
+        trainers[f"{runtime.name}_segmenter"] = SegmenterTrainer(runtime)
+    if "network" in runtime.config["classifier"]:
+        trainers[f"{runtime.name}_classifier"] = ClassifierTrainer(runtime, studies)
+    return trainers
