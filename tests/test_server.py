@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+import yaml
 from conftest import APP_DIR, AFFINE_3D, organ_volume, square_rgb, write_studies
 from PIL import Image as PILImage
 
@@ -28,6 +30,7 @@ def server(toy_models, tmp_path_factory):
     studies = write_studies(tmp_path_factory.mktemp("studies"))
     models = tmp_path_factory.mktemp("server_models")
     shutil.copytree(toy_models, models, dirs_exist_ok=True)  # training here publishes weights
+    write_trainable_segmenter_model(models)
     settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
     settings.MONAI_LABEL_STUDIES = str(studies)
     settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(models), "device": "cpu", "max_upload_mb": "0.5"}
@@ -38,6 +41,24 @@ def server(toy_models, tmp_path_factory):
     with TestClient(app) as client:
         yield client, app_instance(), studies
     clear_cache()
+
+
+def write_trainable_segmenter_model(models):
+    """``seg2d``: the toy 2D classifier with a small MONAI UNet segmenter (state_dict)."""
+    from monai.networks.nets import UNet
+
+    unet_args = {"spatial_dims": 2, "in_channels": 3, "out_channels": 2, "channels": [8, 16], "strides": [2]}
+    torch.manual_seed(5)
+    torch.save(UNet(**unet_args).state_dict(), models / "seg2d_unet.pt")
+    config = yaml.safe_load((models / "toy2d.yaml").read_text())
+    config["segmenter"] = {
+        "network": "UNet",
+        "args": unet_args,
+        "weights": "seg2d_unet.pt",
+        "labels": {1: "lesion"},
+        "input": {"channels": 3, "spatial_size": [48, 48], "intensity": "divide255"},
+    }
+    (models / "seg2d.yaml").write_text(yaml.safe_dump(config))
 
 
 def post_infer(client, model, path=None, content=None, filename=None, params=None, output="all"):
@@ -247,3 +268,28 @@ def test_training_publishes_weights_that_the_next_inference_uses(server):
     after = client.post("/infer/toy2d_segx?image=skin1&output=json").json()
     assert runtime.weights_digest != digest
     assert after["probabilities"] != before["probabilities"]
+
+
+def test_segmenter_training_on_final_labels(server, tmp_path):
+    client, app, studies = server
+    runtime = app.models["seg2d"].runtime
+    before = post_label_count(client, tmp_path)
+    for image_id in ("skin0", "skin1"):
+        truth = (np.asarray(PILImage.open(studies / f"{image_id}.png"))[..., 0] > 128).astype(np.uint8)
+        label_path = tmp_path / f"{image_id}_label.png"
+        PILImage.fromarray(truth).save(label_path)
+        with open(label_path, "rb") as label:
+            saved = client.put(f"/datastore/label?image={image_id}&tag=final", files={"label": (label_path.name, label)})
+        assert saved.status_code == 200, saved.text
+    digest = runtime.weights_digest
+    response = client.post("/train/seg2d_segmenter?run_sync=true", json={"max_epochs": 2, "val_split": 0.0, "learning_rate": 0.01})
+    assert response.status_code == 200, response.text
+    after = post_label_count(client, tmp_path)
+    assert runtime.weights_digest != digest and after != before
+
+
+def post_label_count(client, tmp_path) -> int:
+    """Foreground voxels of seg2d's segmentation of skin2."""
+    response = client.post("/infer/seg2d_segmentation?image=skin2&output=image")
+    assert response.status_code == 200, response.text
+    return int(sitk.GetArrayFromImage(read_nrrd(response.content, tmp_path)).sum())
