@@ -206,3 +206,31 @@ def test_bad_inputs_raise_clear_errors(tmp_path, pair2d, pair3d):
 def test_region_labels_must_name_known_classes():
     with pytest.raises(ValueError, match="unknown classes"):
         make_pair(region_labels={"not_a_class": [1]})
+
+
+def test_dicom_series_folder_keeps_spacing(tmp_path, pair3d):
+    volume = np.full((6, 24, 20), 100, dtype=np.int16)
+    volume[2:5, 5:15, 4:12] = 900
+    image = sitk.GetImageFromArray(volume)  # SimpleITK axis order: (x, y, z) = (20, 24, 6)
+    image.SetSpacing((0.8, 0.7, 2.5))
+    series = tmp_path / "series"
+    series.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(volume.shape[0]):
+        slice_image = image[:, :, z]
+        slice_image.SetMetaData("0020|0032", f"0\\0\\{2.5 * z}")  # image position (patient)
+        slice_image.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")  # image orientation
+        slice_image.SetMetaData("0018|0050", "2.5")  # slice thickness
+        slice_image.SetMetaData("0020|0013", str(z + 1))  # instance number
+        slice_image.SetMetaData("0008|0060", "CT")
+        slice_image.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1")  # study instance UID
+        slice_image.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2")  # series instance UID
+        slice_image.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.2.{z + 1}")  # SOP instance UID
+        writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
+        writer.Execute(slice_image)
+    pair = make_pair(spatial_dims=3, channels=1, classes=3, intensity=(0, 1000))
+    result = explain(pair, series, classes=[0])
+    assert result.explanation.shape[1:] == (20, 24, 6)
+    assert result.spacing == pytest.approx((0.8, 0.7, 2.5), abs=1e-3)
+    assert int(result.clinical_mask[0].sum()) == 3 * 10 * 8
