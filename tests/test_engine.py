@@ -10,19 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from monai.networks.nets import DenseNet121
+from conftest import BrightRegion
 from PIL import Image as PILImage
-from torch import nn
 
 from segx import LevelThresholds, ModelPair, Preprocessing, explain, segu
-
-
-class BrightRegion(nn.Module):
-    """A segmenter with a known answer: foreground where the channel mean exceeds 0.5.
-    Output: logits ``(1, 2, *S)``."""
-
-    def forward(self, x):
-        foreground = 20 * (x.mean(1, keepdim=True) - 0.5)
-        return torch.cat([-foreground, foreground], dim=1)
 
 
 def make_pair(spatial_dims=2, channels=3, classes=4, intensity="none", **options) -> ModelPair:

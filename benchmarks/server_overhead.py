@@ -1,0 +1,359 @@
+"""Server overhead: ``POST /infer/NAME_segx`` over HTTP against in-process ``segx.explain``.
+
+Two model configurations are written to a temporary folder (YAML + state_dict weights,
+random with a fixed seed, nothing downloaded):
+
+* ``bench2d``: MONAI ``DenseNet121`` 2D (3 in, 7 classes, input 224 x 224, ``divide255``)
+  + MONAI ``UNet`` 2D (2 out, channels (16, 32, 64, 128), strides (2, 2, 2), input
+  224 x 224, ``divide255``); image: a 224 x 224 RGB PNG (bright disc on noise);
+* ``bench3d``: ``DenseNet121`` 3D (1 in, 3 classes, input 96^3, ``minmax``) + ``UNet`` 3D
+  (same channels, input 96^3, ``minmax``); image: a 96^3 float32 NIfTI (``.nii.gz``,
+  1.5 mm spacing, bright ball on noise).
+
+A real ``monailabel start_server --app monailabel_app`` serves both on a free loopback port
+(``--conf device cpu``). Two workloads per dimension, on the SAME image files:
+
+* ``http``: ``requests.post(URL/infer/NAME_segx?output=image, files={"file": ...})`` with
+  the whole reply read (upload + server work + NRRD heatmap download), status 200;
+* ``inprocess``: ``segx.explain(pair, path)`` with default arguments on the pair built by
+  ``segx.config.load_model_pair`` from the same configuration file (what the server's
+  SegX task runs, minus its NRRD writing).
+
+The server caches results by image content, so every call gets its own file: the base
+image with one pixel changed (a different value per file), used once over HTTP and once
+in-process. Method: ``torch.set_num_threads(--threads)`` here; the server is started with
+``OMP_NUM_THREADS=MKL_NUM_THREADS=--threads`` in its environment (torch takes its
+intra-op thread count from it), so both sides may use the same number of threads. One
+warm-up call of each workload, then ``--repeats`` interleaved rounds (http 2D,
+in-process 2D, http 3D, in-process 3D, ...); medians. Per dimension ``d``::
+
+    ratio_d = median(http) / median(inprocess)
+
+The warm-up reply is checked against the in-process result (``max_abs_diff_d``: the
+server's heatmap against ``result.map_of("segx", result.predicted)``). The server's CPU
+seconds per request (its process tree, from psutil) are reported as ``server_cpu_s_d``.
+The last printed line is ``RESULT {json}``. ``--quick`` uses 3 rounds (about a minute,
+most of it the server start).
+
+    python benchmarks/server_overhead.py [--quick] [--threads 2] [--repeats 7] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+import torch
+import yaml
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "monailabel_app"
+sys.path.insert(0, str(APP_DIR))
+
+import segx  # noqa: E402
+from segx.config import load_model_pair  # noqa: E402
+
+WORKLOADS = ("http", "inprocess")
+UNET = {"out_channels": 2, "channels": [16, 32, 64, 128], "strides": [2, 2, 2]}
+
+
+@dataclass
+class Case:
+    """One dimension: its model configuration, base image and per-call image files."""
+
+    name: str  # "2d" / "3d"
+    model: str  # configuration name
+    config_file: Path
+    files: list[Path] = field(default_factory=list)  # files[0]: warm-up
+    pair: segx.ModelPair | None = None
+
+
+def write_config(folder: Path, name: str, dims: int, channels: int, n_classes: int, size: int, intensity: str, seed: int) -> Path:
+    """``NAME.yaml`` + ``NAME_classifier.pt`` + ``NAME_segmenter.pt`` (seeded random weights)."""
+    from monai.networks.nets import DenseNet121, UNet
+
+    torch.manual_seed(seed)
+    classifier_args = {"spatial_dims": dims, "in_channels": channels, "out_channels": n_classes}
+    segmenter_args = {"spatial_dims": dims, "in_channels": channels, **UNET}
+    torch.save(DenseNet121(**classifier_args).state_dict(), folder / f"{name}_classifier.pt")
+    torch.save(UNet(**segmenter_args).state_dict(), folder / f"{name}_segmenter.pt")
+    preprocessing = {"channels": channels, "spatial_size": [size] * dims, "intensity": intensity}
+    config = {
+        "spatial_dims": dims,
+        "classes": [f"class{c}" for c in range(n_classes)],
+        "classifier": {"network": "DenseNet121", "args": classifier_args, "weights": f"{name}_classifier.pt", "input": preprocessing},
+        "segmenter": {"network": "UNet", "args": segmenter_args, "weights": f"{name}_segmenter.pt", "labels": {1: "region"}, "input": preprocessing},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_images_2d(folder: Path, count: int, rng: np.random.Generator) -> list[Path]:
+    """``count`` 224 x 224 RGB PNGs: a bright disc on noise, pixel (0, 0) = (k, 255 - k, 7)."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:224, :224]
+    image = rng.normal(60, 20, size=(224, 224, 3))
+    image[(yy - 120) ** 2 + (xx - 100) ** 2 < 50**2] += np.array([150, 110, 90])
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    files = []
+    for k in range(count):
+        image[0, 0] = (k % 256, 255 - k % 256, 7)
+        path = folder / f"image2d_{k:03d}.png"
+        Image.fromarray(image).save(path)
+        files.append(path)
+    return files
+
+
+def write_images_3d(folder: Path, count: int, rng: np.random.Generator) -> list[Path]:
+    """``count`` 96^3 float32 NIfTIs (1.5 mm): a bright ball on noise, voxel (0, 0, 0) = 0.5 + k / 1000."""
+    import nibabel as nib
+
+    zz, yy, xx = np.mgrid[:96, :96, :96]
+    volume = rng.normal(0.1, 0.05, size=(96, 96, 96))
+    volume[(zz - 50) ** 2 + (yy - 44) ** 2 + (xx - 48) ** 2 < 22**2] += 0.7
+    volume = volume.astype(np.float32)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    files = []
+    for k in range(count):
+        volume[0, 0, 0] = 0.5 + k / 1000
+        path = folder / f"image3d_{k:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(volume, affine), str(path))
+        files.append(path)
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, models: Path, studies: Path, names: list[str], threads: int, timeout: float) -> tuple[subprocess.Popen, str, Path]:
+    """``monailabel start_server`` on a free port in its own process group; waits for /info."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    port = free_port()
+    log_file = tmp / "server.log"
+    command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
+               "--conf", "models", ",".join(names), "--conf", "models_dir", str(models), "--conf", "device", "cpu",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_tail(log_file)}")
+        try:
+            info = requests.get(f"{url}/info/", timeout=2)
+            if info.status_code == 200:
+                missing = [f"{n}_segx" for n in names if f"{n}_segx" not in info.json()["models"]]
+                if missing:
+                    raise RuntimeError(f"server does not offer {missing}: {info.json().get('unavailable_models')}")
+                return process, url, log_file
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    stop_server(process)
+    raise RuntimeError(f"server did not answer within {timeout} s:\n{log_tail(log_file)}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 30 s."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def server_cpu_seconds(process: subprocess.Popen) -> float:
+    """User + system CPU seconds of the server's process tree so far."""
+    total = 0.0
+    try:
+        root = psutil.Process(process.pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def http_call(url: str, case: Case, path: Path) -> bytes:
+    """POST the file to ``/infer/NAME_segx?output=image``; the reply's bytes (status 200)."""
+    with open(path, "rb") as stream:
+        response = requests.post(f"{url}/infer/{case.model}_segx?output=image", files={"file": (path.name, stream)}, timeout=600)
+    if response.status_code != 200:
+        raise RuntimeError(f"{case.model}_segx on {path.name}: HTTP {response.status_code}: {response.text[:500]}")
+    return response.content
+
+
+def inprocess_call(case: Case, path: Path) -> segx.SegXResult:
+    """What the server's SegX task runs: ``segx.explain`` with default arguments."""
+    return segx.explain(case.pair, str(path))
+
+
+def check_reply(reply: bytes, result: segx.SegXResult, tmp: Path) -> float:
+    """Max |server heatmap - in-process SegX map of the predicted class|."""
+    from monai.transforms import LoadImage
+
+    path = tmp / "reply.nrrd"
+    path.write_bytes(reply)
+    served = np.asarray(LoadImage(image_only=True, reader="ITKReader")(str(path)), dtype=np.float32)
+    expected = result.map_of("segx", result.predicted).detach().cpu().numpy().astype(np.float32)
+    if served.shape != expected.shape:
+        raise RuntimeError(f"server heatmap {served.shape} vs in-process {expected.shape}")
+    return float(np.abs(served - expected).max())
+
+
+def measure(cases: list[Case], url: str, process: subprocess.Popen, repeats: int, tmp: Path, progress: tqdm) -> dict[str, dict]:
+    """Warm-up (file 0, with the reply check), then ``repeats`` interleaved rounds."""
+    times = {c.name: {w: [] for w in WORKLOADS} for c in cases}
+    cpu = {c.name: [] for c in cases}
+    sizes = {}
+    diffs = {}
+    for case in cases:
+        reply = http_call(url, case, case.files[0])
+        diffs[case.name] = check_reply(reply, inprocess_call(case, case.files[0]), tmp)
+        sizes[case.name] = (case.files[0].stat().st_size, len(reply))
+    progress.update(1)
+    for k in range(1, repeats + 1):
+        for case in cases:
+            path = case.files[k]
+            cpu_start = server_cpu_seconds(process)
+            start = time.perf_counter()
+            http_call(url, case, path)
+            times[case.name]["http"].append(time.perf_counter() - start)
+            cpu[case.name].append(server_cpu_seconds(process) - cpu_start)
+            start = time.perf_counter()
+            inprocess_call(case, path)
+            times[case.name]["inprocess"].append(time.perf_counter() - start)
+        progress.update(1)
+    results = {}
+    for case in cases:
+        medians = {w: statistics.median(v) for w, v in times[case.name].items()}
+        results[case.name] = {
+            "http_s": medians["http"],
+            "inprocess_s": medians["inprocess"],
+            "ratio": medians["http"] / medians["inprocess"],
+            "overhead_s": medians["http"] - medians["inprocess"],
+            "server_cpu_s": statistics.median(cpu[case.name]),
+            "upload_bytes": sizes[case.name][0],
+            "reply_bytes": sizes[case.name][1],
+            "max_abs_diff": diffs[case.name],
+        }
+    return results
+
+
+def cpu_name() -> str:
+    """CPU model from /proc/cpuinfo (Linux), else the architecture."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def print_table(cases: list[Case], results: dict[str, dict]) -> None:
+    header = f"{'case':<5} {'model':<8} {'upload':>9} {'reply':>9} {'http s':>8} {'in-proc s':>10} {'http/in-proc':>13} {'overhead s':>11} {'server cpu s':>13} {'max|diff|':>10}"
+    print(header)
+    print("-" * len(header))
+    for case in cases:
+        r = results[case.name]
+        print(
+            f"{case.name:<5} {case.model:<8} {r['upload_bytes'] / 1e3:>7.0f}kB {r['reply_bytes'] / 1e3:>7.0f}kB {r['http_s']:>8.3f} {r['inprocess_s']:>10.3f}"
+            f" {r['ratio']:>13.2f} {r['overhead_s']:>11.3f} {r['server_cpu_s']:>13.3f} {r['max_abs_diff']:>10.2e}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, here and in the server (default 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7, 3 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds (about a minute on 2 cores)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
+    parser.add_argument("--startup-timeout", type=float, default=240, help="seconds to wait for the server's /info")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    if repeats < (1 if args.quick else 5):
+        parser.error("--repeats must be >= 5 (>= 1 with --quick)")
+    torch.set_num_threads(args.threads)
+
+    import monai
+    import monailabel
+
+    print(f"torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, segx {segx.__version__}")
+    print(f"device cpu ({cpu_name()}), cpu cores {os.cpu_count()}, repeats {repeats} (+1 warm-up), seed {args.seed}")
+    print(f"threads: in-process torch.set_num_threads({args.threads}); server env OMP_NUM_THREADS=MKL_NUM_THREADS={args.threads}")
+    print("(other busy processes distort CPU timings)")
+    if args.quick:
+        print(f"QUICK MODE: {repeats} rounds; use the full mode for reported numbers")
+
+    with tempfile.TemporaryDirectory(prefix="segx_server_bench_") as tmp_name:
+        tmp = Path(tmp_name)
+        models, studies, images = tmp / "models", tmp / "studies", tmp / "images"
+        for folder in (models, studies, images):
+            folder.mkdir()
+        rng = np.random.default_rng(args.seed)
+        cases = [
+            Case("2d", "bench2d", write_config(models, "bench2d", 2, 3, 7, 224, "divide255", args.seed)),
+            Case("3d", "bench3d", write_config(models, "bench3d", 3, 1, 3, 96, "minmax", args.seed)),
+        ]
+        cases[0].files = write_images_2d(images, repeats + 1, rng)
+        cases[1].files = write_images_3d(images, repeats + 1, rng)
+        for case in cases:
+            case.pair = load_model_pair(case.config_file)[0]
+
+        start = time.perf_counter()
+        process, url, log_file = start_server(tmp, models, studies, [c.model for c in cases], args.threads, args.startup_timeout)
+        print(f"server {url} up in {time.perf_counter() - start:.1f} s (pid {process.pid})")
+        try:
+            with tqdm(total=repeats + 1, desc="warm-up + rounds", file=sys.stderr) as progress:
+                results = measure(cases, url, process, repeats, tmp, progress)
+        except Exception:
+            print(log_tail(log_file), file=sys.stderr)
+            raise
+        finally:
+            stop_server(process)
+    print_table(cases, results)
+
+    summary = {f"{key}_{name}": value for name, r in results.items() for key, value in r.items()}
+    summary.update(quick=args.quick, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
+    print("RESULT " + json.dumps(summary, sort_keys=True))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
