@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test benchmark clean-venv
+.PHONY: install test demo serve benchmark clean-venv
 
 install: $(STAMP)
 
@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/segx demo --out demo_output
+
+# A server for 3D Slicer on the demo studies (make demo first) and the demo models.
+PORT ?= 8000
+STUDIES ?= demo_output/studies/images
+serve: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MONAI_LABEL_AUTO_UPDATE_SCORING=false monailabel start_server --app monailabel_app --studies $(STUDIES) --conf models demo2d,demo3d --host 127.0.0.1 --port $(PORT)
 
 benchmark: install
 	$(PY) benchmarks/explain_overhead.py

@@ -25,7 +25,11 @@ in-process. Method: ``torch.set_num_threads(--threads)`` here; the server is sta
 ``OMP_NUM_THREADS=MKL_NUM_THREADS=--threads`` in its environment (torch takes its
 intra-op thread count from it), so both sides may use the same number of threads. One
 warm-up call of each workload, then ``--repeats`` interleaved rounds (http 2D,
-in-process 2D, http 3D, in-process 3D, ...); medians. Per dimension ``d``::
+in-process 2D, http 3D, in-process 3D, ...); medians. Before every timed call the script
+sleeps ``--settle`` seconds (default 0.3, untimed): after writing its NRRD reply the
+server's OpenBLAS worker thread busy-waits (``sched_yield``) for about 0.1 s, which on a
+2-core machine would otherwise slow down the in-process call that follows by 2-3x. Each
+call is thus timed as a single request on an otherwise idle machine. Per dimension ``d``::
 
     ratio_d = median(http) / median(inprocess)
 
@@ -35,7 +39,7 @@ seconds per request (its process tree, from psutil) are reported as ``server_cpu
 The last printed line is ``RESULT {json}``. ``--quick`` uses 3 rounds (about a minute,
 most of it the server start).
 
-    python benchmarks/server_overhead.py [--quick] [--threads 2] [--repeats 7] [--seed 0]
+    python benchmarks/server_overhead.py [--quick] [--threads 2] [--repeats 7] [--settle 0.3] [--seed 0]
 """
 
 from __future__ import annotations
@@ -145,8 +149,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def log_config(tmp: Path) -> Path:
+    """MONAI Label's default logging configuration with the log file in ``tmp`` (by default
+    the server appends to ``monailabel_app/logs/app.log`` in the repository)."""
+    import monailabel
+
+    text = (Path(monailabel.__file__).parent / "logging.json").read_text()
+    path = tmp / "logging.json"
+    path.write_text(text.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log")))
+    return path
+
+
 def start_server(tmp: Path, models: Path, studies: Path, names: list[str], threads: int, timeout: float) -> tuple[subprocess.Popen, str, Path]:
-    """``monailabel start_server`` on a free port in its own process group; waits for /info."""
+    """``monailabel start_server`` on a free port in its own process group (logs in ``tmp``);
+    waits for /info."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
@@ -155,7 +171,7 @@ def start_server(tmp: Path, models: Path, studies: Path, names: list[str], threa
     log_file = tmp / "server.log"
     command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
                "--conf", "models", ",".join(names), "--conf", "models_dir", str(models), "--conf", "device", "cpu",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config(tmp))]  # fmt: skip
     with open(log_file, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -238,7 +254,7 @@ def check_reply(reply: bytes, result: segx.SegXResult, tmp: Path) -> float:
     return float(np.abs(served - expected).max())
 
 
-def measure(cases: list[Case], url: str, process: subprocess.Popen, repeats: int, tmp: Path, progress: tqdm) -> dict[str, dict]:
+def measure(cases: list[Case], url: str, process: subprocess.Popen, repeats: int, settle: float, tmp: Path, progress: tqdm) -> dict[str, dict]:
     """Warm-up (file 0, with the reply check), then ``repeats`` interleaved rounds."""
     times = {c.name: {w: [] for w in WORKLOADS} for c in cases}
     cpu = {c.name: [] for c in cases}
@@ -252,11 +268,13 @@ def measure(cases: list[Case], url: str, process: subprocess.Popen, repeats: int
     for k in range(1, repeats + 1):
         for case in cases:
             path = case.files[k]
+            time.sleep(settle)
             cpu_start = server_cpu_seconds(process)
             start = time.perf_counter()
             http_call(url, case, path)
             times[case.name]["http"].append(time.perf_counter() - start)
             cpu[case.name].append(server_cpu_seconds(process) - cpu_start)
+            time.sleep(settle)
             start = time.perf_counter()
             inprocess_call(case, path)
             times[case.name]["inprocess"].append(time.perf_counter() - start)
@@ -304,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7, 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="3 rounds (about a minute on 2 cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
+    parser.add_argument("--settle", type=float, default=0.3, help="untimed pause before every timed call, seconds (default 0.3)")
     parser.add_argument("--startup-timeout", type=float, default=240, help="seconds to wait for the server's /info")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, segx {segx.__version__}")
     print(f"device cpu ({cpu_name()}), cpu cores {os.cpu_count()}, repeats {repeats} (+1 warm-up), seed {args.seed}")
     print(f"threads: in-process torch.set_num_threads({args.threads}); server env OMP_NUM_THREADS=MKL_NUM_THREADS={args.threads}")
-    print("(other busy processes distort CPU timings)")
+    print(f"settle {args.settle} s before every timed call (other busy processes distort CPU timings)")
     if args.quick:
         print(f"QUICK MODE: {repeats} rounds; use the full mode for reported numbers")
 
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"server {url} up in {time.perf_counter() - start:.1f} s (pid {process.pid})")
         try:
             with tqdm(total=repeats + 1, desc="warm-up + rounds", file=sys.stderr) as progress:
-                results = measure(cases, url, process, repeats, tmp, progress)
+                results = measure(cases, url, process, repeats, args.settle, tmp, progress)
         except Exception:
             print(log_tail(log_file), file=sys.stderr)
             raise
@@ -350,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(cases, results)
 
     summary = {f"{key}_{name}": value for name, r in results.items() for key, value in r.items()}
-    summary.update(quick=args.quick, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
+    summary.update(quick=args.quick, settle=args.settle, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
     print("RESULT " + json.dumps(summary, sort_keys=True))
     return summary
 

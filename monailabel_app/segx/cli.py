@@ -50,6 +50,28 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _phantoms(args: argparse.Namespace) -> int:
+    from .phantoms import generate
+
+    out = generate(args.out, args.dim, args.count, args.seed, args.split)
+    print(f"wrote {args.count} {args.dim}D {args.split} phantoms to {out} (labels.csv, images/, masks/)")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    log = train(args.recipe, args.data, args.out)
+    print(json.dumps({k: v for k, v in log.items() if not k.endswith("losses")}, indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.out, args.n2d, args.n3d, args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segx", description="SegX explanations and SegU certainty for MONAI models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     explain.add_argument("--out", help="folder for float32 NRRD maps and the label map")
     explain.set_defaults(run=_explain)
+
+    phantoms = commands.add_parser("phantoms", help="generate phantom studies with a spurious marker")
+    phantoms.add_argument("out", help="output folder (images/, masks/, labels.csv)")
+    phantoms.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    phantoms.add_argument("--count", type=int, required=True)
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--split", default="test", choices=("train", "val", "test"))
+    phantoms.set_defaults(run=_phantoms)
+
+    train = commands.add_parser("train", help="train a model pair recipe on a dataset folder")
+    train.add_argument("--recipe", required=True, help="demo2d or demo3d")
+    train.add_argument("--data", required=True, help="folder with images/, masks/, labels.csv (split column)")
+    train.add_argument("--out", required=True, help="folder for NAME.yaml and weights/")
+    train.set_defaults(run=_train)
+
+    demo = commands.add_parser("demo", help="end-to-end demo over a real MONAI Label server")
+    demo.add_argument("--out", default="demo_output")
+    demo.add_argument("--n2d", type=int, default=40, help="2D test studies")
+    demo.add_argument("--n3d", type=int, default=4, help="3D test studies")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=_demo)
     parser.epilog = f"SegU variants: {', '.join(sorted(VARIANTS))}"
     return parser
 
