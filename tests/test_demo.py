@@ -1,0 +1,109 @@
+"""Phantom studies, demo training, and a short end-to-end demo over a live server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+from conftest import venv_env
+from PIL import Image as PILImage
+
+from segx.config import load_model_pair
+from segx.phantoms import SPACING_3D, generate
+from segx.training import train
+
+
+def read_rows(folder):
+    with open(folder / "labels.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_phantoms_are_deterministic_per_seed(tmp_path):
+    for run in ("a", "b"):
+        generate(tmp_path / run, 2, 4, seed=3, split="train", progress=False)
+        generate(tmp_path / run, 3, 1, seed=3, split="test", progress=False)
+    for name in ("train2d_3_0002.png", "test3d_3_0000.nii.gz"):
+        assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
+    generate(tmp_path / "c", 2, 4, seed=4, split="train", progress=False)
+    assert (tmp_path / "a" / "images" / "train2d_3_0002.png").read_bytes() != (tmp_path / "c" / "images" / "train2d_4_0002.png").read_bytes()
+    assert [r["split"] for r in read_rows(tmp_path / "a")] == ["train"] * 4 + ["test"]
+
+
+def test_marker_is_a_shortcut_in_train_only(tmp_path):
+    generate(tmp_path, 2, 200, seed=0, split="train", progress=False)
+    generate(tmp_path, 2, 200, seed=0, split="test", progress=False)
+    rows = read_rows(tmp_path)
+    rate = {(s, c): np.mean([int(r["marker"]) for r in rows if r["split"] == s and r["label"] == c]) for s in ("train", "test") for c in ("nevus", "melanoma")}
+    assert rate["train", "melanoma"] > 0.85 and rate["train", "nevus"] < 0.15
+    assert 0.35 < rate["test", "melanoma"] < 0.65 and 0.35 < rate["test", "nevus"] < 0.65
+    for row in rows[:20]:  # the marker never overlaps the clinical region (the lesion)
+        image = np.asarray(PILImage.open(tmp_path / "images" / row["file"])).astype(int)
+        lesion = np.asarray(PILImage.open(tmp_path / "masks" / row["file"])) > 127
+        ruler = (np.abs(image - [40, 40, 46]).sum(-1) == 0)
+        assert lesion.any() and not (ruler & lesion).any()
+        assert ruler.any() == (row["marker"] == "1")
+
+
+def test_3d_phantom_geometry_and_lesion_inside_the_liver(tmp_path):
+    generate(tmp_path, 3, 2, seed=1, split="val", progress=False)
+    for row in read_rows(tmp_path):
+        image = nib.load(tmp_path / "images" / row["file"])
+        labels = np.asarray(nib.load(tmp_path / "masks" / row["file"]).dataobj)
+        assert np.allclose(image.header.get_zooms(), SPACING_3D)
+        assert set(np.unique(labels)) == {0, 1, 2}
+        centre = tuple(int(v) for v in row["lesion"].split())
+        assert labels[centre] == 1, "the lesion lies in the liver"
+
+
+def test_training_writes_a_loadable_calibrated_configuration(tmp_path):
+    data = tmp_path / "data"
+    generate(data, 2, 12, seed=0, split="train", progress=False)
+    generate(data, 2, 8, seed=0, split="val", progress=False)
+    log = train("demo2d", data, tmp_path / "models")
+    config = yaml.safe_load((tmp_path / "models" / "demo2d.yaml").read_text())
+    assert config["certainty"]["n_validation"] == 8 and config["certainty"]["variant"] == "mass_inside"
+    pair, _ = load_model_pair(tmp_path / "models" / "demo2d.yaml")
+    assert pair.class_names == ["nevus", "melanoma"] and pair.levels is not None
+    assert len(log["classifier_losses"]) == 12 and log["classifier_losses"][-1] < log["classifier_losses"][0]
+    assert 0.0 <= log["val_dice"] <= 1.0
+
+
+def test_short_demo_end_to_end(tmp_path):
+    """``segx demo`` with 6 2D and 1 3D studies: the real server, the shipped models."""
+    out = tmp_path / "demo_output"
+    command = [sys.executable, "-m", "segx.cli", "demo", "--out", str(out), "--n2d", "6", "--n3d", "1"]
+    finished = subprocess.run(command, env=venv_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    last = finished.stdout.strip().splitlines()[-1]
+    assert last.startswith("DEMO ")
+    summary = json.loads(last[len("DEMO ") :])
+    assert summary["n_2d"] == 6 and summary["n_3d"] == 1
+    assert summary["iou_segx"] > summary["iou_raw"]
+    assert "report.md" in {p.name for p in out.iterdir()}
+    rows = read_rows(out / "studies")
+    for row in rows:
+        folder = out / row["image_id"]
+        assert (folder / "panel.png").stat().st_size > 0
+        source = sitk.ReadImage(str(out / "studies" / "images" / row["file"]))
+        for name, pixel in (("segx.nrrd", sitk.sitkFloat32), ("explanation.nrrd", sitk.sitkFloat32), ("segmentation.nrrd", sitk.sitkUInt8)):
+            written = sitk.ReadImage(str(folder / name))
+            assert written.GetPixelID() == pixel
+            assert written.GetSize()[: source.GetDimension()] == source.GetSize()
+            assert np.allclose(written.GetSpacing()[: source.GetDimension()], source.GetSpacing())
+    assert (out / rows[-1]["image_id"] / "mip.png").exists(), "3D studies get a maximum-intensity projection"
+    report = (out / "report.md").read_text()
+    assert all(row["image_id"] in report for row in rows)
+
+
+def test_demo_rejects_bad_phantom_arguments(tmp_path):
+    with pytest.raises(ValueError, match="--dim"):
+        generate(tmp_path, 4, 1, 0)
+    with pytest.raises(ValueError, match="split"):
+        generate(tmp_path, 2, 1, 0, split="holdout")
