@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from conftest import APP_DIR, AFFINE_3D, organ_volume, square_rgb, write_studies
 from PIL import Image as PILImage
 
 from segx import explain
+from segx.demo import parse_multipart
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +69,7 @@ def post_infer(client, model, path=None, content=None, filename=None, params=Non
 
 def split_multipart(response) -> tuple[dict, bytes]:
     """(params JSON, image bytes) of a multipart ``output=all`` reply."""
-    boundary = re.search(r"boundary=(\S+)", response.headers["content-type"]).group(1).encode()
-    params, image = None, None
-    for part in response.content.split(b"--" + boundary):
-        if b"\r\n\r\n" not in part:
-            continue
-        head, body = part.split(b"\r\n\r\n", 1)
-        body = body[:-2] if body.endswith(b"\r\n") else body
-        if b'name="params"' in head:
-            params = json.loads(body)
-        elif b'name="image"' in head:
-            image = body
-    return params, image
+    return parse_multipart(response.headers["content-type"], response.content)
 
 
 def read_nrrd(data: bytes, tmp_path) -> sitk.Image:

@@ -104,18 +104,25 @@ def _infer(url: str, task: str, image: Path, out: Path | None = None, **params) 
         raise RuntimeError(f"{task} on {image.name}: HTTP {response.status_code}: {response.text}")
     if not out:
         return response.json()
-    boundary = response.headers["content-type"].split("boundary=")[1].encode()
-    reply = {}
-    for part in response.content.split(b"--" + boundary):
+    reply, image = parse_multipart(response.headers["content-type"], response.content)
+    out.write_bytes(image)
+    return reply
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict, bytes | None]:
+    """Split a MONAI Label ``output=all`` reply into its ``params`` JSON and ``image`` bytes."""
+    boundary = content_type.split("boundary=")[1].strip().encode()
+    params, image = {}, None
+    for part in body.split(b"--" + boundary):
         if b"\r\n\r\n" not in part:
             continue
-        head, body = part.split(b"\r\n\r\n", 1)
-        body = body[:-2] if body.endswith(b"\r\n") else body
+        head, content = part.split(b"\r\n\r\n", 1)
+        content = content[:-2] if content.endswith(b"\r\n") else content
         if b'name="params"' in head:
-            reply = json.loads(body)
+            params = json.loads(content)
         elif b'name="image"' in head:
-            out.write_bytes(body)
-    return reply
+            image = content
+    return params, image
 
 
 def _panel(path: Path, image: np.ndarray, raw: np.ndarray, segx: np.ndarray, mask: np.ndarray, title: str, rgb: bool) -> None:
