@@ -234,6 +234,8 @@ def test_segu_scoring_and_lowest_certainty_strategy(server):
         assert reply["segu"]["certainty"] == pytest.approx(value)
     rescored = client.post("/scoring/segu?run_sync=true", json={"model": "toy2d"})
     assert rescored.status_code == 200, rescored.text
+    n_images = len(datastore.get_unlabeled_images())
+    assert app.segu_scoring({"model": "toy2d"}, datastore) == {"scored": 0, "skipped": n_images, "failed": 0}
     digest = app.models["toy2d"].runtime.weights_digest
     assert all(s["weights"] == digest for s in scores.values())
 
