@@ -1,0 +1,176 @@
+"""HTTP client for the SegX MONAI Label server (``monailabel_app``).
+
+Plain ``requests`` with a timeout on every call, multipart replies parsed without the
+``cgi`` module, and every failure (server down, timeout, HTTP 4xx/5xx, malformed reply)
+raised as :class:`ServerError` with a message meant for the user. Safe to call from a
+worker thread: it touches neither Qt nor MRML.
+"""
+
+import json
+import re
+from typing import Dict, Optional, Tuple
+
+import requests
+
+#: Explanation methods the server accepts (``segx.METHODS`` on the server side).
+METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam", "scorecam", "occlusion", "integrated_gradients")
+
+
+class ServerError(Exception):
+    """A request that failed, with a one-line message for the user.
+
+    Attributes:
+        status: the HTTP status code, or ``None`` when no HTTP answer came (server down,
+            timeout).
+        detail: the server's own message (``{"detail": ...}`` of a 4xx reply), if any.
+    """
+
+    def __init__(self, message: str, status: Optional[int] = None, detail: Optional[str] = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+def parse_multipart(body: bytes, content_type: str) -> Dict[str, bytes]:
+    """The parts of a ``multipart/form-data`` body, by field name.
+
+    Raises:
+        ServerError: no boundary in ``content_type`` or no named part in the body.
+    """
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise ServerError(f"the server sent a multipart reply without a boundary ({content_type!r})")
+    delimiter = b"\r\n--" + match.group(1).encode("latin-1")
+    parts = {}
+    for chunk in (b"\r\n" + body).split(delimiter)[1:]:
+        if chunk.startswith(b"--"):  # closing delimiter
+            break
+        head, _, content = chunk.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]*)"', head)
+        if name:
+            parts[name.group(1).decode("utf-8")] = content
+    if not parts:
+        raise ServerError("the server sent a multipart reply without any named part")
+    return parts
+
+
+def _detail(response: requests.Response) -> str:
+    """The server's message: FastAPI's ``{"detail": ...}`` or the start of the body."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text.strip()[:300] or response.reason
+    if isinstance(detail, list):  # request validation errors
+        return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+    return str(detail) if detail is not None else response.text[:300]
+
+
+class SegXClient:
+    """Talks to one server.
+
+    Args:
+        url: server address, e.g. ``http://127.0.0.1:8000``.
+        timeout: seconds to wait for an answer to quick requests (info, datastore).
+        infer_timeout: seconds to wait for an inference, a strategy or a training start.
+        connect_timeout: seconds to wait for the connection itself.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0, infer_timeout: float = 600.0, connect_timeout: float = 5.0):
+        url = url.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ServerError(f"not a server address: {url!r} (expected e.g. http://127.0.0.1:8000)")
+        self.url = url
+        self.timeout = timeout
+        self.infer_timeout = infer_timeout
+        self.connect_timeout = connect_timeout
+        self.session = requests.Session()
+
+    def _request(self, method: str, path: str, timeout: float, **kwargs) -> requests.Response:
+        what = f"{method} {path.split('?')[0]}"
+        try:
+            response = self.session.request(method, self.url + path, timeout=(self.connect_timeout, timeout), **kwargs)
+        except requests.exceptions.ConnectTimeout:
+            raise ServerError(f"cannot reach the server at {self.url}: no connection within {self.connect_timeout:g} s") from None
+        except requests.exceptions.ConnectionError as error:
+            reason = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))
+            because = f" ({reason.group(1).strip()})" if reason else ""
+            raise ServerError(f"cannot reach the server at {self.url}: is it running?{because}") from None
+        except requests.exceptions.Timeout:
+            raise ServerError(f"the server at {self.url} did not answer {what} within {timeout:g} s") from None
+        if response.status_code >= 400:
+            detail = _detail(response)
+            raise ServerError(f"{what} failed (HTTP {response.status_code}): {detail}", response.status_code, detail)
+        return response
+
+    def _json(self, response: requests.Response):
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerError(f"the server answered {response.url} with something that is not JSON") from None
+
+    def info(self) -> dict:
+        """``GET /info/``: the app's models, strategies and trainers."""
+        return self._json(self._request("GET", "/info/", self.timeout))
+
+    def infer(self, task: str, file_name: str, content: bytes, params: dict) -> Tuple[dict, bytes]:
+        """``POST /infer/{task}?output=all`` with an uploaded image.
+
+        Returns:
+            ``(params, image)``: the reply's JSON and the result file's bytes (``b""``
+            when the server sent JSON only).
+        """
+        response = self._request(
+            "POST",
+            f"/infer/{task}?output=all",
+            self.infer_timeout,
+            files={"file": (file_name, content, "application/octet-stream")},
+            data={"params": json.dumps(params)},
+        )
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("multipart/"):
+            return self._json(response), b""
+        parts = parse_multipart(response.content, content_type)
+        if "params" not in parts:
+            raise ServerError(f"the reply of {task} lacks its 'params' part")
+        try:
+            reply = json.loads(parts["params"].decode("utf-8"))
+        except ValueError:
+            raise ServerError(f"the 'params' part of the reply of {task} is not JSON") from None
+        return reply, parts.get("image", b"")
+
+    def next_sample(self, strategy: str, model: Optional[str] = None) -> dict:
+        """``POST /activelearning/{strategy}``: the next image to label (``{}`` when
+        none is left)."""
+        body = {"model": model} if model else {}
+        return self._json(self._request("POST", f"/activelearning/{strategy}", self.infer_timeout, json=body))
+
+    def download_image(self, image_id: str) -> Tuple[str, bytes]:
+        """``GET /datastore/image``: ``(file name, content)`` of a datastore image."""
+        response = self._request("GET", "/datastore/image", self.infer_timeout, params={"image": image_id})
+        match = re.search(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)"?', response.headers.get("content-disposition", ""))
+        name = requests.utils.unquote(match.group(1)) if match else f"{image_id}.nii.gz"
+        return name, response.content
+
+    def save_label(self, image_id: str, file_name: str, content: bytes, tag: str = "final") -> dict:
+        """``PUT /datastore/label``: store a label map for a datastore image."""
+        return self._json(
+            self._request(
+                "PUT",
+                "/datastore/label",
+                self.infer_timeout,
+                params={"image": image_id, "tag": tag},
+                files={"label": (file_name, content, "application/octet-stream")},
+            )
+        )
+
+    def train(self, trainer: str, params: Optional[dict] = None) -> dict:
+        """``POST /train/{trainer}``: start training in the background."""
+        return self._json(self._request("POST", f"/train/{trainer}", self.infer_timeout, json=params or {}))
+
+    def train_status(self) -> dict:
+        """``GET /train/``: the latest training task (``status``: RUNNING, DONE, ...)."""
+        return self._json(self._request("GET", "/train/", self.timeout))
+
+    def stop_training(self) -> dict:
+        """``DELETE /train/``: stop the running training."""
+        return self._json(self._request("DELETE", "/train/", self.timeout))
