@@ -106,8 +106,8 @@ class SegXSlicerTest(ScriptedLoadableModuleTest):
         heatmap = logic.current_heatmap
         self.assertEqual(heatmap.GetImageData().GetScalarTypeAsString(), "float")
         np.testing.assert_allclose(mrml.ijk_to_ras(heatmap), mrml.ijk_to_ras(volume))
-        red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
-        self.assertEqual(red.GetForegroundVolumeID(), heatmap.GetID())
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            self.assertEqual(composite.GetForegroundVolumeID(), heatmap.GetID())
         segments = logic.region.GetSegmentation()
         names = {segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())}
         self.assertEqual(names, set(model.segment_names.values()))

@@ -39,10 +39,12 @@ def volume_data(volume: "slicer.vtkMRMLVolumeNode") -> VolumeData:
     return VolumeData(numpy_support.vtk_to_numpy(scalars).reshape(shape).copy(), ijk_to_ras(volume))
 
 
-def _set_voxels(volume: "slicer.vtkMRMLVolumeNode", array: np.ndarray, matrix: np.ndarray) -> None:
+def set_voxels(volume: "slicer.vtkMRMLVolumeNode", array: np.ndarray, matrix: np.ndarray) -> None:
+    """Replace a volume node's voxels (``(K, J, I)`` or ``(K, J, I, C)``, copied) and its IJK-to-RAS."""
     image = vtk.vtkImageData()
     image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    flat = np.ascontiguousarray(array).reshape(int(np.prod(array.shape[:3])), -1)  # one row per voxel
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat if flat.shape[1] > 1 else flat[:, 0], deep=True))
     volume.SetAndObserveImageData(image)
     vtk_matrix = vtk.vtkMatrix4x4()
     for r in range(4):
@@ -76,7 +78,7 @@ def heatmap_volume(
     if tuple(heatmap.shape) != tuple(grid):
         raise ValueError(f"heatmap of shape {tuple(heatmap.shape)} does not match the volume's grid {tuple(grid)}")
     node = _reuse(scene, node, "vtkMRMLScalarVolumeNode", name)
-    _set_voxels(node, np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0), ijk_to_ras(source))
+    set_voxels(node, np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0), ijk_to_ras(source))
     node.SetAndObserveTransformNodeID(source.GetTransformNodeID())
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
@@ -186,7 +188,7 @@ def region_segmentation(
         colours.SetColor(0, "background", 0, 0, 0, 0)
         for order, value in enumerate(values):
             colours.SetColor(value, names.get(value, f"label {value}"), *SEGMENT_COLOURS[order % len(SEGMENT_COLOURS)], 1.0)
-        _set_voxels(labelmap, np.asarray(labels, dtype=np.uint8), ijk_to_ras(source))
+        set_voxels(labelmap, np.asarray(labels, dtype=np.uint8), ijk_to_ras(source))
         labelmap_display = scene.AddNode(slicer.vtkMRMLLabelMapVolumeDisplayNode())
         labelmap_display.SetAndObserveColorNodeID(colours.GetID())  # segment names come from here
         labelmap.SetAndObserveDisplayNodeID(labelmap_display.GetID())

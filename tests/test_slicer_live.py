@@ -1,0 +1,242 @@
+"""SegXSlicerLib against a live ``monailabel start_server`` (the shipped demo models,
+copied so that training cannot overwrite them): connect, list, upload, run, parse,
+errors, active learning, and the results put into a ``slicer-core`` MRML scene."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+import yaml
+from conftest import APP_DIR, venv_env
+from PIL import Image as PILImage
+from test_server_live import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
+
+from SegXSlicerLib import jobs  # noqa: E402
+from SegXSlicerLib.client import SegXClient, ServerError  # noqa: E402
+from SegXSlicerLib.results import segx_models, unavailable_models  # noqa: E402
+from SegXSlicerLib.volumeio import decode_nrrd, encode_volume  # noqa: E402
+from SegXSlicerLib.worker import JobContext, JobRunner  # noqa: E402
+
+#: Rotated axes, anisotropic spacing, offset origin: catches any LPS/RAS or axis mix-up.
+AFFINE = np.array([[0, -1.5, 0, 10], [1.5, 0, 0, -5], [0, 0, 2.5, 7], [0, 0, 0, 1]])
+
+
+def write_models(folder: Path) -> Path:
+    """``slicer2d`` / ``slicer3d``: copies of the demo models and weights; ``noweights``:
+    a configuration whose classifier weights are missing."""
+    (folder / "weights").mkdir(parents=True)
+    configs = APP_DIR / "model_configs"
+    for dim in (2, 3):
+        for part in ("classifier", "segmenter"):
+            shutil.copy(configs / "weights" / f"demo{dim}d_{part}.pt", folder / "weights")
+        shutil.copy(configs / f"demo{dim}d.yaml", folder / f"slicer{dim}d.yaml")
+    config = yaml.safe_load((configs / "demo2d.yaml").read_text())
+    config["classifier"]["weights"] = "weights/not_trained_yet.pt"
+    (folder / "noweights.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def write_phantom_studies(folder: Path) -> Path:
+    """Two 2D (PNG) and two 3D (NIfTI, rotated affine) phantom studies."""
+    from segx.phantoms import generate
+
+    generate(folder / "generated", 2, 2, seed=11, progress=False)
+    generate(folder / "generated", 3, 2, seed=11, progress=False)
+    studies = folder / "studies"
+    studies.mkdir()
+    for path in sorted((folder / "generated" / "images").iterdir()):
+        if path.suffix == ".png":
+            shutil.copy(path, studies)
+        else:
+            nib.save(nib.Nifti1Image(np.asarray(nib.load(path).dataobj), AFFINE), str(studies / path.name))
+    return studies
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """(URL, studies folder) of a running server, stopped afterwards."""
+    root = tmp_path_factory.mktemp("slicer_live")
+    models = write_models(root / "models")
+    studies = write_phantom_studies(root)
+    port = free_port()
+    env = venv_env()
+    env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
+    log = open(root / "server.log", "w")
+    command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
+               "--conf", "models", "slicer2d,slicer3d,noweights", "--conf", "models_dir", str(models),
+               "--conf", "device", "cpu", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}; see {log.name}")
+        try:
+            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    else:
+        pytest.fail(f"server did not answer within 240 s; see {log.name}")
+    yield url, studies
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+def ct_volume(studies: Path, name: str = "test3d_11_0000.nii.gz") -> jobs.VolumeData:
+    """A NIfTI study as Slicer holds it: voxels ``(K, J, I)`` and IJK-to-RAS."""
+    image = nib.load(studies / name)
+    return jobs.VolumeData(np.ascontiguousarray(np.asarray(image.dataobj, np.float32).transpose(2, 1, 0)), image.affine)
+
+
+def photo_volume(studies: Path, name: str = "test2d_11_0001.png") -> jobs.VolumeData:
+    """A colour photograph as Slicer holds it: one slice, RGB components ``(1, J, I, 3)``."""
+    return jobs.VolumeData(np.asarray(PILImage.open(studies / name).convert("RGB"))[None], np.diag([-1.0, -1.0, 1.0, 1.0]))
+
+
+def run_in_background(function, *args):
+    """Run a job the way the module does and poll for it like its QTimer does."""
+    runner = JobRunner()
+    job = runner.submit("test", function, *args)
+    deadline = time.time() + 300
+    while not runner.poll():
+        assert time.time() < deadline, "no answer within 300 s"
+        time.sleep(0.05)
+    if job.error is not None:
+        raise job.error
+    return job.result
+
+
+def test_connect_lists_the_segx_models_and_the_unavailable_ones(live):
+    url, _ = live
+    info = SegXClient(url).info()
+    models = {model.name: model for model in segx_models(info)}
+    assert set(models) == {"slicer2d", "slicer3d"}
+    assert models["slicer2d"].classes == ["nevus", "melanoma"] and models["slicer2d"].dimension == 2
+    assert models["slicer3d"].segment_names == {1: "liver", 2: "kidney"} and models["slicer3d"].dimension == 3
+    assert models["slicer3d"].trainer == "slicer3d_segmenter"
+    assert "not_trained_yet.pt" in unavailable_models(info)["noweights"]
+
+
+def test_run_on_a_3d_volume_uploads_it_and_parses_everything(live):
+    url, studies = live
+    volume = ct_volume(studies)
+    result = run_in_background(jobs.explain, SegXClient(url), "slicer3d", volume)
+    readout = result.readout
+    assert readout.predicted in ("cyst", "tumour") and readout.explained == readout.predicted
+    assert sum(readout.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert 0.0 <= readout.certainty <= 1.0 and readout.level in ("high", "medium", "low")
+    assert readout.reason and readout.variant == "mass_inside" and set(readout.certainty_per_class) == {"cyst", "tumour"}
+    for layer in ("segx", "explanation"):
+        heatmap = result.heatmaps[layer]
+        assert heatmap.dtype == np.float32 and heatmap.shape == volume.array.shape
+        assert heatmap.min() >= 0.0 and 0.0 < heatmap.max() <= 1.0
+    assert np.all(result.heatmaps["segx"][result.region == 0] == 0)  # SegX lives in the clinical region
+    assert np.all(result.heatmaps["segx"] <= result.heatmaps["explanation"] + 1e-6)
+    assert result.segment_names == {1: "liver", 2: "kidney"} and set(np.unique(result.region)) <= {0, 1, 2}
+    assert (result.region == 1).sum() > 100
+
+
+def test_the_server_answers_in_the_uploaded_geometry(live):
+    url, studies = live
+    volume = ct_volume(studies)
+    _, image = SegXClient(url).infer("slicer3d_segx", *encode_volume(volume.array, volume.ijk_to_ras), {"layer": "segx"})
+    heatmap, ijk_to_ras = decode_nrrd(image)
+    assert heatmap.shape == volume.array.shape
+    assert np.allclose(ijk_to_ras, AFFINE, atol=1e-4)
+
+
+def test_run_on_a_2d_photograph_for_another_class_and_method(live):
+    url, studies = live
+    volume = photo_volume(studies)
+    result = run_in_background(jobs.explain, SegXClient(url), "slicer2d", volume, "nevus", "occlusion")
+    assert result.readout.explained == "nevus" and result.readout.method == "occlusion"
+    assert result.heatmaps["segx"].shape == volume.array.shape[:3] == result.region.shape
+    assert result.segment_names == {1: "lesion"}
+
+
+def test_server_messages_reach_the_user(live):
+    url, studies = live
+    client = SegXClient(url)
+    with pytest.raises(ServerError, match=r"HTTP 400.*unknown class") as error:
+        jobs.explain(JobContext(), client, "slicer3d", ct_volume(studies), "not_a_class")
+    assert error.value.status == 400 and "not_a_class" in error.value.detail
+    with pytest.raises(ServerError, match=r"HTTP 404.*not_trained_yet.pt"):
+        jobs.explain(JobContext(), client, "noweights", photo_volume(studies))
+    with pytest.raises(ServerError, match=r"HTTP 400.*expected a 2D image"):
+        jobs.explain(JobContext(), client, "slicer2d", ct_volume(studies))
+    with pytest.raises(ServerError, match=r"HTTP 400.*unknown explanation method"):
+        jobs.explain(JobContext(), client, "slicer3d", ct_volume(studies), None, "magic")
+
+
+def test_next_sample_submit_label_and_train(live):
+    url, studies = live
+    client = SegXClient(url)
+    sample = run_in_background(jobs.next_sample, client, "slicer3d")
+    assert sample.image_id.startswith("test3d_") and 0.0 <= sample.reply["certainty"] <= 1.0
+    assert sample.content == (studies / sample.file_name).read_bytes()
+
+    volume = ct_volume(studies, sample.file_name)
+    result = run_in_background(jobs.explain, client, "slicer3d", volume)
+    edited = result.region.copy()
+    edited[edited == 2] = 0  # the radiologist removes the kidneys
+    reply = run_in_background(jobs.submit_label, client, sample.image_id, edited, volume.ijk_to_ras)
+    assert reply["image"] == sample.image_id
+    labels = requests.get(f"{url}/datastore/?output=all", timeout=10).json()["objects"][sample.image_id]["labels"]
+    assert "final" in labels
+    saved = requests.get(f"{url}/datastore/label", params={"label": sample.image_id, "tag": "final"}, timeout=10)
+    stored, ijk_to_ras = decode_nrrd(saved.content)
+    assert np.array_equal(stored, edited) and np.allclose(ijk_to_ras, AFFINE, atol=1e-4)
+
+    status = run_in_background(jobs.train, client, "slicer3d_segmenter", {"max_epochs": 1, "val_split": 0.0}, 0.5)
+    assert status["status"] == "DONE"
+
+
+def test_a_2d_label_is_saved_on_the_image_grid(live):
+    url, studies = live
+    labels = np.zeros((1, 128, 128), np.uint8)
+    labels[0, 40:60, 30:90] = 1
+    run_in_background(jobs.submit_label, SegXClient(url), "test2d_11_0000", labels, np.eye(4))
+    saved = requests.get(f"{url}/datastore/label", params={"label": "test2d_11_0000", "tag": "final"}, timeout=10)
+    assert np.array_equal(np.asarray(PILImage.open(io.BytesIO(saved.content))), labels[0])
+
+
+def test_results_in_a_slicer_core_scene_hold_the_server_values(live):
+    """The scene logic on a real MRML scene, fed by the live server."""
+    slicer = pytest.importorskip("slicer")
+    from SegXSlicerLib import mrml
+    from SegXSlicerLib.logic import SegXLogic
+
+    url, studies = live
+    volume = ct_volume(studies)
+    result = run_in_background(jobs.explain, SegXClient(url), "slicer3d", volume, "tumour")
+    scene = slicer.vtkMRMLScene()
+    composite = scene.AddNode(slicer.vtkMRMLSliceCompositeNode())
+    source = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    mrml.set_voxels(source, volume.array, volume.ijk_to_ras)
+    logic = SegXLogic(scene)
+    logic.show(source, result)
+    heatmap = logic.current_heatmap
+    assert heatmap.GetImageData().GetScalarTypeAsString() == "float"
+    assert np.allclose(mrml.ijk_to_ras(heatmap), AFFINE)
+    assert np.array_equal(mrml.volume_data(heatmap).array, result.heatmaps["segx"])
+    assert composite.GetForegroundVolumeID() == heatmap.GetID()
+    segmentation = logic.region.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["liver", "kidney"]
+    table = logic.table.GetTable()
+    values = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 1).ToDouble(), table.GetValue(r, 2).ToDouble()) for r in range(table.GetNumberOfRows())}
+    readout = result.readout
+    assert values == {label: (readout.probabilities[label], readout.certainty_per_class[label]) for label in ("cyst", "tumour")}
