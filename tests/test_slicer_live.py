@@ -405,3 +405,22 @@ def test_panel_shows_server_errors_and_refuses_what_cannot_work(live, panel):
     settle(panel)
     assert ui.statusLabel.text.startswith("connect failed: cannot reach the server at http://127.0.0.1:9")
     assert ui.connectButton.enabled and not ui.cancelButton.enabled and not ui.progressBar.visible
+
+
+def test_panel_cancel_frees_the_panel_and_drops_the_answer(live, panel):
+    from SegXSlicerLib import mrml
+
+    url, studies = live
+    ui = panel.ui
+    ui.serverUrlLineEdit.text = url
+    ui.connectButton.clicked.emit()
+    settle(panel)
+    volume = photo_volume(studies)
+    source = panel.logic.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    mrml.set_voxels(source, volume.array, volume.ijk_to_ras)
+    ui.inputVolumeSelector.node = source
+    ui.runButton.clicked.emit()
+    ui.cancelButton.clicked.emit()
+    assert "cancelled" in ui.statusLabel.text and ui.runButton.enabled and not ui.cancelButton.enabled
+    settle(panel)  # the request in flight ends; its answer must not reach the scene
+    assert panel.logic.explanation is None and ui.predictionLabel.text == ""

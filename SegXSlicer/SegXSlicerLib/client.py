@@ -57,16 +57,17 @@ def parse_multipart(body: bytes, content_type: str) -> Dict[str, bytes]:
 def _detail(response: requests.Response) -> str:
     """The server's message: FastAPI's ``{"detail": ...}`` or the start of the body."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
         return response.text.strip()[:300] or response.reason
+    detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):  # request validation errors
         return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
     return str(detail) if detail is not None else response.text[:300]
 
 
 class SegXClient:
-    """Talks to one server.
+    """Talks to one server, one request at a time (the panel runs one job at a time).
 
     Args:
         url: server address, e.g. ``http://127.0.0.1:8000``.

@@ -9,6 +9,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from .display import clean_heatmap
 from .jobs import VolumeData
 from .results import Readout
 
@@ -78,7 +79,7 @@ def heatmap_volume(
     if tuple(heatmap.shape) != tuple(grid):
         raise ValueError(f"heatmap of shape {tuple(heatmap.shape)} does not match the volume's grid {tuple(grid)}")
     node = _reuse(scene, node, "vtkMRMLScalarVolumeNode", name)
-    set_voxels(node, np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0), ijk_to_ras(source))
+    set_voxels(node, clean_heatmap(heatmap), ijk_to_ras(source))
     node.SetAndObserveTransformNodeID(source.GetTransformNodeID())
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
@@ -106,29 +107,17 @@ def style_heatmap(
 ) -> None:
     """Colour table, fixed window ``(low, high)`` and a lower threshold: voxels below
     ``threshold`` are transparent in the slice views."""
-    display = volume.GetDisplayNode()
-    with _batch(display):
-        display.SetAndObserveColorNodeID(colours.GetID())
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(window[0], window[1])
-        display.SetAutoThreshold(False)
-        display.SetApplyThreshold(True)
-        display.SetLowerThreshold(threshold)
-        display.SetUpperThreshold(max(window[1], float(volume.GetImageData().GetScalarRange()[1])) + 1.0)
-        display.SetInterpolate(True)
-
-
-class _batch:
-    """Apply several display changes with one Modified event."""
-
-    def __init__(self, node):
-        self.node = node
-
-    def __enter__(self):
-        self.state = self.node.StartModify()
-
-    def __exit__(self, *exc):
-        self.node.EndModify(self.state)
+    display_node = volume.GetDisplayNode()
+    state = display_node.StartModify()  # one Modified event for all changes
+    display_node.SetAndObserveColorNodeID(colours.GetID())
+    display_node.SetAutoWindowLevel(False)
+    display_node.SetWindowLevelMinMax(window[0], window[1])
+    display_node.SetAutoThreshold(False)
+    display_node.SetApplyThreshold(True)
+    display_node.SetLowerThreshold(threshold)
+    display_node.SetUpperThreshold(max(window[1], float(volume.GetImageData().GetScalarRange()[1])) + 1.0)
+    display_node.SetInterpolate(True)
+    display_node.EndModify(state)
 
 
 def show_in_slice_views(
@@ -201,10 +190,7 @@ def region_segmentation(
             if label not in present:
                 segmentation.AddEmptySegment(label, label, SEGMENT_COLOURS[order % len(SEGMENT_COLOURS)])
     finally:
-        display = labelmap.GetDisplayNode()
-        if display is not None:
-            scene.RemoveNode(display)
-        scene.RemoveNode(labelmap)
+        _remove_with_display(scene, labelmap)
         scene.RemoveNode(colours)
     return node
 
@@ -220,25 +206,27 @@ def segmentation_labels(
     values = {label: value for value, label in names.items()}
     labels = np.zeros(source.GetImageData().GetDimensions()[::-1], dtype=np.uint8)
     segmentation_data = segmentation.GetSegmentation()
-    exported = scene.AddNode(slicer.vtkMRMLLabelMapVolumeNode())
-    try:
-        for index in range(segmentation_data.GetNumberOfSegments()):
-            segment_id = segmentation_data.GetNthSegmentID(index)
-            label = segmentation_data.GetNthSegment(index).GetName()
-            value = values.setdefault(label, max(list(values.values()) + [0]) + 1)
-            ids = vtk.vtkStringArray()
-            ids.InsertNextValue(segment_id)
+    for index in range(segmentation_data.GetNumberOfSegments()):
+        label = segmentation_data.GetNthSegment(index).GetName()
+        value = values.setdefault(label, max(list(values.values()) + [0]) + 1)
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segmentation_data.GetNthSegmentID(index))
+        exported = scene.AddNode(slicer.vtkMRMLLabelMapVolumeNode())
+        try:
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation, ids, exported, source):
                 raise RuntimeError(f"could not export segment {label!r}")
-            mask = volume_data(exported).array if exported.GetImageData() is not None else None
-            if mask is not None and mask.shape == labels.shape:
-                labels[mask > 0] = value
-    finally:
-        display = exported.GetDisplayNode()
-        if display is not None:
-            scene.RemoveNode(display)
-        scene.RemoveNode(exported)
+            if exported.GetImageData() is not None:  # an empty segment exports no voxels
+                labels[volume_data(exported).array > 0] = value
+        finally:
+            _remove_with_display(scene, exported)
     return labels
+
+
+def _remove_with_display(scene: "slicer.vtkMRMLScene", node) -> None:
+    display_node = node.GetDisplayNode()
+    if display_node is not None:
+        scene.RemoveNode(display_node)
+    scene.RemoveNode(node)
 
 
 def probability_table(

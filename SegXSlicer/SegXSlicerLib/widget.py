@@ -96,8 +96,8 @@ class SegXPanel:
             if job is self.job:
                 self.job = None
             if job.cancelled:
-                self._status(f"{job.name}: cancelled")
-            elif job.error is not None:
+                continue
+            if job.error is not None:
                 self._error(job.name, job.error)
             else:
                 self.ui.progressBar.value = 100
@@ -110,9 +110,13 @@ class SegXPanel:
         self._update_buttons()
 
     def on_cancel(self) -> None:
+        """Cancel the running job and free the panel at once; the job's thread ends after
+        its current request (bounded by the client's timeouts) and its answer is dropped."""
         if self.job is not None:
             self.job.cancel()
-            self._status(f"{self.job.name}: cancelling (the server's answer will be ignored)")
+            self._status(f"{self.job.name}: cancelled (a request in flight finishes on the server; its answer is ignored)")
+            self.job = None
+            self._update_buttons()
 
     # --- connection -----------------------------------------------------------------
 
@@ -213,10 +217,8 @@ class SegXPanel:
         except ValueError as error:
             self._error("submit label", error)
             return
-        self._submit(
-            "submit label", jobs.submit_label, self.client, image_id, labels, mrml.ijk_to_ras(source),
-            on_done=lambda reply: self._status(f"label of {image_id} saved as final"),
-        )  # fmt: skip
+        saved = lambda reply: self._status(f"label of {image_id} saved as final")  # noqa: E731
+        self._submit("submit label", jobs.submit_label, self.client, image_id, labels, mrml.ijk_to_ras(source), on_done=saved)
 
     def on_train(self) -> None:
         trainer = self.model.trainer
