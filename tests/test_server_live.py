@@ -4,11 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 
@@ -18,14 +14,10 @@ import requests
 import SimpleITK as sitk
 import torch
 import yaml
-from conftest import APP_DIR, venv_env, write_studies
+from conftest import write_studies
 from monailabel.client import MONAILabelClient
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from segx.demo import running_server
 
 
 def write_bundle(folder, network_def: dict, network) -> None:
@@ -62,31 +54,8 @@ def live(toy_models, tmp_path_factory):
     shutil.copytree(toy_models, models, dirs_exist_ok=True)
     write_bundle_pair(models)
     studies = write_studies(tmp_path_factory.mktemp("live_studies"))
-    port = free_port()
-    env = venv_env()
-    env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
-    command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
-               "--conf", "models", "all", "--conf", "models_dir", str(models), "--conf", "device", "cpu",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}; see {log.name}")
-        try:
-            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    else:
-        pytest.fail(f"server did not answer within 240 s; see {log.name}")
-    yield url, studies
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+    with running_server(studies, "all", tmp_path_factory.mktemp("log") / "server.log", models_dir=models) as url:
+        yield url, studies
 
 
 def test_official_client_info_infer_upload_and_next_sample(live, tmp_path):

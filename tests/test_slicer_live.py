@@ -4,10 +4,7 @@ errors, active learning, the results put into a ``slicer-core`` MRML scene, and 
 panel's wiring with Qt stubbed (Slicer's PythonQt cannot be installed here)."""
 
 import io
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,9 +14,9 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from conftest import APP_DIR, venv_env
+from conftest import APP_DIR
+from segx.demo import running_server
 from PIL import Image as PILImage
-from test_server_live import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
 
@@ -70,31 +67,8 @@ def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("slicer_live")
     models = write_models(root / "models")
     studies = write_phantom_studies(root)
-    port = free_port()
-    env = venv_env()
-    env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
-    log = open(root / "server.log", "w")
-    command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
-               "--conf", "models", "slicer2d,slicer3d,noweights", "--conf", "models_dir", str(models),
-               "--conf", "device", "cpu", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}; see {log.name}")
-        try:
-            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    else:
-        pytest.fail(f"server did not answer within 240 s; see {log.name}")
-    yield url, studies
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+    with running_server(studies, "slicer2d,slicer3d,noweights", root / "server.log", models_dir=models) as url:
+        yield url, studies
 
 
 def ct_volume(studies: Path, name: str = "test3d_11_0000.nii.gz") -> jobs.VolumeData:

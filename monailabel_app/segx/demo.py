@@ -237,7 +237,7 @@ def _report(out: Path, records: list, start: float) -> dict:
         f"Phantom test split: {summary['n_2d']} 2D and {summary['n_3d']} 3D studies, run over HTTP through the MONAI Label server.",
         "",
         f"- mean IoU of the top-5 % map against the ground-truth region: raw {summary['iou_raw']:.3f}, SegX {summary['iou_segx']:.3f}",
-        f"- SegU certainty (mass_inside) AUROC for correct vs wrong predictions: "
+        "- SegU certainty (mass_inside) AUROC for correct vs wrong predictions: "
         + (f"{auroc:.3f}" if auroc is not None else "undefined (all predictions correct, or all wrong)"),
         f"- classification accuracy: {summary['accuracy']:.3f} (the marker misleads on half of the test studies)",
         "",
