@@ -361,12 +361,17 @@ def test_panel_connects_runs_and_shows_the_readouts(live, panel):
     assert panel.logic.current_heatmap is panel.logic.heatmaps["explanation"]
 
 
+def connect(panel, url: str) -> None:
+    """Type the URL, press Connect, wait for the answer."""
+    panel.ui.serverUrlLineEdit.text = url
+    panel.ui.connectButton.clicked.emit()
+    settle(panel)
+
+
 def test_panel_shows_server_errors_and_refuses_what_cannot_work(live, panel):
     url, studies = live
     ui = panel.ui
-    ui.serverUrlLineEdit.text = url
-    ui.connectButton.clicked.emit()
-    settle(panel)
+    connect(panel, url)
     ui.inputVolumeSelector.node = None
     ui.runButton.clicked.emit()
     assert ui.statusLabel.text == "run failed: select a volume first" and "c62828" in ui.statusLabel.styleSheet
@@ -386,9 +391,7 @@ def test_panel_cancel_frees_the_panel_and_drops_the_answer(live, panel):
 
     url, studies = live
     ui = panel.ui
-    ui.serverUrlLineEdit.text = url
-    ui.connectButton.clicked.emit()
-    settle(panel)
+    connect(panel, url)
     volume = photo_volume(studies)
     source = panel.logic.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
     mrml.set_voxels(source, volume.array, volume.ijk_to_ras)
