@@ -36,10 +36,11 @@ call is thus timed as a single request on an otherwise idle machine. Per dimensi
 The warm-up reply is checked against the in-process result (``max_abs_diff_d``: the
 server's heatmap against ``result.map_of("segx", result.predicted)``). The server's CPU
 seconds per request (its process tree, from psutil) are reported as ``server_cpu_s_d``.
-The last printed line is ``RESULT {json}``. ``--quick`` uses 3 rounds (about a minute,
-most of it the server start).
+The last printed line is ``RESULT {json}``. ``--quick`` uses 3 rounds (about 25 s on 2
+cores, the full run about 35 s; the server starts in about 6 s).
 
     python benchmarks/server_overhead.py [--quick] [--threads 2] [--repeats 7] [--settle 0.3] [--seed 0]
+        [--server-env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -160,13 +161,16 @@ def log_config(tmp: Path) -> Path:
     return path
 
 
-def start_server(tmp: Path, models: Path, studies: Path, names: list[str], threads: int, timeout: float) -> tuple[subprocess.Popen, str, Path]:
+def start_server(
+    tmp: Path, models: Path, studies: Path, names: list[str], threads: int, timeout: float, extra_env: dict[str, str]
+) -> tuple[subprocess.Popen, str, Path]:
     """``monailabel start_server`` on a free port in its own process group (logs in ``tmp``);
     waits for /info."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env.update(extra_env)
     port = free_port()
     log_file = tmp / "server.log"
     command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
@@ -323,9 +327,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="3 rounds (about a minute on 2 cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
     parser.add_argument("--settle", type=float, default=0.3, help="untimed pause before every timed call, seconds (default 0.3)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment variable for the server (repeatable), e.g. OMP_WAIT_POLICY=ACTIVE")
     parser.add_argument("--startup-timeout", type=float, default=240, help="seconds to wait for the server's /info")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env expects KEY=VALUE")
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     if repeats < (1 if args.quick else 5):
         parser.error("--repeats must be >= 5 (>= 1 with --quick)")
     torch.set_num_threads(args.threads)
@@ -336,6 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, segx {segx.__version__}")
     print(f"device cpu ({cpu_name()}), cpu cores {os.cpu_count()}, repeats {repeats} (+1 warm-up), seed {args.seed}")
     print(f"threads: in-process torch.set_num_threads({args.threads}); server env OMP_NUM_THREADS=MKL_NUM_THREADS={args.threads}")
+    if server_env:
+        print(f"extra server environment: {server_env}")
     print(f"settle {args.settle} s before every timed call (other busy processes distort CPU timings)")
     if args.quick:
         print(f"QUICK MODE: {repeats} rounds; use the full mode for reported numbers")
@@ -356,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
             case.pair = load_model_pair(case.config_file)[0]
 
         start = time.perf_counter()
-        process, url, log_file = start_server(tmp, models, studies, [c.model for c in cases], args.threads, args.startup_timeout)
+        process, url, log_file = start_server(tmp, models, studies, [c.model for c in cases], args.threads, args.startup_timeout, server_env)
         print(f"server {url} up in {time.perf_counter() - start:.1f} s (pid {process.pid})")
         try:
             with tqdm(total=repeats + 1, desc="warm-up + rounds", file=sys.stderr) as progress:
@@ -369,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(cases, results)
 
     summary = {f"{key}_{name}": value for name, r in results.items() for key, value in r.items()}
-    summary.update(quick=args.quick, settle=args.settle, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
+    summary.update(quick=args.quick, settle=args.settle, server_env=server_env, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
     print("RESULT " + json.dumps(summary, sort_keys=True))
     return summary
 

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
@@ -35,6 +36,9 @@ class SegXApp(MONAILabelApp):
     """Classification, segmentation and SegX/SegU tasks for every model configuration."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict):
+        # numpy's BLAS is barely used here, but its worker threads spin ~0.1 s after each
+        # call (e.g. writing a result) and steal the cores torch needs
+        threadpool_limits(limits=1, user_api="blas")
         folders = [Path(app_dir) / "model_configs"]
         folders += [Path(p) for p in conf.get("models_dir", "").split(os.pathsep) if p]
         self.models, self.unavailable = load_model_configs(folders, conf.get("models", "all"), conf)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -40,6 +41,19 @@ def _result_bytes(result: SegXResult) -> int:
     return sum(t.element_size() * t.numel() for t in tensors)
 
 
+#: The one thread that runs all torch work of the server process (see ModelRuntime).
+_TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segx-torch")
+_TORCH_THREAD_ID = _TORCH_THREAD.submit(threading.get_ident).result()
+
+
+def run_in_torch_thread(function, *args, **kwargs):
+    """Call ``function`` in the process's torch thread (directly when already there) and
+    return its result; exceptions propagate to the caller."""
+    if threading.get_ident() == _TORCH_THREAD_ID:
+        return function(*args, **kwargs)
+    return _TORCH_THREAD.submit(function, *args, **kwargs).result()
+
+
 def _files_stamp(files: list[Path]) -> tuple:
     return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else (str(f), None, None) for f in files)
 
@@ -53,6 +67,12 @@ class ModelRuntime:
     layer or class of the same image does not run the networks again. When a weight file
     changes on disk (a trainer published new weights), the pair is reloaded and the cache
     emptied before the next call. ``weights_digest`` identifies the weights in use.
+
+    All torch work (loading, reloading, explaining, writing results) runs in one thread
+    shared by every model of the process. torch's OpenMP pool is per calling thread: with
+    work spread over the main thread, request threads or one thread per model, several
+    pools shared the same cores, OpenMP stopped spinning and the 2D explain ran ~2x slower
+    than in-process (measured with ``benchmarks/server_overhead.py``).
     """
 
     def __init__(self, name: str, config_file: Path, device: torch.device, cache_bytes: int = 1 << 30):
@@ -63,7 +83,7 @@ class ModelRuntime:
         self._cache: "OrderedDict[tuple, SegXResult]" = OrderedDict()
         self._lock = threading.Lock()
         self.misses = 0
-        self._load()
+        run_in_torch_thread(self._load)
 
     def _load(self) -> None:
         pair, self.config = load_model_pair(self.config_file)
@@ -78,7 +98,7 @@ class ModelRuntime:
         with self._lock:
             if _files_stamp(weight_files(self.config_file)) != self._stamp:
                 logger.info(f"{self.name}: weights changed on disk, reloading")
-                self._load()
+                run_in_torch_thread(self._load)
 
     def explain(self, image_path: str, method: str, margin_mm: float) -> SegXResult:
         """Full SegX result for all classes of the image file, cached."""
@@ -88,7 +108,7 @@ class ModelRuntime:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        result = explain(self.pair, image_path, method=method, margin_mm=margin_mm, device=self.device)
+        result = run_in_torch_thread(explain, self.pair, image_path, method=method, margin_mm=margin_mm, device=self.device)
         with self._lock:
             self.misses += 1
             self._cache[key] = result

@@ -12,7 +12,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from segx import METHODS, VARIANTS
 from segx.export import save_volume
 
-from .runtime import ModelRuntime
+from .runtime import ModelRuntime, run_in_torch_thread
 
 LAYERS = ("segx", "explanation", "mask")
 EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
@@ -46,6 +46,11 @@ class _SegXTask(InferTask):
     def is_valid(self) -> bool:
         return True
 
+    def __call__(self, request):
+        """Answer in the process's torch thread (see :class:`ModelRuntime`):
+        ``(result file or None, JSON)``."""
+        return run_in_torch_thread(self.respond, request)
+
     def _result(self, request: dict):
         method = _param(request, "method", "gradcam")
         if method not in METHODS:
@@ -59,7 +64,7 @@ class ClassificationTask(_SegXTask):
     kind = "classification"
     infer_type = InferType.CLASSIFICATION
 
-    def __call__(self, request):
+    def respond(self, request):
         result = self._result(request)
         order = np.argsort(-result.probabilities, kind="stable")
         prediction = [{"idx": int(i), "label": result.class_names[i], "score": float(result.probabilities[i])} for i in order]
@@ -72,7 +77,7 @@ class SegmentationTask(_SegXTask):
     kind = "segmentation"
     infer_type = InferType.SEGMENTATION
 
-    def __call__(self, request):
+    def respond(self, request):
         result = self._result(request)
         path = _write(result.segmentation, result.affine, request, np.uint8)
         names = {name: value for value, name in result.segment_names.items()}
@@ -95,7 +100,7 @@ class SegXTask(_SegXTask):
             config={"class": "", "method": "gradcam", "variant": runtime.pair.certainty_variant, "layer": "segx"},
         )
 
-    def __call__(self, request):
+    def respond(self, request):
         pair = self.runtime.pair
         variant = _param(request, "variant", pair.certainty_variant)
         if variant not in VARIANTS:
