@@ -29,6 +29,7 @@ serve: install
 
 benchmark: install
 	$(PY) benchmarks/explain_overhead.py
+	$(PY) benchmarks/server_overhead.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monailabel_app"))
 
 import segx  # noqa: E402
+from common import add_timing_arguments, checked_repeats, cpu_name  # noqa: E402
 from segx.certainty import DEFAULT_VARIANT, segu  # noqa: E402
 
 WORKLOADS = ("baseline", "ours", "pgc")
@@ -144,15 +144,6 @@ def measure(case: Case, repeats: int, progress: tqdm) -> dict[str, float]:
     }
 
 
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (Linux), else the architecture."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def print_table(cases: list[Case], results: dict[str, dict[str, float]]) -> None:
     header = f"{'case':<5} {'image':<14} {'classes':>7} {'baseline s':>11} {'ours s':>9} {'pgc s':>9} {'ours/base':>10} {'pgc/base':>9} {'pgc/ours':>9} {'max|diff|':>10}"
     print(header)
@@ -168,15 +159,10 @@ def print_table(cases: list[Case], results: dict[str, dict[str, float]]) -> None
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7, 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="64^3 3D image and 3 rounds (< 1 min on 2 cores)")
+    add_timing_arguments(parser, "torch.set_num_threads (default 2)", "64^3 3D image and 3 rounds (< 1 min on 2 cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
-    if repeats < (1 if args.quick else 5):
-        parser.error("--repeats must be >= 5 (>= 1 with --quick)")
+    repeats = checked_repeats(parser, args)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available")
     torch.set_num_threads(args.threads)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -71,6 +70,7 @@ APP_DIR = REPO / "monailabel_app"
 sys.path.insert(0, str(APP_DIR))
 
 import segx  # noqa: E402
+from common import add_timing_arguments, checked_repeats, cpu_name  # noqa: E402
 from segx.config import load_model_pair  # noqa: E402
 
 WORKLOADS = ("http", "inprocess")
@@ -299,15 +299,6 @@ def measure(cases: list[Case], url: str, process: subprocess.Popen, repeats: int
     return results
 
 
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (Linux), else the architecture."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def print_table(cases: list[Case], results: dict[str, dict]) -> None:
     header = f"{'case':<5} {'model':<8} {'upload':>9} {'reply':>9} {'http s':>8} {'in-proc s':>10} {'http/in-proc':>13} {'overhead s':>11} {'server cpu s':>13} {'max|diff|':>10}"
     print(header)
@@ -322,21 +313,16 @@ def print_table(cases: list[Case], results: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, here and in the server (default 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7, 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="3 rounds (about a minute on 2 cores)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
+    add_timing_arguments(parser, "torch threads, here and in the server (default 2)", "3 rounds (about a minute on 2 cores)")
     parser.add_argument("--settle", type=float, default=0.3, help="untimed pause before every timed call, seconds (default 0.3)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment variable for the server (repeatable), e.g. OMP_WAIT_POLICY=ACTIVE")
     parser.add_argument("--startup-timeout", type=float, default=240, help="seconds to wait for the server's /info")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = checked_repeats(parser, args)
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env expects KEY=VALUE")
     server_env = dict(item.split("=", 1) for item in args.server_env)
-    if repeats < (1 if args.quick else 5):
-        parser.error("--repeats must be >= 5 (>= 1 with --quick)")
     torch.set_num_threads(args.threads)
 
     import monai
