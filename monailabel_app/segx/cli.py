@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"segx: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("segx: interrupted (any server it started has been stopped)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

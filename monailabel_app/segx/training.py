@@ -122,7 +122,7 @@ def _fit(network, inputs, targets, loss_function, epochs, recipe: Recipe, desc: 
             loss = loss_function(network(inputs[batch]), targets[batch])
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         losses.append(total / len(order))
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
     network.eval()
