@@ -14,6 +14,7 @@ from conftest import BrightRegion
 from PIL import Image as PILImage
 
 from segx import LevelThresholds, ModelPair, Preprocessing, explain, segu
+from segx.export import save_volume
 
 
 def make_pair(spatial_dims=2, channels=3, classes=4, intensity="none", **options) -> ModelPair:
@@ -225,3 +226,18 @@ def test_dicom_series_folder_keeps_spacing(tmp_path, pair3d):
     assert result.explanation.shape[1:] == (20, 24, 6)
     assert result.spacing == pytest.approx((0.8, 0.7, 2.5), abs=1e-3)
     assert int(result.clinical_mask[0].sum()) == 3 * 10 * 8
+
+
+def test_rgb_nrrd_is_read_with_its_spacing(tmp_path):
+    """MONAI's NRRD reader rejects multi-component files; the SimpleITK fallback reads them."""
+    rgb = (square_image().transpose(1, 2, 0) * 255).astype(np.uint8)  # (H, W, 3): SimpleITK size (W, H)
+    itk_image = sitk.GetImageFromArray(rgb, isVector=True)
+    itk_image.SetSpacing((0.5, 0.25))
+    path = tmp_path / "photo.nrrd"
+    sitk.WriteImage(itk_image, str(path))
+    result = explain(make_pair(intensity="divide255"), path, classes=[0])
+    assert result.spacing == pytest.approx((0.5, 0.25))
+    assert result.explanation.shape[1:] == (rgb.shape[1], rgb.shape[0])
+    assert int(result.clinical_mask[0].sum()) == 400
+    written = sitk.ReadImage(str(save_volume(tmp_path / "segx.nrrd", result.map_of("segx", 0), result.affine)))
+    assert written.GetSize() == itk_image.GetSize() and np.allclose(written.GetSpacing(), (0.5, 0.25))

@@ -49,12 +49,38 @@ def read_image(path: str | Path) -> Image:
     try:
         loaded = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
     except Exception as error:  # readers raise many types; the user needs one clear message
+        if path.is_file():
+            try:  # e.g. multi-component (RGB) NRRD, which MONAI's NRRD reader rejects
+                return _read_with_simpleitk(path)
+            except RuntimeError:
+                pass
         raise ValueError(f"cannot read {path.name} as an image: {error}") from error
     array = torch.as_tensor(np.asarray(loaded), dtype=torch.float32)
     affine = np.asarray(loaded.affine, dtype=float)
     spatial = array.dim() - 1
     spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(min(spatial, 3)))
     return Image(array, spacing, affine)
+
+
+def _read_with_simpleitk(path: Path) -> Image:
+    """SimpleITK fallback: channel-first array in ITK index order (MONAI's order) and the
+    voxel-to-RAS affine from ITK's LPS spacing, origin and direction."""
+    import SimpleITK as sitk
+
+    itk_image = sitk.ReadImage(str(path))
+    dims = itk_image.GetDimension()
+    voxels = sitk.GetArrayFromImage(itk_image).astype(np.float32)  # (z, y, x[, c]) or (y, x[, c])
+    voxels = np.moveaxis(voxels, -1, 0) if itk_image.GetNumberOfComponentsPerPixel() > 1 else voxels[None]
+    voxels = voxels.transpose(0, *range(dims, 0, -1))  # spatial axes to (x, y[, z])
+    direction = np.eye(3)
+    direction[:dims, :dims] = np.asarray(itk_image.GetDirection()).reshape(dims, dims)
+    spacing, origin = np.ones(3), np.zeros(3)
+    spacing[:dims], origin[:dims] = itk_image.GetSpacing(), itk_image.GetOrigin()
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
+    affine[:3, 3] = lps_to_ras @ origin
+    return Image(torch.from_numpy(np.ascontiguousarray(voxels)), tuple(float(v) for v in itk_image.GetSpacing()), affine)
 
 
 def as_image(
