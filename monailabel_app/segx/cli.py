@@ -72,6 +72,20 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.out, args.n2d, args.n3d, args.seed)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import main as evaluate_main
+
+    selection = {
+        "labels_csv": args.labels_csv,
+        "image_column": args.image_column,
+        "label_column": args.label_column,
+        "mask_dir": args.mask_dir,
+        "split": args.split,
+        "limit": args.limit,
+    }
+    return evaluate_main(args.model, args.data, args.out, args.methods, args.device, **selection)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segx", description="SegX explanations and SegU certainty for MONAI models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n3d", type=int, default=4, help="3D test studies")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=_demo)
+    evaluate = commands.add_parser("evaluate", help="accuracy, Dice, raw vs SegX and SegU figures on a labelled dataset")
+    evaluate.add_argument("--model", required=True, help="model configuration name (model_configs/) or file")
+    evaluate.add_argument("--data", required=True, help="folder with images/, a mask folder and a labels CSV")
+    evaluate.add_argument("--labels-csv", help="CSV file name inside --data (default labels.csv)")
+    evaluate.add_argument("--image-column", default="image_id")
+    evaluate.add_argument("--label-column", default="label")
+    evaluate.add_argument("--mask-dir", default="masks", help="mask folder inside --data")
+    evaluate.add_argument("--split", help="only rows whose split column has this value")
+    evaluate.add_argument("--limit", type=int, help="at most this many studies")
+    evaluate.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "hirescam"], choices=METHODS)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--out", required=True)
+    evaluate.set_defaults(run=_evaluate)
     parser.epilog = f"SegU variants: {', '.join(sorted(VARIANTS))}"
     return parser
 
