@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -33,7 +34,7 @@ def server(toy_models, tmp_path_factory):
     write_trainable_segmenter_model(models)
     settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
     settings.MONAI_LABEL_STUDIES = str(studies)
-    settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(models), "device": "cpu", "max_upload_mb": "0.5"}
+    settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(models), "device": "cpu", "max_upload_mb": "3"}
     settings.MONAI_LABEL_AUTO_UPDATE_SCORING = False
     clear_cache()
     from monailabel.app import app
@@ -198,7 +199,7 @@ def test_bad_input_gets_4xx_and_changes_nothing(server, ct_file, skin_file, tmp_
         (post_infer(client, "toy3d_segx", ct_file, params={"layer": "everything"}), 400, "unknown layer"),
         (post_infer(client, "toy3d_segx", ct_file, params={"variant": "gut"}), 400, "unknown SegU variant"),
         (post_infer(client, "toy3d_segx", ct_file, params={"method": "magic"}), 400, "unknown explanation method"),
-        (post_infer(client, "toy3d_segx", content=b"\0" * (600 * 1024), filename="huge.nii.gz"), 413, "exceeds the limit"),
+        (post_infer(client, "toy3d_segx", content=b"\0" * (4 * 2**20), filename="huge.nii.gz"), 413, "exceeds the limit"),
         (client.post("/infer/toy3d_segx?image=not_in_datastore"), 404, "not in the datastore"),
     ]
     for response, status, message in cases:
@@ -284,3 +285,26 @@ def post_label_count(client, tmp_path) -> int:
     response = client.post("/infer/seg2d_segmentation?image=skin2&output=image")
     assert response.status_code == 200, response.text
     return int(sitk.GetArrayFromImage(read_nrrd(response.content, tmp_path)).sum())
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_VOLUMES = ["ct3d/example_ct_sm.nii.gz", "ct3d/example_mr_sm.nii.gz", "mr3d/brain1_image.nrrd", "mr3d/breast1_image.nrrd"]
+
+
+@pytest.mark.parametrize("relative", REAL_VOLUMES)
+def test_real_volumes_keep_their_geometry_through_the_server(server, tmp_path, relative):
+    """Real CT/MR files (../shared/data): every output of the server has the input's size,
+    spacing, origin and direction."""
+    source_path = SHARED_DATA / relative
+    if not source_path.exists():
+        pytest.skip(f"{source_path} is not present on this machine (../shared/data)")
+    client, _, _ = server
+    source = sitk.ReadImage(str(source_path))
+    for model, params in (("toy3d_segx", {"layer": "segx"}), ("toy3d_segx", {"layer": "mask"}), ("toy3d_segmentation", {})):
+        response = post_infer(client, model, source_path, params=params)
+        assert response.status_code == 200, response.text
+        written = read_nrrd(split_multipart(response)[1], tmp_path)
+        assert written.GetSize() == source.GetSize()
+        assert np.allclose(written.GetSpacing(), source.GetSpacing(), atol=1e-5)
+        assert np.allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+        assert np.allclose(written.GetDirection(), source.GetDirection(), atol=1e-5)

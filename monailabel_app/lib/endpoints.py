@@ -69,7 +69,7 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
             if upload and _upload_size(upload) > max_upload_bytes:
                 raise HTTPException(
                     status_code=413,
-                    detail=f"upload {upload.filename!r} exceeds the limit of {max_upload_bytes // 2**20} MiB "
+                    detail=f"upload {upload.filename!r} exceeds the limit of {max_upload_bytes / 2**20:g} MiB "
                     "(set it with --conf max_upload_mb N)",
                 )
             if upload and _upload_size(upload) == 0:
