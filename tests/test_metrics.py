@@ -9,6 +9,7 @@ from segx.metrics import (
     aurc,
     auroc,
     certainty_auroc,
+    dice,
     eaurc,
     pixel_auroc,
     pointing_game,
@@ -310,3 +311,13 @@ def test_vector_metrics_reject_invalid_input(function):
         function([0.1, np.nan, 0.3], [1, 0, 1])
     with pytest.raises(ValueError, match="empty"):
         function([], [])
+
+
+def test_dice_of_two_masks():
+    # P = flat {0, 1, 2}, G = flat {1, 2, 3, 4}: overlap 2 -> 2 * 2 / (3 + 4) = 4/7
+    prediction = mask_from_flat((2, 3), [0, 1, 2])
+    truth = mask_from_flat((2, 3), [1, 2, 3, 4])
+    assert dice(prediction, truth) == pytest.approx(4 / 7)
+    assert dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) == 0.0  # both empty
+    with pytest.raises(ValueError, match="shape"):
+        dice(prediction, np.zeros((3, 2)))

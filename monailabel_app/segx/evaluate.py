@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .certainty import VARIANTS
 from .engine import explain
 from .imageio import read_image
-from .metrics import aurc, auroc, certainty_auroc, eaurc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
+from .metrics import aurc, auroc, certainty_auroc, dice, eaurc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
 
 
@@ -113,7 +113,7 @@ def _study_record(pair: ModelPair, study: Study, methods: list[str], device: str
         return record
     truth = read_image(study.mask).array[0] > 0
     region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
-    record["dice"] = float(2 * (truth & region).sum() / max(1, int(truth.sum() + region.sum())))
+    record["dice"] = dice(region, truth)
     for method in methods:
         current = result if method == methods[0] else explain(pair, study.image, classes=[predicted], method=method, device=device)
         k = current.classes.index(predicted)

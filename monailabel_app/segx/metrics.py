@@ -118,6 +118,14 @@ def topk_overlap(explanation, ground_truth, percent: float = 5.0) -> dict:
     }
 
 
+def dice(prediction, ground_truth) -> float:
+    """Dice of two masks (voxels ``> 0``) of the same shape: ``2 |P & G| / (|P| + |G|)``,
+    0.0 when both are empty."""
+    predicted, region = _values_and_mask(prediction, ground_truth, ("prediction", "ground_truth"))
+    predicted = predicted > 0
+    return _ratio(2 * np.count_nonzero(predicted & region), np.count_nonzero(predicted) + np.count_nonzero(region))
+
+
 def pointing_game(explanation, ground_truth) -> float:
     """Pointing game hit: 1.0 if ``argmax(explanation)`` lies in ``ground_truth > 0``, else 0.0.
 

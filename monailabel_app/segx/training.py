@@ -24,6 +24,7 @@ from .certainty import calibrate_levels, save_levels
 from .config import load_model_pair
 from .engine import explain
 from .imageio import read_image
+from .metrics import dice
 from .pair import Preprocessing
 
 
@@ -184,7 +185,7 @@ def train(recipe_name: str, data: str | Path, out: str | Path) -> dict:
         result = explain(pair, data / "images" / row["file"])
         truth = read_image(data / "masks" / row["file"]).array[0] > (127 if recipe.spatial_dims == 2 else 0)
         predicted_region = result.segmentation > 0
-        dices.append(float(2 * (truth & predicted_region).sum() / max(1, int(truth.sum() + predicted_region.sum()))))
+        dices.append(dice(predicted_region, truth))
         certainties.append(result.segu.value)
         correct.append(result.predicted == recipe.classes.index(row["label"]))
     levels = calibrate_levels(certainties, correct, "mass_inside")

@@ -88,15 +88,17 @@ class ModelRuntime:
     def _load(self) -> None:
         pair, self.config = load_model_pair(self.config_file)
         self.pair = pair.to(self.device)
-        files = [f for f in weight_files(self.config_file) if f.exists()]
-        self._stamp = _files_stamp(weight_files(self.config_file))
-        self.weights_digest = hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()[:16]
+        self._watched = [self.config_file, *weight_files(self.config_file)]
+        self._stamp = _files_stamp(self._watched)
+        weights = [f for f in self._watched[1:] if f.exists()]
+        self.weights_digest = hashlib.sha256("".join(file_digest(f) for f in weights).encode()).hexdigest()[:16]
         self._cache.clear()
 
     def refresh(self) -> None:
-        """Reload the pair if its weight files changed since it was loaded."""
+        """Reload the pair if its configuration or weight files changed since it was
+        loaded (a few ``stat`` calls; the configuration is parsed only to reload)."""
         with self._lock:
-            if _files_stamp(weight_files(self.config_file)) != self._stamp:
+            if _files_stamp(self._watched) != self._stamp:
                 logger.info(f"{self.name}: weights changed on disk, reloading")
                 run_in_torch_thread(self._load)
 
