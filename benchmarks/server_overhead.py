@@ -48,8 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,6 +69,7 @@ sys.path.insert(0, str(APP_DIR))
 
 import segx  # noqa: E402
 from common import add_timing_arguments, checked_repeats, cpu_name  # noqa: E402
+from segx.demo import running_server  # noqa: E402
 from segx.config import load_model_pair  # noqa: E402
 
 WORKLOADS = ("http", "inprocess")
@@ -144,12 +143,6 @@ def write_images_3d(folder: Path, count: int, rng: np.random.Generator) -> list[
     return files
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def log_config(tmp: Path) -> Path:
     """MONAI Label's default logging configuration with the log file in ``tmp`` (by default
     the server appends to ``monailabel_app/logs/app.log`` in the repository)."""
@@ -159,56 +152,6 @@ def log_config(tmp: Path) -> Path:
     path = tmp / "logging.json"
     path.write_text(text.replace("${LOGDIR}", str(tmp)).replace("${LOGFILE}", str(tmp / "app.log")))
     return path
-
-
-def start_server(
-    tmp: Path, models: Path, studies: Path, names: list[str], threads: int, timeout: float, extra_env: dict[str, str]
-) -> tuple[subprocess.Popen, str, Path]:
-    """``monailabel start_server`` on a free port in its own process group (logs in ``tmp``);
-    waits for /info."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env.update(extra_env)
-    port = free_port()
-    log_file = tmp / "server.log"
-    command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
-               "--conf", "models", ",".join(names), "--conf", "models_dir", str(models), "--conf", "device", "cpu",
-               "--host", "127.0.0.1", "--port", str(port), "--log_config", str(log_config(tmp))]  # fmt: skip
-    with open(log_file, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_tail(log_file)}")
-        try:
-            info = requests.get(f"{url}/info/", timeout=2)
-            if info.status_code == 200:
-                missing = [f"{n}_segx" for n in names if f"{n}_segx" not in info.json()["models"]]
-                if missing:
-                    raise RuntimeError(f"server does not offer {missing}: {info.json().get('unavailable_models')}")
-                return process, url, log_file
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError(f"server did not answer within {timeout} s:\n{log_tail(log_file)}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group, SIGKILL after 30 s."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -322,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = checked_repeats(parser, args)
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env expects KEY=VALUE")
-    server_env = dict(item.split("=", 1) for item in args.server_env)
+    extra_env = dict(item.split("=", 1) for item in args.server_env)
     torch.set_num_threads(args.threads)
 
     import monai
@@ -331,8 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {torch.__version__}, monai {monai.__version__}, monailabel {monailabel.__version__}, segx {segx.__version__}")
     print(f"device cpu ({cpu_name()}), cpu cores {os.cpu_count()}, repeats {repeats} (+1 warm-up), seed {args.seed}")
     print(f"threads: in-process torch.set_num_threads({args.threads}); server env OMP_NUM_THREADS=MKL_NUM_THREADS={args.threads}")
-    if server_env:
-        print(f"extra server environment: {server_env}")
+    if extra_env:
+        print(f"extra server environment: {extra_env}")
     print(f"settle {args.settle} s before every timed call (other busy processes distort CPU timings)")
     if args.quick:
         print(f"QUICK MODE: {repeats} rounds; use the full mode for reported numbers")
@@ -353,20 +296,26 @@ def main(argv: list[str] | None = None) -> dict:
             case.pair = load_model_pair(case.config_file)[0]
 
         start = time.perf_counter()
-        process, url, log_file = start_server(tmp, models, studies, [c.model for c in cases], args.threads, args.startup_timeout, server_env)
-        print(f"server {url} up in {time.perf_counter() - start:.1f} s (pid {process.pid})")
-        try:
-            with tqdm(total=repeats + 1, desc="warm-up + rounds", file=sys.stderr) as progress:
-                results = measure(cases, url, process, repeats, args.settle, tmp, progress)
-        except Exception:
-            print(log_tail(log_file), file=sys.stderr)
-            raise
-        finally:
-            stop_server(process)
+        log_file = tmp / "server.log"
+        server_env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads), **extra_env}
+        extra_args = ["--conf", "device", "cpu", "--log_config", str(log_config(tmp))]
+        names = [c.model for c in cases]
+        with running_server(studies, ",".join(names), log_file, models, server_env, extra_args, args.startup_timeout) as server:
+            print(f"server {server.url} up in {time.perf_counter() - start:.1f} s (pid {server.process.pid})")
+            try:
+                offered = requests.get(f"{server.url}/info/", timeout=10).json()
+                missing = [f"{n}_segx" for n in names if f"{n}_segx" not in offered["models"]]
+                if missing:
+                    raise RuntimeError(f"server does not offer {missing}: {offered.get('unavailable_models')}")
+                with tqdm(total=repeats + 1, desc="warm-up + rounds", file=sys.stderr) as progress:
+                    results = measure(cases, server.url, server.process, repeats, args.settle, tmp, progress)
+            except Exception:
+                print(log_tail(log_file), file=sys.stderr)
+                raise
     print_table(cases, results)
 
     summary = {f"{key}_{name}": value for name, r in results.items() for key, value in r.items()}
-    summary.update(quick=args.quick, settle=args.settle, server_env=server_env, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
+    summary.update(quick=args.quick, settle=args.settle, server_env=extra_env, threads=args.threads, repeats=repeats, torch=torch.__version__, device="cpu")
     print("RESULT " + json.dumps(summary, sort_keys=True))
     return summary
 

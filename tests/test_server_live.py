@@ -54,8 +54,8 @@ def live(toy_models, tmp_path_factory):
     shutil.copytree(toy_models, models, dirs_exist_ok=True)
     write_bundle_pair(models)
     studies = write_studies(tmp_path_factory.mktemp("live_studies"))
-    with running_server(studies, "all", tmp_path_factory.mktemp("log") / "server.log", models_dir=models) as url:
-        yield url, studies
+    with running_server(studies, "all", tmp_path_factory.mktemp("log") / "server.log", models_dir=models) as server:
+        yield server.url, studies
 
 
 def test_official_client_info_infer_upload_and_next_sample(live, tmp_path):

@@ -67,8 +67,8 @@ def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("slicer_live")
     models = write_models(root / "models")
     studies = write_phantom_studies(root)
-    with running_server(studies, "slicer2d,slicer3d,noweights", root / "server.log", models_dir=models) as url:
-        yield url, studies
+    with running_server(studies, "slicer2d,slicer3d,noweights", root / "server.log", models_dir=models) as server:
+        yield server.url, studies
 
 
 def ct_volume(studies: Path, name: str = "test3d_11_0000.nii.gz") -> jobs.VolumeData:

@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import requests
@@ -51,23 +53,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class RunningServer:
+    """A started MONAI Label server: its URL and its process (the leader of its own
+    process group)."""
+
+    url: str
+    process: subprocess.Popen
+
+
 @contextmanager
-def running_server(studies: Path, models: str, log_file: Path, models_dir: Path | None = None, port: int | None = None):
-    """A ``monailabel start_server`` subprocess on 127.0.0.1; yields its URL and stops it on
-    exit (also on errors and Ctrl-C)."""
-    port = port or _free_port()
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.setdefault("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
+def running_server(
+    studies: Path,
+    models: str,
+    log_file: Path,
+    models_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 300,
+):
+    """A ``monailabel start_server`` subprocess on a free 127.0.0.1 port; yields a
+    :class:`RunningServer` once ``/info`` answers and stops it on exit (also on errors and
+    Ctrl-C). ``env`` adds environment variables, ``extra_args`` command-line arguments."""
+    port = _free_port()
+    process_env = dict(os.environ)
+    process_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + process_env.get("PATH", "")
+    process_env.setdefault("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
+    process_env.update(env or {})
     command = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(studies), "--conf", "models", models,
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(port), *extra_args]  # fmt: skip
     if models_dir:
         command += ["--conf", "models_dir", str(models_dir)]
     log = open(log_file, "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + timeout
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the MONAI Label server exited with code {process.returncode}; see {log_file}")
@@ -77,9 +98,9 @@ def running_server(studies: Path, models: str, log_file: Path, models_dir: Path 
             except requests.ConnectionError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"the MONAI Label server did not start within 300 s; see {log_file}")
-            time.sleep(1)
-        yield url
+                raise RuntimeError(f"the MONAI Label server did not start within {timeout:g} s; see {log_file}")
+            time.sleep(0.5)
+        yield RunningServer(url, process)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -168,7 +189,8 @@ def run_demo(out: str | Path = "demo_output", n2d: int = 40, n3d: int = 4, seed:
     generate(studies, 3, n3d, seed, "test")
     rows = read_split(studies, "test")
     records = []
-    with running_server(studies / "images", "demo2d,demo3d", out / "server.log") as url:
+    with running_server(studies / "images", "demo2d,demo3d", out / "server.log") as server:
+        url = server.url
         print(f"MONAI Label server running at {url}", flush=True)
         from tqdm import tqdm
 
