@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
+import slicer  # noqa: E402  (the slicer-core wheel, a dev dependency: a missing install must fail)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
 
 from SegXSlicerLib import display, mrml  # noqa: E402
