@@ -68,11 +68,16 @@ def test_training_writes_a_loadable_calibrated_configuration(tmp_path):
     generate(data, 2, 8, seed=0, split="val", progress=False)
     log = train("demo2d", data, tmp_path / "models")
     config = yaml.safe_load((tmp_path / "models" / "demo2d.yaml").read_text())
-    assert config["certainty"]["n_validation"] == 8 and config["certainty"]["variant"] == "mass_inside"
+    calibration = log["calibration"]
+    assert config["certainty"]["n_validation"] == 8 and config["certainty"]["variant"] == calibration["variant"]
+    assert calibration["auroc"][calibration["variant"]] == max(calibration["auroc"].values())
+    assert config["certainty"]["combination"]["variant"] == calibration["combination"]["variant"]
     pair, _ = load_model_pair(tmp_path / "models" / "demo2d.yaml")
     assert pair.class_names == ["nevus", "melanoma"] and pair.levels is not None
-    assert len(log["classifier_losses"]) == 12 and log["classifier_losses"][-1] < log["classifier_losses"][0]
-    assert 0.0 <= log["val_dice"] <= 1.0
+    losses = log["classifier"]["losses"]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    scores = log["segmenter"]["val_scores"]
+    assert all(0.0 <= s <= 1.0 for s in scores) and log["val_dice_network_grid"] == max(scores)
 
 
 def test_short_demo_end_to_end(tmp_path):

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torch import nn
 
-from segx import ModelPair
 from segx.cli import main
-from segx.evaluate import bootstrap_ci, find_studies
+from segx.datasets import Layout, find_studies
+from segx.evaluate import bootstrap_ci
 from segx.phantoms import generate
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,29 +51,41 @@ def test_evaluate_on_phantoms(tmp_path, capsys):
 
 
 def test_selection_and_errors(tmp_path):
-    pair = ModelPair(nn.Identity(), nn.Identity(), ["nevus", "melanoma"])
+    classes = ["nevus", "melanoma"]
     generate(tmp_path, 2, 6, seed=1, split="train", progress=False)
     generate(tmp_path, 2, 4, seed=1, split="test", progress=False)
-    studies, unknown = find_studies(pair, tmp_path, split="test")
+    studies, unknown = find_studies(classes, tmp_path, split="test")
     assert [s.image_id for s in studies] == [f"test2d_1_{i:04d}" for i in range(4)] and unknown == {}
     assert all(s.mask is not None and s.mask.exists() for s in studies)
-    assert len(find_studies(pair, tmp_path, limit=3)[0]) == 3
+    assert len(find_studies(classes, tmp_path, limit=3)[0]) == 3
     with pytest.raises(ValueError, match="no column 'dx'"):
-        find_studies(pair, tmp_path, label_column="dx")
+        find_studies(classes, tmp_path, Layout(label_column="dx"))
     with pytest.raises(ValueError, match="labels CSV not found"):
-        find_studies(pair, tmp_path, labels_csv="metadata.csv")
+        find_studies(classes, tmp_path, Layout(labels_csv="metadata.csv"))
+
+
+def test_labels_may_be_class_indices(tmp_path):
+    generate(tmp_path, 2, 4, seed=2, split="test", progress=False)
+    with open(tmp_path / "labels.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    names = [row["label"] for row in rows]
+    by_index = {"nevus": "0", "melanoma": "1"}
+    with open(tmp_path / "indices.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, ["image_id", "label", "file"])
+        writer.writeheader()
+        writer.writerows([{"image_id": r["image_id"], "label": by_index[r["label"]], "file": r["file"]} for r in rows] + [{"image_id": "x", "label": "2", "file": rows[0]["file"]}])
+    studies, unknown = find_studies(["nevus", "melanoma"], tmp_path, Layout(labels_csv="indices.csv"))
+    assert [["nevus", "melanoma"][s.label] for s in studies] == names and unknown == {"2": 1}
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ham10000").is_dir(), reason="../shared/data/ham10000 is not present on this machine")
 def test_ham10000_folder_works_as_it_is():
-    pair = ModelPair(nn.Identity(), nn.Identity(), HAM_CLASSES)
-    studies, unknown = find_studies(pair, SHARED_DATA / "ham10000", labels_csv="metadata.csv", label_column="dx", split="test", limit=5)
+    studies, unknown = find_studies(HAM_CLASSES, SHARED_DATA / "ham10000", Layout(labels_csv="metadata.csv", label_column="dx"), "test", 5)
     assert len(studies) == 5 and unknown == {}
     assert all(s.image.suffix == ".jpg" and s.mask is not None for s in studies)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "jsrt").is_dir(), reason="../shared/data/jsrt is not present on this machine")
 def test_jsrt_folder_works_with_a_mask_dir():
-    pair = ModelPair(nn.Identity(), nn.Identity(), ["0", "1"])
-    studies, _ = find_studies(pair, SHARED_DATA / "jsrt", labels_csv="metadata.csv", label_column="nodule", mask_dir="lungs", limit=3)
+    studies, _ = find_studies(["no_nodule", "nodule"], SHARED_DATA / "jsrt", Layout(labels_csv="metadata.csv", label_column="nodule", mask_dir="lungs"), limit=3)
     assert len(studies) == 3 and all(s.mask is not None and s.mask.parent.name == "lungs" for s in studies)

@@ -186,9 +186,9 @@ def calibrate_levels(
     return LevelThresholds(variant, low, high, high_accuracy, low_accuracy, int(values.size))
 
 
-def save_levels(config_path: str | Path, thresholds: LevelThresholds) -> None:
-    """Store thresholds under the ``certainty`` key of a model configuration file
-    (``.json``, ``.yaml`` or ``.yml``), keeping every other key."""
+def save_levels(config_path: str | Path, thresholds: LevelThresholds, **more) -> None:
+    """Store thresholds (and ``more`` items) under the ``certainty`` key of a model
+    configuration file (``.json``, ``.yaml`` or ``.yml``), keeping every other key."""
     path = Path(config_path)
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     config: dict = {}
@@ -200,7 +200,7 @@ def save_levels(config_path: str | Path, thresholds: LevelThresholds) -> None:
             config = yaml.safe_load(text) or {}
         else:
             config = json.loads(text or "{}")
-    config["certainty"] = asdict(thresholds)
+    config["certainty"] = {**(config.get("certainty") or {}), **asdict(thresholds), **more}
     if yaml_file:
         import yaml
 
@@ -212,4 +212,49 @@ def save_levels(config_path: str | Path, thresholds: LevelThresholds) -> None:
 def load_levels(config: dict) -> LevelThresholds | None:
     """Thresholds from a model configuration's ``certainty`` section, or None."""
     section = config.get("certainty")
-    return LevelThresholds(**section) if section else None
+    if not section:
+        return None
+    return LevelThresholds(**{k: section[k] for k in LevelThresholds.__dataclass_fields__ if k in section})
+
+
+@dataclass
+class Combination:
+    """SegU combined with the max softmax probability by logistic regression fitted on
+    validation data: ``score = sigmoid(w0 + w1 * logit(msp) + w2 * segu)`` with the SegU
+    ``variant``; a certainty in (0, 1), higher = more likely correct."""
+
+    variant: str
+    weights: list[float]
+
+    def __call__(self, msp: float, segu_value: float) -> float:
+        features = _combination_features(np.array([msp]), np.array([segu_value]))
+        return float(1.0 / (1.0 + np.exp(-(features @ np.asarray(self.weights))[0])))
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Combination | None":
+        section = (config.get("certainty") or {}).get("combination")
+        return cls(section["variant"], [float(w) for w in section["weights"]]) if section else None
+
+
+def _combination_features(msp: np.ndarray, segu_values: np.ndarray) -> np.ndarray:
+    """``(N, 3)``: 1, logit(msp), segu."""
+    p = np.clip(msp, 1e-6, 1 - 1e-6)
+    return np.stack([np.ones_like(p), np.log(p / (1 - p)), segu_values], 1)
+
+
+def fit_combination(msp: Sequence[float], segu_values: Sequence[float], correct: Sequence[bool], variant: str, l2: float = 1e-2) -> Combination:
+    """Logistic regression of ``correct`` on (logit(msp), segu) by Newton's method with a
+    small L2 penalty on the two slopes (so separable data still give finite weights)."""
+    x = _combination_features(np.asarray(msp, float), np.asarray(segu_values, float))
+    y = np.asarray(correct, float)
+    penalty = np.diag([0.0, l2, l2])
+    w = np.zeros(3)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        gradient = x.T @ (p - y) + penalty @ w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + penalty + 1e-9 * np.eye(3)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return Combination(variant, [float(v) for v in w])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .certainty import VARIANTS
 from .explainers import METHODS
+from .training import RECIPES
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -61,7 +62,7 @@ def _phantoms(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .training import train
 
-    log = train(args.recipe, args.data, args.out)
+    log = train(args.recipe, args.data, args.out, args.limit)
     print(json.dumps({k: v for k, v in log.items() if not k.endswith("losses")}, indent=2))
     return 0
 
@@ -75,15 +76,34 @@ def _demo(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import main as evaluate_main
 
-    selection = {
-        "labels_csv": args.labels_csv,
-        "image_column": args.image_column,
-        "label_column": args.label_column,
-        "mask_dir": args.mask_dir,
-        "split": args.split,
-        "limit": args.limit,
-    }
-    return evaluate_main(args.model, args.data, args.out, args.methods, args.device, **selection)
+    return evaluate_main(args.model, args.data, args.out, args.methods, args.device, args.split, args.limit, args.mc_samples, **_layout(args))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .config import model_config_file
+    from .datasets import Layout
+
+    summary = calibrate(model_config_file(args.model), args.data, Layout(**_layout(args)), args.split, args.limit, args.device)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _layout(args: argparse.Namespace) -> dict:
+    return {"labels_csv": args.labels_csv, "image_column": args.image_column, "label_column": args.label_column, "mask_dir": args.mask_dir}
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser, split: str | None) -> None:
+    """Options naming a model configuration and a labelled dataset folder (segx.datasets)."""
+    parser.add_argument("--model", required=True, help="model configuration name (model_configs/) or file")
+    parser.add_argument("--data", required=True, help="folder with images/, a mask folder and a labels CSV")
+    parser.add_argument("--labels-csv", default="labels.csv", help="CSV file name inside --data")
+    parser.add_argument("--image-column", default="image_id")
+    parser.add_argument("--label-column", default="label", help="class names or indices")
+    parser.add_argument("--mask-dir", default="masks", help="mask folder inside --data")
+    parser.add_argument("--split", default=split, help=f"only rows whose split column has this value (default {split})")
+    parser.add_argument("--limit", type=int, help="at most this many studies")
+    parser.add_argument("--device", default="cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     phantoms.set_defaults(run=_phantoms)
 
     train = commands.add_parser("train", help="train a model pair recipe on a dataset folder")
-    train.add_argument("--recipe", required=True, help="demo2d or demo3d")
-    train.add_argument("--data", required=True, help="folder with images/, masks/, labels.csv (split column)")
+    train.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    train.add_argument("--data", required=True, help="dataset folder of the recipe (images, masks, labels CSV with a split column)")
+    train.add_argument("--limit", type=int, help="at most this many studies per split (a quick try)")
     train.add_argument("--out", required=True, help="folder for NAME.yaml and weights/")
     train.set_defaults(run=_train)
 
@@ -120,18 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=_demo)
     evaluate = commands.add_parser("evaluate", help="accuracy, Dice, raw vs SegX and SegU figures on a labelled dataset")
-    evaluate.add_argument("--model", required=True, help="model configuration name (model_configs/) or file")
-    evaluate.add_argument("--data", required=True, help="folder with images/, a mask folder and a labels CSV")
-    evaluate.add_argument("--labels-csv", help="CSV file name inside --data (default labels.csv)")
-    evaluate.add_argument("--image-column", default="image_id")
-    evaluate.add_argument("--label-column", default="label")
-    evaluate.add_argument("--mask-dir", default="masks", help="mask folder inside --data")
-    evaluate.add_argument("--split", help="only rows whose split column has this value")
-    evaluate.add_argument("--limit", type=int, help="at most this many studies")
-    evaluate.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "hirescam"], choices=METHODS)
-    evaluate.add_argument("--device", default="cpu")
+    _add_dataset_arguments(evaluate, None)
+    evaluate.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "layercam"], choices=METHODS, help="explanation methods compared raw vs SegX (Grad-CAM always first)")
+    evaluate.add_argument("--mc-samples", type=int, default=10, help="forward passes of the MC dropout baseline (0: no MC dropout and no TTA baseline)")
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(run=_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="choose the default SegU variant and its levels on a validation split")
+    _add_dataset_arguments(calibrate, "val")
+    calibrate.set_defaults(run=_calibrate)
     parser.epilog = f"SegU variants: {', '.join(sorted(VARIANTS))}"
     return parser
 

@@ -182,6 +182,22 @@ def weight_files(path: str | Path) -> list[Path]:
     return files
 
 
+#: The model configurations shipped with the app.
+BUILTIN_MODELS_DIR = Path(__file__).resolve().parents[1] / "model_configs"
+
+
+def model_config_file(name_or_path: str | Path) -> Path:
+    """A configuration file given by path, or by the name of a built-in model (``ham10000``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    builtin = BUILTIN_MODELS_DIR / f"{name_or_path}.yaml"
+    if builtin.exists():
+        return builtin
+    names = sorted(p.stem for p in BUILTIN_MODELS_DIR.glob("*.yaml"))
+    raise ConfigError(f"no model configuration {str(name_or_path)!r}: not a file, and the built-in models are {names}")
+
+
 def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
     """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
 

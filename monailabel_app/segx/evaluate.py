@@ -1,10 +1,6 @@
 """``segx evaluate``: classification, segmentation, interpretability (raw vs SegX) and
-certainty figures of a model configuration on a labelled dataset folder.
-
-A dataset folder holds ``images/<image_id>.*``, a mask folder (``masks/`` by default;
-``<image_id>.*``, foreground > 0) and a labels CSV (``labels.csv`` by default, columns
-``image_id`` and ``label``; other names by option; a ``file`` column, when present, names
-the image file). Labels the model does not know are reported and skipped, not fatal.
+certainty figures of a model configuration on a labelled dataset folder (read as
+:mod:`segx.datasets` describes; labels the model does not know are reported, not fatal).
 """
 
 from __future__ import annotations
@@ -12,71 +8,19 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from .certainty import VARIANTS
+from . import baselines
+from .certainty import VARIANTS, Combination
+from .datasets import Layout, Study, find_studies
 from .engine import explain
 from .imageio import read_image
 from .metrics import aurc, auroc, certainty_auroc, dice, eaurc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
-
-
-@dataclass
-class Study:
-    """One labelled image: its id, files and class index."""
-
-    image_id: str
-    image: Path
-    mask: Path | None
-    label: int
-
-
-def _file_for(folder: Path, stem: str) -> Path | None:
-    matches = sorted(folder.glob(f"{stem}.*")) if folder.is_dir() else []
-    return matches[0] if matches else None
-
-
-def find_studies(
-    pair: ModelPair,
-    data: str | Path,
-    labels_csv: str | None = None,
-    image_column: str = "image_id",
-    label_column: str = "label",
-    mask_dir: str = "masks",
-    split: str | None = None,
-    limit: int | None = None,
-) -> tuple[list[Study], dict[str, int]]:
-    """Studies of ``data`` (in CSV order) and the count of rows skipped per unknown label."""
-    data = Path(data)
-    csv_path = data / (labels_csv or "labels.csv")
-    if not csv_path.is_file():
-        raise ValueError(f"labels CSV not found: {csv_path}")
-    with open(csv_path, newline="") as stream:
-        rows = list(csv.DictReader(stream))
-    for column in (image_column, label_column):
-        if rows and column not in rows[0]:
-            raise ValueError(f"{csv_path} has no column {column!r}; columns: {list(rows[0])}")
-    studies, unknown = [], {}
-    for row in rows:
-        if split is not None and row.get("split") != split:
-            continue
-        if row[label_column] not in pair.class_names:
-            unknown[row[label_column]] = unknown.get(row[label_column], 0) + 1
-            continue
-        image_id = row[image_column]
-        image = data / "images" / row["file"] if row.get("file") else _file_for(data / "images", image_id)
-        if image is None or not image.exists():
-            raise ValueError(f"no image file for {image_id!r} in {data / 'images'}")
-        studies.append(Study(image_id, image, _file_for(data / mask_dir, image_id), pair.class_names.index(row[label_column])))
-        if limit and len(studies) >= limit:
-            break
-    if not studies:
-        raise ValueError(f"no study with a known label in {csv_path} (split {split!r}); unknown labels: {unknown}")
-    return studies, unknown
 
 
 def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
@@ -94,98 +38,175 @@ def _safe_auroc(scores, positives) -> float | None:
         return None
 
 
-def _study_record(pair: ModelPair, study: Study, methods: list[str], device: str) -> dict:
-    """Per-study figures: prediction, certainties and, per method, raw vs SegX metrics."""
-    result = explain(pair, study.image, method=methods[0], device=device, variants=sorted(VARIANTS))
-    predicted = result.predicted
-    probabilities = result.probabilities
+INTERPRETABILITY = {
+    "iou": "top-5 % IoU",
+    "dice": "top-5 % Dice",
+    "precision": "top-5 % precision",
+    "pointing": "pointing game",
+    "mass": "relevance mass accuracy",
+}
+BASELINES = ("msp", "negative_entropy", "mc_dropout", "tta")
+EXAMPLES = 8
+
+
+def certainty_scores(combined: bool) -> list[str]:
+    """Names of the certainty columns: every SegU variant, SegU+MSP when the model has a
+    fitted combination, then the baselines."""
+    return [f"segu_{v}" for v in sorted(VARIANTS)] + (["segu_msp"] if combined else []) + list(BASELINES)
+
+
+def study_record(pair: ModelPair, study: Study, methods: list[str], device: str = "cpu", mc_samples: int = 10,
+                 combination: Combination | None = None) -> dict:  # fmt: skip
+    """Per-study figures: prediction, class probabilities, certainties (SegU of Grad-CAM in
+    every variant, SegU+MSP, MSP, negative entropy, MC dropout with ``mc_samples`` passes
+    and TTA; ``mc_samples=0`` skips both sampling baselines) and, when the study has a mask,
+    segmentation Dice and per method raw vs SegX interpretability metrics."""
+    image = read_image(study.image)
+    result = explain(pair, image, method="gradcam", device=device)
+    predicted, probabilities = result.predicted, result.probabilities
+    x = pair.classifier_input(image.array).to(device)
     record = {
         "image_id": study.image_id,
         "label": pair.class_names[study.label],
         "predicted": result.predicted_label,
         "correct": int(predicted == study.label),
-        "msp": float(probabilities.max()),
-        "entropy": float(-(probabilities * np.log(np.clip(probabilities, 1e-12, 1))).sum()),
         **{f"p_{name}": float(p) for name, p in zip(pair.class_names, probabilities)},
         **{f"segu_{v}": result.certainty_of(predicted, v).value for v in sorted(VARIANTS)},
+        "msp": baselines.msp(probabilities),
+        "negative_entropy": baselines.negative_entropy(probabilities),
+        "mc_dropout": baselines.mc_dropout(pair.classifier, x, mc_samples) if mc_samples else None,
+        "tta": baselines.tta(pair.classifier, x) if mc_samples else None,
     }
+    if combination is not None:
+        record["segu_msp"] = combination(record["msp"], record[f"segu_{combination.variant}"])
     if study.mask is None:
         return record
     truth = read_image(study.mask).array[0] > 0
     region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
     record["dice"] = dice(region, truth)
     for method in methods:
-        current = result if method == methods[0] else explain(pair, study.image, classes=[predicted], method=method, device=device)
+        current = result if method == "gradcam" else explain(pair, image, classes=[predicted], method=method, device=device)
         k = current.classes.index(predicted)
         for kind, layer in (("raw", current.explanation[k]), ("segx", current.segx[k])):
-            record[f"iou_{kind}_{method}"] = topk_overlap(layer, truth, 5.0)["iou"]
+            overlap = topk_overlap(layer, truth, 5.0)
+            for metric in ("iou", "dice", "precision"):
+                record[f"{metric}_{kind}_{method}"] = overlap[metric]
             record[f"pointing_{kind}_{method}"] = pointing_game(layer, truth)
             record[f"mass_{kind}_{method}"] = relevance_mass_accuracy(layer, truth)
     return record
 
 
-def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: list[str], device: str = "cpu") -> dict:
-    """Run every study, write ``metrics.csv``, ``report.md`` and figures; return the summary."""
-    start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = [_study_record(pair, study, methods, device) for study in tqdm(studies, desc="evaluating")]
-    with open(out / "metrics.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=sorted({k for r in records for k in r}, key=lambda k: (k != "image_id", k)))
-        writer.writeheader()
-        writer.writerows(records)
+def auroc_difference_ci(better, baseline, correct, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(AUROC(better) - AUROC(baseline), 95 % bootstrap CI) for correct vs wrong, resampling
+    studies (paired: both scores on the same resample); resamples with one outcome only are
+    dropped."""
+    better, baseline, correct = np.asarray(better, float), np.asarray(baseline, float), np.asarray(correct, bool)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(n_resamples):
+        sample = rng.integers(0, len(correct), len(correct))
+        if 0 < correct[sample].sum() < len(sample):
+            differences.append(certainty_auroc(better[sample], correct[sample]) - certainty_auroc(baseline[sample], correct[sample]))
+    point = certainty_auroc(better, correct) - certainty_auroc(baseline, correct)
+    return float(point), float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))
+
+
+def _classification(records: list[dict], class_names: list[str]) -> dict:
     correct = np.array([r["correct"] for r in records], dtype=bool)
-    labels = np.array([pair.class_names.index(r["label"]) for r in records])
-    per_class = {name: _safe_auroc([r[f"p_{name}"] for r in records], labels == c) for c, name in enumerate(pair.class_names)}
+    labels = np.array([class_names.index(r["label"]) for r in records])
+    predicted = np.array([class_names.index(r["predicted"]) for r in records])
+    per_class = {name: _safe_auroc([r[f"p_{name}"] for r in records], labels == c) for c, name in enumerate(class_names)}
     defined = [v for v in per_class.values() if v is not None]
-    summary = {
+    confusion = np.zeros((len(class_names), len(class_names)), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    return {
         "n": len(records),
         "accuracy": float(correct.mean()),
         "balanced_accuracy": float(np.mean([correct[labels == c].mean() for c in np.unique(labels)])),
         "auroc_macro": float(np.mean(defined)) if defined else None,
         "auroc_per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
     }
-    if "dice" in records[0]:
-        summary["dice"] = float(np.mean([r["dice"] for r in records]))
-        for method in methods:
-            raw = [r[f"iou_raw_{method}"] for r in records]
-            segx = [r[f"iou_segx_{method}"] for r in records]
-            summary[f"iou_raw_{method}"], summary[f"iou_segx_{method}"] = float(np.mean(raw)), float(np.mean(segx))
-            summary[f"iou_raw_{method}_ci"] = bootstrap_ci(raw)[1:]
-            summary[f"iou_segx_{method}_ci"] = bootstrap_ci(segx)[1:]
-            summary[f"iou_diff_{method}_ci"] = bootstrap_ci(np.subtract(segx, raw))[1:]
+
+
+def _interpretability(records: list[dict], methods: list[str]) -> dict:
+    summary = {"dice": float(np.mean([r["dice"] for r in records])), "dice_ci": bootstrap_ci([r["dice"] for r in records])[1:]}
+    for method in methods:
+        for metric in INTERPRETABILITY:
+            raw = [r[f"{metric}_raw_{method}"] for r in records]
+            segx = [r[f"{metric}_segx_{method}"] for r in records]
+            for kind, values in (("raw", raw), ("segx", segx)):
+                summary[f"{metric}_{kind}_{method}"] = float(np.mean(values))
+                summary[f"{metric}_{kind}_{method}_ci"] = bootstrap_ci(values)[1:]
+            summary[f"{metric}_diff_{method}_ci"] = bootstrap_ci(np.subtract(segx, raw))[1:]
+    return summary
+
+
+def _certainty(records: list[dict], names: list[str]) -> dict:
+    correct = np.array([r["correct"] for r in records], dtype=bool)
     both_outcomes = 0 < correct.sum() < len(correct)
-    for name in [f"segu_{v}" for v in sorted(VARIANTS)] + ["msp"]:
+    summary = {}
+    for name in names:
+        if any(r[name] is None for r in records):  # MC dropout without a dropout layer, or sampling baselines off
+            summary[f"{name}_auroc"] = summary[f"{name}_aurc"] = summary[f"{name}_eaurc"] = None
+            continue
         scores = [r[name] for r in records]
         summary[f"{name}_auroc"] = certainty_auroc(scores, correct) if both_outcomes else None
         summary[f"{name}_aurc"] = aurc(scores, correct)
         summary[f"{name}_eaurc"] = eaurc(scores, correct)
-    summary["segu_auroc"] = summary[f"segu_{pair.certainty_variant}_auroc"]
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    _figures(out, records, correct, methods, summary)
-    (out / "report.md").write_text(_report(summary, methods))
+        if both_outcomes and name.startswith("segu"):
+            summary[f"{name}_minus_msp_auroc_ci"] = auroc_difference_ci(scores, [r["msp"] for r in records], correct)[1:]
     return summary
 
 
-def _figures(out: Path, records: list[dict], correct: np.ndarray, methods: list[str], summary: dict) -> None:
+def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: list[str], device: str = "cpu",
+             mc_samples: int = 10, combination: Combination | None = None) -> dict:  # fmt: skip
+    """Run every study, write ``metrics.csv``, ``report.md`` and figures; return the summary."""
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = [study_record(pair, study, methods, device, mc_samples, combination) for study in tqdm(studies, desc="evaluating")]
+    with open(out / "metrics.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=sorted({k for r in records for k in r}, key=lambda k: (k != "image_id", k)))
+        writer.writeheader()
+        writer.writerows(records)
+    scores = certainty_scores(combination is not None)
+    summary = _classification(records, pair.class_names)
+    with_masks = [r for r in records if "dice" in r]
+    if with_masks:
+        summary.update(_interpretability(with_masks, methods))
+    summary.update(_certainty(records, scores))
+    summary["segu_variant"] = pair.certainty_variant
+    summary["segu_auroc"] = summary[f"segu_{pair.certainty_variant}_auroc"]
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    _figures(out, records, methods, summary, scores)
+    if with_masks:
+        _example_grid(out / "examples.png", pair, studies, records, device)
+    (out / "report.md").write_text(_report(summary, methods, scores, pair.class_names, bool(with_masks)))
+    return summary
+
+
+def _figures(out: Path, records: list[dict], methods: list[str], summary: dict, scores: list[str]) -> None:
     """``risk_coverage.png`` (every certainty score) and ``iou.png`` (raw vs SegX with CIs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(5, 4))
-    for name in [f"segu_{v}" for v in sorted(VARIANTS)] + ["msp"]:
-        coverage, risk = risk_coverage_curve([r[name] for r in records], correct)
-        axis.plot(coverage, risk, label=name)
-    axis.set_xlabel("coverage")
-    axis.set_ylabel("risk (error rate)")
+    correct = np.array([r["correct"] for r in records], dtype=bool)
+    fig, axis = plt.subplots(figsize=(5.5, 4))
+    for name in scores:
+        if summary[f"{name}_aurc"] is not None:
+            coverage, risk = risk_coverage_curve([r[name] for r in records], correct)
+            axis.plot(coverage, risk, label=f"{name} (AURC {summary[f'{name}_aurc']:.3f})", linestyle="-" if name.startswith("segu") else "--")
+    axis.set_xlabel("coverage (share of studies kept, most certain first)")
+    axis.set_ylabel("risk (error rate among kept)")
     axis.legend(fontsize=7)
     fig.savefig(out / "risk_coverage.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     if "dice" not in summary:
         return
-    fig, axis = plt.subplots(figsize=(5, 3.5))
+    fig, axis = plt.subplots(figsize=(1.6 + 1.4 * len(methods), 3.5))
     for offset, kind in ((-0.2, "raw"), (0.2, "segx")):
         means = [summary[f"iou_{kind}_{m}"] for m in methods]
         errors = np.abs(np.array([summary[f"iou_{kind}_{m}_ci"] for m in methods]).T - means)
@@ -197,40 +218,91 @@ def _figures(out: Path, records: list[dict], correct: np.ndarray, methods: list[
     plt.close(fig)
 
 
-def _report(summary: dict, methods: list[str]) -> str:
+def _display(volume: torch.Tensor, index: int | None) -> np.ndarray:
+    """A ``(C, W, H)`` or ``(C, W, H, D)`` array as an image to show, ``(H, W)`` or ``(H, W, 3)``;
+    3D volumes at slice ``index`` of the last axis."""
+    plane = (volume[..., index] if volume.dim() == 4 else volume).float()
+    plane = plane.permute(2, 1, 0) if plane.shape[0] == 3 else plane[0].T
+    plane = (plane - plane.min()) / (plane.max() - plane.min()).clamp_min(1e-8)
+    return plane.cpu().numpy()
+
+
+def _example_grid(path: Path, pair: ModelPair, studies: list[Study], records: list[dict], device: str) -> None:
+    """Rows of image | raw Grad-CAM | SegX | ground truth for the least and the most certain
+    studies with a mask (default SegU variant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"segu_{pair.certainty_variant}"
+    order = sorted((i for i, r in enumerate(records) if "dice" in r), key=lambda i: records[i][key])
+    chosen = order[: EXAMPLES // 2] + order[max(EXAMPLES // 2, len(order) - EXAMPLES // 2) :]
+    fig, axes = plt.subplots(len(chosen), 4, figsize=(9, 2.3 * len(chosen)), squeeze=False)
+    for row, i in zip(axes, chosen):
+        image = read_image(studies[i].image).array
+        truth = read_image(studies[i].mask).array > 0
+        index = int(truth[0].reshape(-1, truth.shape[-1]).sum(0).argmax()) if truth.dim() == 4 else None
+        result = explain(pair, studies[i].image, classes=[records[i]["predicted"]], device=device)
+        k = result.classes.index(result.predicted)
+        background = _display(image, index)
+        panels = [(None, "image"), (result.explanation[k], "raw Grad-CAM"), (result.segx[k], "SegX"), (truth.float()[0], "ground truth")]
+        for axis, (overlay, title) in zip(row, panels):
+            axis.imshow(background, cmap="gray")
+            if overlay is not None:
+                values = _display(overlay[None], index)
+                shown = values if title == "raw Grad-CAM" else np.ma.masked_where(values <= 0, values)  # zero outside the region: transparent
+                axis.imshow(shown, cmap="autumn" if title == "ground truth" else "jet", alpha=0.5, vmin=0, vmax=1)
+            axis.set_title(title, fontsize=8)
+            axis.axis("off")
+        r = records[i]
+        row[0].set_title(f"{r['label']} -> {r['predicted']}\nSegU {r[key]:.2f} ({'right' if r['correct'] else 'WRONG'})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _report(summary: dict, methods: list[str], scores: list[str], class_names: list[str], with_masks: bool) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
 
+    def ci(pair):
+        return f"[{fmt(pair[0])}, {fmt(pair[1])}]"
+
     lines = ["# segx evaluate", "", f"n = {summary['n']}, accuracy {fmt(summary['accuracy'])}, balanced accuracy "
-             f"{fmt(summary['balanced_accuracy'])}, macro AUROC {fmt(summary['auroc_macro'])}", ""]  # fmt: skip
-    if "dice" in summary:
-        lines += [f"Segmentation Dice {fmt(summary['dice'])}", "", "| method | IoU raw [95 % CI] | IoU SegX [95 % CI] | SegX - raw [95 % CI] |", "|---|---|---|---|"]
+             f"{fmt(summary['balanced_accuracy'])}, macro AUROC {fmt(summary['auroc_macro'])}", "",
+             "| class | AUROC (one vs rest) |", "|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {fmt(value)} |" for name, value in summary["auroc_per_class"].items()]
+    lines += ["", "Confusion matrix (rows: truth, columns: prediction)", "", "| | " + " | ".join(class_names) + " |", "|---" * (len(class_names) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(class_names, summary["confusion_matrix"])]
+    lines.append("")
+    if with_masks:
+        lines += [f"Segmentation Dice {fmt(summary['dice'])} {ci(summary['dice_ci'])}", "",
+                  "Interpretability, raw explanation vs SegX, against the ground-truth mask (mean [95 % bootstrap CI]):", "",
+                  "| method | metric | raw | SegX | SegX - raw |", "|---|---|---|---|---|"]  # fmt: skip
         for m in methods:
-            ci = {k: summary[f"iou_{k}_{m}_ci"] for k in ("raw", "segx", "diff")}
-            lines.append(
-                f"| {m} | {fmt(summary[f'iou_raw_{m}'])} [{fmt(ci['raw'][0])}, {fmt(ci['raw'][1])}] | {fmt(summary[f'iou_segx_{m}'])} "
-                f"[{fmt(ci['segx'][0])}, {fmt(ci['segx'][1])}] | [{fmt(ci['diff'][0])}, {fmt(ci['diff'][1])}] |"
-            )
-        lines += ["", "![IoU](iou.png)", ""]
-    lines += ["| certainty score | AUROC correct vs wrong | AURC | E-AURC |", "|---|---|---|---|"]
-    for name in [f"segu_{v}" for v in sorted(VARIANTS)] + ["msp"]:
-        lines.append(f"| {name} | {fmt(summary[f'{name}_auroc'])} | {fmt(summary[f'{name}_aurc'])} | {fmt(summary[f'{name}_eaurc'])} |")
+            for metric, title in INTERPRETABILITY.items():
+                lines.append(f"| {m} | {title} | {fmt(summary[f'{metric}_raw_{m}'])} {ci(summary[f'{metric}_raw_{m}_ci'])} | "
+                             f"{fmt(summary[f'{metric}_segx_{m}'])} {ci(summary[f'{metric}_segx_{m}_ci'])} | {ci(summary[f'{metric}_diff_{m}_ci'])} |")  # fmt: skip
+        lines += ["", "![IoU](iou.png)", "", "![examples: least and most certain](examples.png)", ""]
+    lines += ["Certainty: how well each score separates correct from wrong predictions.", "",
+              "| certainty score | AUROC correct vs wrong | AUROC - MSP [95 % CI] | AURC | E-AURC |", "|---|---|---|---|---|"]  # fmt: skip
+    for name in scores:
+        difference = summary.get(f"{name}_minus_msp_auroc_ci")
+        lines.append(f"| {name} | {fmt(summary[f'{name}_auroc'])} | {ci(difference) if difference else ''} | {fmt(summary[f'{name}_aurc'])} | {fmt(summary[f'{name}_eaurc'])} |")
     lines += ["", "![risk-coverage](risk_coverage.png)", ""]
     return "\n".join(lines)
 
 
-def main(model: str, data: str, out: str, methods: list[str], device: str, **selection) -> int:
+def main(model: str, data: str, out: str, methods: list[str], device: str, split: str | None = None, limit: int | None = None, mc_samples: int = 10, **layout) -> int:
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
-    from .config import load_model_pair
+    from .config import load_model_pair, model_config_file
 
-    config = Path(model)
-    if not config.exists():
-        config = Path(__file__).resolve().parents[1] / "model_configs" / f"{model}.yaml"
-    pair, _ = load_model_pair(config)
-    studies, unknown = find_studies(pair, data, **selection)
+    pair, config = load_model_pair(model_config_file(model))
+    studies, unknown = find_studies(pair.class_names, data, Layout(**layout), split, limit)
     if unknown:
         print(f"skipped rows with labels unknown to the model: {unknown}")
-    summary = evaluate(pair, studies, out, methods, device)
+    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(config))
     summary["unknown_labels"] = unknown
     print(f"report: {Path(out) / 'report.md'}")
     print("EVAL " + json.dumps(summary))

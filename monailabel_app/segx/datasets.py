@@ -1,0 +1,89 @@
+"""Labelled dataset folders, as ``segx train``, ``segx calibrate`` and ``segx evaluate`` read them.
+
+A dataset folder holds ``images/<image_id>.*``, a mask folder (``masks/`` by default;
+``<image_id>.*``, foreground > 0) and a labels CSV (``labels.csv`` by default, columns
+``image_id`` and ``label``; other names by option; a ``file`` column, when present, names
+the image file; a ``split`` column selects train / val / test). A label is a class name or
+a class index (``0``, ``1``, ...). Labels the model does not know are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a dataset folder keeps its labels and masks."""
+
+    labels_csv: str = "labels.csv"
+    image_column: str = "image_id"
+    label_column: str = "label"
+    mask_dir: str = "masks"
+
+
+@dataclass
+class Study:
+    """One labelled image: its id, files and class index."""
+
+    image_id: str
+    image: Path
+    mask: Path | None
+    label: int
+
+
+def _file_for(folder: Path, stem: str) -> Path | None:
+    matches = sorted(folder.glob(f"{stem}.*")) if folder.is_dir() else []
+    return matches[0] if matches else None
+
+
+def class_of(label: str, class_names: list[str]) -> int | None:
+    """Index of a label given as a class name or as a class index; None when unknown."""
+    if label in class_names:
+        return class_names.index(label)
+    if label.strip().isdigit() and int(label) < len(class_names):
+        return int(label)
+    return None
+
+
+def find_studies(
+    class_names: list[str],
+    data: str | Path,
+    layout: Layout = Layout(),
+    split: str | None = None,
+    limit: int | None = None,
+) -> tuple[list[Study], dict[str, int]]:
+    """Studies of ``data`` (in CSV order) and the count of rows skipped per unknown label.
+
+    Raises:
+        ValueError: missing CSV or column, a row without an image file, or no study left.
+    """
+    data = Path(data)
+    csv_path = data / layout.labels_csv
+    if not csv_path.is_file():
+        raise ValueError(f"labels CSV not found: {csv_path}")
+    with open(csv_path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    for column in (layout.image_column, layout.label_column):
+        if rows and column not in rows[0]:
+            raise ValueError(f"{csv_path} has no column {column!r}; columns: {list(rows[0])}")
+    studies, unknown = [], {}
+    for row in rows:
+        if split is not None and row.get("split") != split:
+            continue
+        label = class_of(row[layout.label_column], class_names)
+        if label is None:
+            unknown[row[layout.label_column]] = unknown.get(row[layout.label_column], 0) + 1
+            continue
+        image_id = row[layout.image_column]
+        image = data / "images" / row["file"] if row.get("file") else _file_for(data / "images", image_id)
+        if image is None or not image.exists():
+            raise ValueError(f"no image file for {image_id!r} in {data / 'images'}")
+        studies.append(Study(image_id, image, _file_for(data / layout.mask_dir, image_id), label))
+        if limit and len(studies) >= limit:
+            break
+    if not studies:
+        raise ValueError(f"no study with a known label in {csv_path} (split {split!r}); unknown labels: {unknown}")
+    return studies, unknown
