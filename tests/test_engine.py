@@ -14,6 +14,7 @@ from conftest import BrightRegion
 from PIL import Image as PILImage
 
 from segx import LevelThresholds, ModelPair, Preprocessing, explain, segu
+from segx.engine import explain_many
 from segx.export import save_volume
 
 
@@ -241,3 +242,14 @@ def test_rgb_nrrd_is_read_with_its_spacing(tmp_path):
     assert int(result.clinical_mask[0].sum()) == 400
     written = sitk.ReadImage(str(save_volume(tmp_path / "segx.nrrd", result.map_of("segx", 0), result.affine)))
     assert written.GetSize() == itk_image.GetSize() and np.allclose(written.GetSpacing(), (0.5, 0.25))
+
+
+def test_explain_many_equals_explain_one_by_one(pair2d):
+    images = [square_image(), np.roll(square_image(), 7, axis=2), square_image((3, 30, 70))]  # the last has another size
+    batch = explain_many(pair2d, images, variants=["mass_inside", "topk_inside"])
+    for image, together in zip(images, batch):
+        alone = explain(pair2d, image, variants=["mass_inside", "topk_inside"])
+        assert together.predicted == alone.predicted and together.classes == alone.classes
+        np.testing.assert_allclose(together.probabilities, alone.probabilities, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(together.segx, alone.segx, rtol=1e-4, atol=1e-5)
+        assert together.certainty_of(together.predicted, "topk_inside").value == pytest.approx(alone.certainty_of(alone.predicted, "topk_inside").value, abs=1e-6)

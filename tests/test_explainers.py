@@ -15,6 +15,7 @@ from torch import nn
 from segx.explainers import (
     explain_classes,
     fast_gradcam,
+    gradcam_batch,
     find_target_layer,
     integrated_gradients,
     normalise,
@@ -236,3 +237,15 @@ def test_bad_inputs(densenet2d):
         find_target_layer(densenet2d, "no.such.layer")
     with pytest.raises(ValueError, match="2D"):
         explain_classes(densenet2d, torch.rand(1, 1, 8, 8, 8), [0], "scorecam")
+
+
+@pytest.mark.parametrize("allow_cam", [True, False])
+def test_gradcam_batch_equals_one_image_at_a_time(densenet2d, allow_cam):
+    torch.manual_seed(7)
+    x = torch.rand(3, 3, 64, 48)
+    logits, maps, method = gradcam_batch(densenet2d, x, [0, 3, 6], allow_cam=allow_cam)
+    assert method == ("cam" if allow_cam else "gradcam") and maps.shape[:2] == (3, 3)
+    for i in range(3):
+        single = fast_gradcam(densenet2d, x[i : i + 1], [0, 3, 6], allow_cam=allow_cam)
+        torch.testing.assert_close(logits[i], single.logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(maps[i], single.maps, rtol=1e-4, atol=1e-6)

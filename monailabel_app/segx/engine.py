@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .certainty import VARIANTS, Certainty, segu
-from .explainers import explain_classes, normalise, resample
+from .explainers import explain_classes, gradcam_batch, normalise, resample
 from .imageio import Image, as_image
 from .pair import ModelPair
 from .refine import distance_to_region_mm, expand_region, segx_map
@@ -106,12 +106,20 @@ class SegXResult:
         return layers[layer][self.classes.index(class_index)]
 
 
-def _segment(pair: ModelPair, image: Image, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Segmenter on the image -> ``(probabilities (L, *S), labels (*S))`` on the image grid.
-    For a label-map segmenter ``probabilities`` is the one-hot map."""
-    x = pair.segmenter_input(image.array).to(device)
-    output = pair.segmenter(x)[0].float()
-    size = image.spatial_shape
+def _segment_all(pair: ModelPair, images: list[Image], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Segmenter on each image -> ``(probabilities (L, *S), labels (*S))`` on its grid; one
+    batched forward when the preprocessed inputs share a shape."""
+    xs = [pair.segmenter_input(image.array).to(device) for image in images]
+    if len({tuple(x.shape) for x in xs}) == 1:
+        outputs = list(pair.segmenter(torch.cat(xs)))
+    else:
+        outputs = [pair.segmenter(x)[0] for x in xs]
+    return [_segmenter_output(pair, output.float(), image.spatial_shape) for output, image in zip(outputs, images)]
+
+
+def _segmenter_output(pair: ModelPair, output: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One segmenter output ``(L, *s)`` -> ``(probabilities (L, *S), labels (*S))`` on the
+    image grid ``S``. For a label-map segmenter ``probabilities`` is the one-hot map."""
     if pair.segmenter_output == "label":
         labels = resample_labels(output[0], size)
         n_labels = max(int(labels.max()) + 1, max(pair.segment_names, default=0) + 1)
@@ -124,6 +132,16 @@ def _segment(pair: ModelPair, image: Image, device: torch.device) -> tuple[torch
         probabilities = output if pair.segmenter_output == "probabilities" else output.softmax(0)
     probabilities = resample(probabilities, size)
     return probabilities, _argmax_channels(probabilities)
+
+
+def _classify_explain(pair: ModelPair, xs: list[torch.Tensor], indices: list[int], method: str) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+    """Classifier inputs ``(1, C_in, *s)`` -> ``(logits (B, C), maps (K, *s') per image,
+    method used)``; Grad-CAM runs once on the batch when the inputs share a shape."""
+    if method == "gradcam" and len({tuple(x.shape) for x in xs}) == 1:
+        logits, maps, used = gradcam_batch(pair.classifier, torch.cat(xs), indices, pair.target_layer)
+        return logits, list(maps), used
+    outputs = [explain_classes(pair.classifier, x, indices, method, pair.target_layer) for x in xs]
+    return torch.stack([o.logits for o in outputs]), [o.maps for o in outputs], outputs[0].method
 
 
 def _argmax_channels(probabilities: torch.Tensor) -> torch.Tensor:
@@ -182,14 +200,37 @@ def explain(
     Returns:
         a :class:`SegXResult` on the image's grid.
     """
+    image = as_image(image, pair.spatial_dims, tuple(spacing) if spacing else None)
+    return explain_many(pair, [image], classes, method, margin_mm, soft_mask, variants, top_percent, device, autocast, max_voxels)[0]
+
+
+def explain_many(
+    pair: ModelPair,
+    images: "Sequence[str | Path | np.ndarray | torch.Tensor | Image]",
+    classes: Sequence[int | str] | None = None,
+    method: str = "gradcam",
+    margin_mm: float = 0.0,
+    soft_mask: bool = False,
+    variants: Sequence[str] | None = None,
+    top_percent: float = 5.0,
+    device: str | torch.device = "cpu",
+    autocast: bool = False,
+    max_voxels: int = MAX_VOXELS,
+) -> list[SegXResult]:
+    """:func:`explain` for several images at once (arrays are taken at 1 mm spacing; pass
+    :class:`~segx.imageio.Image` objects for other spacings). With Grad-CAM the classifier
+    and the segmenter each run once on the whole batch when the preprocessed inputs share a
+    shape (a fixed ``spatial_size``), otherwise image by image; results are the same either
+    way. Each result's ``timings`` are those of the batch."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     device = torch.device(device)
     if autocast and device.type != "cuda":
         raise ValueError("autocast is supported on CUDA devices only")
-    image = as_image(image, pair.spatial_dims, tuple(spacing) if spacing else None)
-    if int(np.prod(image.spatial_shape)) > max_voxels:
-        raise ValueError(f"image of {image.spatial_shape} voxels exceeds the limit of {max_voxels} voxels")
+    images = [as_image(image, pair.spatial_dims) for image in images]
+    for image in images:
+        if int(np.prod(image.spatial_shape)) > max_voxels:
+            raise ValueError(f"image of {image.spatial_shape} voxels exceeds the limit of {max_voxels} voxels")
     indices = [pair.class_index(c) for c in classes] if classes is not None else list(range(len(pair.class_names)))
     if not indices:
         raise ValueError("no class to explain")
@@ -203,64 +244,68 @@ def explain(
 
     tick = time.perf_counter()
     with amp:
-        x = pair.classifier_input(image.array).to(device)
-        explained = explain_classes(pair.classifier, x, indices, method, pair.target_layer)
-    logits = explained.logits.float()
-    probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(0)
-    predicted = int(probabilities.argmax())
-    maps = explained.maps.float()
-    if predicted not in indices:  # the headline certainty needs the predicted class's map
-        maps = torch.cat([maps, explain_classes(pair.classifier, x, [predicted], method, pair.target_layer).maps.float()])
-        indices = indices + [predicted]
-    raw = resample(maps, image.spatial_shape)
+        xs = [pair.classifier_input(image.array).to(device) for image in images]
+        logits, maps, used = _classify_explain(pair, xs, indices, method)
+    logits = logits.float()
+    all_probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(1)
+    explained = []
+    for x, image, probabilities, image_maps in zip(xs, images, all_probabilities, maps):
+        predicted, image_indices = int(probabilities.argmax()), list(indices)
+        image_maps = image_maps.float()
+        if predicted not in image_indices:  # the headline certainty needs the predicted class's map
+            with amp:
+                extra = explain_classes(pair.classifier, x, [predicted], method, pair.target_layer).maps.float()
+            image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + [predicted]
+        explained.append((probabilities, predicted, image_indices, resample(image_maps, image.spatial_shape)))
     timings["classify_explain"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     with torch.no_grad(), amp:
-        region_probabilities, segmentation = _segment(pair, image, device)
+        segmented = _segment_all(pair, images, device)
     timings["segment"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    regions: dict[tuple, torch.Tensor] = {}  # classes sharing segmenter labels share a region
-    for c in indices:
-        key = tuple(pair.region_of(c))
-        if key not in regions:
-            regions[key] = _clinical_region(pair, c, segmentation, region_probabilities, margin_mm, image.spacing, soft_mask)
-    clinical_mask = torch.stack([regions[tuple(pair.region_of(c))] for c in indices])
-    normalised = normalise(raw)
-    segx = segx_map(normalised, clinical_mask)
-    timings["refine"] = time.perf_counter() - tick
-
-    result = SegXResult(
-        class_names=list(pair.class_names),
-        probabilities=probabilities.detach().cpu().numpy(),
-        predicted=predicted,
-        classes=indices,
-        method=explained.method,
-        explanation=raw,
-        explanation_normalised=normalised,
-        segx=segx,
-        clinical_mask=clinical_mask,
-        segmentation=segmentation,
-        segment_names=dict(pair.segment_names),
-        certainty={},
-        segu=None,
-        level=None,
-        spacing=image.spacing,
-        affine=image.affine,
-        timings=timings,
-        top_percent=top_percent,
-    )
-    tick = time.perf_counter()
-    for c in indices:
-        for variant in variants:
-            result.certainty_of(c, variant)
-    result.segu = result.certainty_of(predicted, pair.certainty_variant)
-    if pair.levels and pair.levels.variant == result.segu.variant:
-        result.level = pair.levels.level(result.segu.value)
-    timings["certainty"] = time.perf_counter() - tick
-    timings["total"] = time.perf_counter() - start
-    return result
+    results = []
+    for image, (probabilities, predicted, image_indices, raw), (region_probabilities, segmentation) in zip(images, explained, segmented):
+        tick = time.perf_counter()
+        regions: dict[tuple, torch.Tensor] = {}  # classes sharing segmenter labels share a region
+        for c in image_indices:
+            key = tuple(pair.region_of(c))
+            if key not in regions:
+                regions[key] = _clinical_region(pair, c, segmentation, region_probabilities, margin_mm, image.spacing, soft_mask)
+        clinical_mask = torch.stack([regions[tuple(pair.region_of(c))] for c in image_indices])
+        normalised = normalise(raw)
+        result = SegXResult(
+            class_names=list(pair.class_names),
+            probabilities=probabilities.detach().cpu().numpy(),
+            predicted=predicted,
+            classes=image_indices,
+            method=used,
+            explanation=raw,
+            explanation_normalised=normalised,
+            segx=segx_map(normalised, clinical_mask),
+            clinical_mask=clinical_mask,
+            segmentation=segmentation,
+            segment_names=dict(pair.segment_names),
+            certainty={},
+            segu=None,
+            level=None,
+            spacing=image.spacing,
+            affine=image.affine,
+            timings=dict(timings),
+            top_percent=top_percent,
+        )
+        result.timings["refine"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        for c in image_indices:
+            for variant in variants:
+                result.certainty_of(c, variant)
+        result.segu = result.certainty_of(predicted, pair.certainty_variant)
+        if pair.levels and pair.levels.variant == result.segu.variant:
+            result.level = pair.levels.level(result.segu.value)
+        result.timings["certainty"] = time.perf_counter() - tick
+        result.timings["total"] = time.perf_counter() - start
+        results.append(result)
+    return results
 
 
 def _clinical_region(

@@ -128,7 +128,8 @@ def _capture_activation(layer: nn.Module, copies: int) -> Iterator[dict]:
     With ``copies > 0`` the output is replaced by ``copies`` detached copies that require
     grad, and grad mode is switched on from there: the rest of the forward builds a graph
     from the activation only, never through the backbone. Yields a dict with
-    ``activation`` ``(1, Ch, *s)`` and ``leaf`` ``(copies, Ch, *s)``.
+    ``activation`` ``(B, Ch, *s)`` and ``leaf`` ``(B * copies, Ch, *s)`` (each item's copies
+    adjacent).
     """
     state: dict = {"activation": None, "leaf": None}
     owner = threading.get_ident()
@@ -144,7 +145,7 @@ def _capture_activation(layer: nn.Module, copies: int) -> Iterator[dict]:
         if copies == 0:
             return None
         torch.set_grad_enabled(True)
-        state["leaf"] = output.detach().repeat(copies, *([1] * (output.dim() - 1))).requires_grad_(True)
+        state["leaf"] = output.detach().repeat_interleave(copies, dim=0).requires_grad_(True)
         return state["leaf"]
 
     handle = layer.register_forward_hook(hook)
@@ -197,31 +198,38 @@ def _check_classes(classes: Sequence[int], num_classes: int) -> None:
         raise ValueError(f"unknown class index {unknown}: the classifier has {num_classes} classes")
 
 
-def fast_gradcam(
+def gradcam_batch(
     model: nn.Module,
     x: torch.Tensor,
     classes: Sequence[int],
     target_layer: str | None = None,
     allow_cam: bool = True,
-) -> ExplainerOutput:
-    """Grad-CAM of all ``classes`` from one forward pass.
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Grad-CAM of all ``classes`` for every image of a batch, from one forward pass.
 
-    ``map_c = ReLU(sum_k alpha_ck A_k)`` with ``alpha_ck = mean_x d logit_c / d A_k(x)`` and
-    ``A`` the target layer's activation ``(1, Ch, *s)``. The backbone runs once without
-    autograd; only the layers after the target run with autograd, on ``K`` copies of the
-    activation (one per class), and gradients are taken with respect to those copies only
-    (parameters get no gradient). When the head is global-average-pool + linear (checked
-    numerically) and ``allow_cam``, the exact CAM ``alpha_ck = W_ck / N`` is used and no
-    backward runs at all.
+    ``map_bc = ReLU(sum_k alpha_bck A_bk)`` with ``alpha_bck = mean_x d logit_bc / d A_bk(x)``
+    and ``A`` the target layer's activation ``(B, Ch, *s)``. The backbone runs once without
+    autograd; only the layers after the target run with autograd, on ``K`` copies of each
+    image's activation (one per class), and gradients are taken with respect to those
+    copies only (parameters get no gradient). When the head is global-average-pool +
+    linear (checked numerically) and ``allow_cam``, the exact CAM ``alpha_ck = W_ck / N`` is
+    used and no backward runs at all. The model must treat batch items independently (eval
+    mode).
 
     Args:
-        model: classifier in eval mode, returning logits ``(1, C)``.
-        x: image ``(1, C_in, *S)``.
-        classes: ``K`` class indices.
+        model: classifier in eval mode, returning logits ``(B, C)``.
+        x: images ``(B, C_in, *S)``.
+        classes: ``K`` class indices, explained for every image.
         target_layer: dotted module name; auto-detected when None.
         allow_cam: permit the exact CAM shortcut.
+
+    Returns:
+        ``(logits (B, C), maps (B, K, *s) >= 0, method)`` with method ``cam`` or ``gradcam``.
     """
-    _check_input(x, classes)
+    if x.dim() not in (4, 5):
+        raise ValueError(f"expected images of shape (B, C, H, W) or (B, C, D, H, W), got {tuple(x.shape)}")
+    if not classes:
+        raise ValueError("no class to explain")
     layer_name, layer = find_target_layer(model, target_layer)
     if allow_cam and _gap_linear_heads.get(model, {}).get(layer_name, True) is not None:
         with torch.no_grad(), _capture_activation(layer, copies=0) as state:
@@ -229,24 +237,39 @@ def fast_gradcam(
         _check_classes(classes, logits.shape[1])
         head = _gap_linear_head(model, layer_name, state["activation"], logits)
         if head is not None:
-            activation = state["activation"][0].float()
-            n_positions = activation[0].numel()
+            activation = state["activation"].float()
+            n_positions = activation[0, 0].numel()
             weights = head.weight[list(classes)].detach().float() / n_positions
-            maps = torch.einsum("kc,c...->k...", weights, activation).clamp_min(0)
-            return ExplainerOutput(logits[0].detach(), maps, list(classes), "cam")
-    with torch.no_grad(), _capture_activation(layer, copies=len(classes)) as state:
+            maps = torch.einsum("kc,bc...->bk...", weights, activation).clamp_min(0)
+            return logits.detach(), maps, "cam"
+    copies = len(classes)
+    with torch.no_grad(), _capture_activation(layer, copies=copies) as state:
         logits = model(x)
     if state["leaf"] is None:
         raise ValueError(f"target layer {layer_name!r} did not run during the forward pass")
     _check_classes(classes, logits.shape[1])
-    index = torch.arange(len(classes), device=logits.device)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    targets = torch.as_tensor(list(classes), device=logits.device).repeat(len(x))
     with torch.enable_grad():
-        selected = logits[index, torch.as_tensor(list(classes), device=logits.device)].sum()
-        (gradients,) = torch.autograd.grad(selected, state["leaf"])
+        (gradients,) = torch.autograd.grad(logits[rows, targets].sum(), state["leaf"])
     spatial = tuple(range(2, gradients.dim()))
-    weights = gradients.float().mean(dim=spatial)
-    maps = torch.einsum("kc,c...->k...", weights, state["activation"][0].float()).clamp_min(0)
-    return ExplainerOutput(logits[0].detach(), maps, list(classes), "gradcam")
+    weights = gradients.float().mean(dim=spatial).reshape(len(x), copies, -1)
+    maps = torch.einsum("bkc,bc...->bk...", weights, state["activation"].float()).clamp_min(0)
+    return logits[::copies].detach(), maps, "gradcam"
+
+
+def fast_gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: Sequence[int],
+    target_layer: str | None = None,
+    allow_cam: bool = True,
+) -> ExplainerOutput:
+    """Grad-CAM of all ``classes`` of one image ``x (1, C_in, *S)`` from one forward pass
+    (see :func:`gradcam_batch`); maps ``(K, *s)``."""
+    _check_input(x, classes)
+    logits, maps, method = gradcam_batch(model, x, classes, target_layer, allow_cam)
+    return ExplainerOutput(logits[0], maps[0], list(classes), method)
 
 
 _model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()

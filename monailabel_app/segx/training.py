@@ -286,4 +286,41 @@ def train(recipe_name: str, data: str | Path, out: str | Path, limit: int | None
     log["calibration"] = calibrate(config_file, data, recipe.layout, "val", limit)
     log["seconds"] = round(time.perf_counter() - start, 1)
     (out / f"{recipe.name}_training.json").write_text(json.dumps(log, indent=2) + "\n")
+    (out / f"{recipe.name}_model_card.md").write_text(model_card(recipe, log, limit))
     return log
+
+
+def model_card(recipe: Recipe, log: dict, limit: int | None = None) -> str:
+    """A model card in Markdown: data and licence, split, command, networks, validation metrics."""
+    calibration = log["calibration"]
+    command = f"segx train --recipe {recipe.name} --data {log['data']} --out OUT" + (f" --limit {limit}" if limit else "")
+    lines = [
+        f"# Model card: `{recipe.name}`",
+        "",
+        f"- **Task**: classify {', '.join(recipe.classes)}; segment {', '.join(recipe.segment_names.values())} (the clinical region of SegX / SegU).",
+        f"- **Data**: {recipe.data_licence}.",
+        f"- **Split**: the data set's own `split` column: {log['n_train']} train studies (weights), {log['n_val']} val studies "
+        "(best epoch, SegU variant, levels and SegU+MSP combination); the test split is never used in training.",
+        f"- **Command**: `{command}` (seed {recipe.seed}; {round(log['seconds'] / 60, 1)} min on the machine that trained it).",
+        f"- **Classifier**: MONAI `{recipe.classifier['network']}` {recipe.classifier['args']}, input {recipe.classifier_input}, "
+        f"{recipe.epochs} epochs, AdamW lr {recipe.learning_rate}{' cosine' if recipe.cosine else ''}, batch {recipe.batch_size}, "
+        f"cross-entropy weighted by (inverse class frequency)^{recipe.class_weight_power}{', random flips' if recipe.augment else ''}.",
+        f"- **Segmenter**: MONAI `{recipe.segmenter['network']}` {recipe.segmenter['args']}, input {recipe.segmenter_input}, "
+        f"{recipe.segmenter_epochs} epochs, Dice + cross-entropy.",
+        "",
+        "## Validation figures (from the training log)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| classifier macro AUROC (best epoch {log['classifier']['best_epoch'] + 1}) | {log['val_auroc_macro']:.3f} |",
+        f"| segmenter Dice at the network's input size (best epoch {log['segmenter']['best_epoch'] + 1}) | {log['val_dice_network_grid']:.3f} |",
+        f"| accuracy of the final pair | {calibration['accuracy']:.3f} |",
+        f"| max softmax probability: AUROC correct vs wrong | {calibration['msp_auroc']:.3f} |",
+        *[f"| SegU `{v}`: AUROC correct vs wrong | {a:.3f} |" for v, a in calibration["auroc"].items()],
+        f"| chosen SegU variant / levels low, high | `{calibration['variant']}` / {calibration['levels']['low']:.3f}, {calibration['levels']['high']:.3f} |",
+        f"| SegU (`{calibration['combination']['variant']}`) + MSP, in-sample AUROC | {calibration['combination']['auroc']:.3f} |",
+        "",
+        "Test-split figures: `segx evaluate` (see docs/RESULTS.md). Not a medical device: for research and education.",
+        "",
+    ]
+    return "\n".join(lines)
