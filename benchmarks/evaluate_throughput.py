@@ -5,9 +5,10 @@ same per-study figures (prediction, max softmax probability, segmentation Dice, 
 IoU of the raw Grad-CAM map and of the SegX map against the ground-truth mask, SegU share
 of CAM mass inside the region):
 
-* ``ours``: ``segx.evaluate.study_record(pair, study, ["gradcam"], mc_samples=0)``, the
-  per-study work of ``segx evaluate --methods gradcam --mc-samples 0``; it also computes
-  every SegU variant, the pointing game and relevance mass, which the reference skips;
+* ``ours``: ``segx.evaluate.study_records(pair, studies, ["gradcam"], mc_samples=0)``, the
+  work of ``segx evaluate --methods gradcam --mc-samples 0`` (Grad-CAM and the segmenter
+  on 16 studies at a time); it also computes every SegU variant, the pointing game and
+  relevance mass, which the reference skips;
 * ``reference``: the approach of the paper's reference code: a classifier forward for the
   prediction, then one pytorch-grad-cam ``GradCAM`` call for the predicted class
   (``ClassifierOutputTarget``), the map copied to numpy and resized to the image grid,
@@ -40,13 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monailabel_app"))
 
 from common import cpu_name  # noqa: E402
 from segx.config import BUILTIN_MODELS_DIR, load_model_pair  # noqa: E402
 from segx.datasets import Layout, Study, find_studies  # noqa: E402
-from segx.evaluate import study_record  # noqa: E402
+from segx.evaluate import study_records  # noqa: E402
 from segx.explainers import find_target_layer  # noqa: E402
 from segx.imageio import read_image  # noqa: E402
 from segx.pair import ModelPair  # noqa: E402
@@ -116,15 +118,18 @@ def main() -> int:
 
     _, layer = find_target_layer(pair.classifier, pair.target_layer)
     with GradCAM(model=pair.classifier, target_layers=[layer]) as cam:
-        workloads = {"ours": lambda s: study_record(pair, s, ["gradcam"], mc_samples=0), "reference": lambda s: reference_record(pair, s, cam)}
+        workloads = {
+            "ours": lambda chosen: study_records(pair, chosen, ["gradcam"], mc_samples=0, desc="segx evaluate"),
+            "reference": lambda chosen: [reference_record(pair, s, cam) for s in tqdm(chosen, desc="reference")],
+        }
         for run in workloads.values():  # warm-up
-            run(studies[0])
+            run(studies[:2])
         times = {name: [] for name in workloads}
         outputs = {}
         for _ in range(args.repeats):
             for name, run in workloads.items():
                 start = time.perf_counter()
-                outputs[name] = [run(s) for s in studies]
+                outputs[name] = run(studies)
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {

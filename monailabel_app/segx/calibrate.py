@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .certainty import DEFAULT_VARIANT, VARIANTS, calibrate_levels, fit_combination, save_levels
 from .config import load_model_pair
 from .datasets import Layout, find_studies
-from .evaluate import study_record
+from .evaluate import study_records
 from .metrics import certainty_auroc
 
 
@@ -30,7 +29,7 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
     """
     pair, _ = load_model_pair(config_file)
     studies, _ = find_studies(pair.class_names, data, layout, split, limit)
-    records = [study_record(pair, study, [], device, mc_samples=0) for study in tqdm(studies, desc=f"calibrating on {split}")]
+    records = study_records(pair, studies, [], device, mc_samples=0, desc=f"calibrating on {split}")
     correct = np.array([r["correct"] for r in records], dtype=bool)
     both_outcomes = 0 < correct.sum() < len(correct)
 

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from . import baselines
 from .certainty import VARIANTS, Combination
 from .datasets import Layout, Study, find_studies
-from .engine import explain
-from .imageio import read_image
+from .engine import SegXResult, explain, explain_many
+from .imageio import Image, read_image
 from .metrics import aurc, auroc, certainty_auroc, dice, eaurc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
 
@@ -47,6 +47,7 @@ INTERPRETABILITY = {
 }
 BASELINES = ("msp", "negative_entropy", "mc_dropout", "tta")
 EXAMPLES = 8
+BATCH_SIZE = 16
 
 
 def certainty_scores(combined: bool) -> list[str]:
@@ -55,14 +56,29 @@ def certainty_scores(combined: bool) -> list[str]:
     return [f"segu_{v}" for v in sorted(VARIANTS)] + (["segu_msp"] if combined else []) + list(BASELINES)
 
 
-def study_record(pair: ModelPair, study: Study, methods: list[str], device: str = "cpu", mc_samples: int = 10,
-                 combination: Combination | None = None) -> dict:  # fmt: skip
-    """Per-study figures: prediction, class probabilities, certainties (SegU of Grad-CAM in
-    every variant, SegU+MSP, MSP, negative entropy, MC dropout with ``mc_samples`` passes
-    and TTA; ``mc_samples=0`` skips both sampling baselines) and, when the study has a mask,
+def study_records(pair: ModelPair, studies: list[Study], methods: list[str], device: str = "cpu", mc_samples: int = 10,
+                  combination: Combination | None = None, batch_size: int = BATCH_SIZE, desc: str = "evaluating") -> list[dict]:  # fmt: skip
+    """Per-study figures (see :func:`study_record`) of every study, with a progress bar;
+    Grad-CAM and the segmenter run on ``batch_size`` studies at a time."""
+    records = []
+    with tqdm(total=len(studies), desc=desc) as progress:
+        for start in range(0, len(studies), batch_size):
+            chunk = studies[start : start + batch_size]
+            images = [read_image(study.image) for study in chunk]
+            results = explain_many(pair, images, device=device)
+            for study, image, result in zip(chunk, images, results):
+                records.append(study_record(pair, study, image, result, methods, device, mc_samples, combination))
+            progress.update(len(chunk))
+    return records
+
+
+def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
+                 mc_samples: int = 10, combination: Combination | None = None) -> dict:  # fmt: skip
+    """Figures of one study given its image and its Grad-CAM :class:`SegXResult`
+    (all classes): prediction, class probabilities, certainties (SegU in every variant,
+    SegU+MSP, MSP, negative entropy, MC dropout with ``mc_samples`` passes and TTA;
+    ``mc_samples=0`` skips both sampling baselines) and, when the study has a mask,
     segmentation Dice and per method raw vs SegX interpretability metrics."""
-    image = read_image(study.image)
-    result = explain(pair, image, method="gradcam", device=device)
     predicted, probabilities = result.predicted, result.probabilities
     x = pair.classifier_input(image.array).to(device)
     record = {
@@ -165,7 +181,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = [study_record(pair, study, methods, device, mc_samples, combination) for study in tqdm(studies, desc="evaluating")]
+    records = study_records(pair, studies, methods, device, mc_samples, combination)
     with open(out / "metrics.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=sorted({k for r in records for k in r}, key=lambda k: (k != "image_id", k)))
         writer.writeheader()
