@@ -253,3 +253,16 @@ def test_explain_many_equals_explain_one_by_one(pair2d):
         np.testing.assert_allclose(together.probabilities, alone.probabilities, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(together.segx, alone.segx, rtol=1e-4, atol=1e-5)
         assert together.certainty_of(together.predicted, "topk_inside").value == pytest.approx(alone.certainty_of(alone.predicted, "topk_inside").value, abs=1e-6)
+
+
+def test_region_margin_needs_and_gets_the_runner_up(pair2d):
+    pair = make_pair(certainty_variant="region_margin")
+    result = explain(pair, square_image(), classes=[0])
+    runner_up = result.runner_up(result.predicted)
+    assert result.predicted in result.classes and runner_up in result.classes, "both maps are explained for the headline SegU"
+    assert runner_up != result.predicted and result.probabilities[runner_up] == np.sort(result.probabilities)[-2]
+    assert result.segu.variant == "region_margin" and 0.0 < result.segu.value < 1.0
+    plain = explain(pair2d, square_image(), classes=[result.predicted])  # same weights, default variant
+    assert plain.classes == [result.predicted]
+    with pytest.raises(ValueError, match="runner-up"):
+        plain.certainty_of(result.predicted, "region_margin")

@@ -165,3 +165,16 @@ def test_save_levels_keeps_the_model_configuration(tmp_path, suffix):
     loaded = json.loads(path.read_text()) if suffix == ".json" else yaml.safe_load(path.read_text())
     assert loaded["name"] == "demo" and loaded["classes"] == ["a", "b"]
     assert load_levels(loaded) == levels
+
+
+def test_region_margin_counts_only_evidence_inside_the_region():
+    region = torch.zeros(10, 10, dtype=torch.bool)
+    region[:5] = True
+    predicted, runner_up = torch.zeros(10, 10), torch.zeros(10, 10)
+    predicted[:5] = 2.0  # inside: 50 voxels x 2
+    predicted[5:] = 9.0  # outside: ignored
+    runner_up[:5] = 1.0
+    value = segu(predicted, region, "region_margin", runner_up=runner_up).value
+    assert value == pytest.approx(1 / (1 + math.exp(-(50 * (2.0 - 1.0)) / 100)))
+    assert segu(runner_up, region, "region_margin", runner_up=predicted).value < 0.5
+    assert segu(predicted, region, "region_margin", runner_up=predicted).value == pytest.approx(0.5)

@@ -114,11 +114,31 @@ def distance_decay(
     return Certainty(value, "distance_decay", f"the explanation lies on average {mean_mm:.1f} mm from the clinical region")
 
 
+def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: torch.Tensor | None = None, **_) -> Certainty:
+    """How strongly the evidence *inside* the region favours the prediction over the
+    runner-up class: ``sigmoid((1/N) sum_{x in M} (E+(x) - R+(x)))`` with ``R`` the raw map of
+    the second most probable class (zeros for a one-class model) and ``N`` the voxel count.
+    For a global-average-pool + linear head (exact CAM), ``(1/N) sum_x E(x)`` is the class
+    logit minus its bias, so the argument is the part of the logit margin that evidence in
+    the clinical region supports. 0.5: the region does not separate the two classes."""
+    bad = _degenerate(explanation, region, "region_margin")
+    if bad:
+        return bad
+    other = runner_up.clamp_min(0).double() if runner_up is not None else 0.0
+    margin = float(((explanation.clamp_min(0).double() - other) * region).sum() / explanation.numel())
+    value = float(1.0 / (1.0 + np.exp(-margin)))
+    return Certainty(value, "region_margin", f"evidence inside the clinical region favours the prediction over the runner-up by {margin:.2f}")
+
+
+#: Variants that also need the runner-up class's raw map (option ``runner_up``).
+NEEDS_RUNNER_UP = ("region_margin",)
+
 VARIANTS: dict[str, Callable[..., Certainty]] = {
     "mass_inside": mass_inside,
     "mass_enrichment": mass_enrichment,
     "topk_inside": topk_inside,
     "distance_decay": distance_decay,
+    "region_margin": region_margin,
 }
 DEFAULT_VARIANT = "mass_inside"
 
@@ -126,7 +146,8 @@ DEFAULT_VARIANT = "mass_inside"
 def segu(explanation: torch.Tensor, region: torch.Tensor, variant: str = DEFAULT_VARIANT, **options) -> Certainty:
     """Compute the SegU certainty ``variant`` (one of :data:`VARIANTS`) of a raw
     explanation ``(H, W)``/``(D, H, W)`` against a binary region of the same shape.
-    ``options`` (``percent``, ``spacing``, ``scale_mm``, ``distance``) go to the variant."""
+    ``options`` (``percent``, ``spacing``, ``scale_mm``, ``distance``, ``runner_up``) go to
+    the variant."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return VARIANTS[variant](explanation, region.bool(), **options)

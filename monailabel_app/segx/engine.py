@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .certainty import VARIANTS, Certainty, segu
+from .certainty import NEEDS_RUNNER_UP, VARIANTS, Certainty, segu
 from .explainers import explain_classes, gradcam_batch, normalise, resample
 from .imageio import Image, as_image
 from .pair import ModelPair
@@ -31,7 +31,8 @@ class SegXResult:
         probabilities: ``(C,)`` softmax (or sigmoid for multi-label) probabilities.
         predicted: index of the most probable class.
         classes: the ``K`` explained class indices (order of the map tensors); the
-            predicted class is appended when it was not requested.
+            predicted class (and its runner-up, for SegU variants that need it) is appended
+            when it was not requested.
         method: explanation method actually used (``cam`` is exact Grad-CAM).
         explanation: raw, unnormalised maps ``(K, *S)`` (>= 0).
         explanation_normalised: ``explanation`` min-max scaled to [0, 1], ``(K, *S)``.
@@ -78,6 +79,11 @@ class SegXResult:
             k = self.classes.index(class_index)
             region = self.clinical_mask[k] >= 0.5
             options = {"spacing": self.spacing, "percent": self.top_percent}
+            if variant in NEEDS_RUNNER_UP and len(self.class_names) > 1:
+                runner_up = self.runner_up(class_index)
+                if runner_up not in self.classes:
+                    raise ValueError(f"SegU variant {variant!r} needs the map of class {runner_up} (the runner-up); explain it too")
+                options["runner_up"] = self.explanation[self.classes.index(runner_up)]
             if variant == "distance_decay" and bool(region.any()):
                 key = hash(region.cpu().numpy().tobytes())
                 if key not in self._distances:
@@ -85,6 +91,10 @@ class SegXResult:
                 options["distance"] = self._distances[key]
             per_variant[variant] = segu(self.explanation[k], region, variant, **options)
         return per_variant[variant]
+
+    def runner_up(self, class_index: int) -> int:
+        """The most probable class other than ``class_index`` (lower index on ties)."""
+        return runner_up(self.probabilities, class_index)
 
     @property
     def predicted_label(self) -> str:
@@ -104,6 +114,13 @@ class SegXResult:
         if layer not in layers:
             raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(layers)}")
         return layers[layer][self.classes.index(class_index)]
+
+
+def runner_up(probabilities: np.ndarray, class_index: int) -> int:
+    """The most probable class of ``probabilities (C,)`` other than ``class_index`` (lower
+    index on ties)."""
+    others = np.delete(np.arange(len(probabilities)), class_index)
+    return int(others[np.argmax(probabilities[others])])
 
 
 def _segment_all(pair: ModelPair, images: list[Image], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -249,13 +266,16 @@ def explain_many(
     logits = logits.float()
     all_probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(1)
     explained = []
+    needs_runner_up = bool(set(variants + [pair.certainty_variant]) & set(NEEDS_RUNNER_UP)) and len(pair.class_names) > 1
     for x, image, probabilities, image_maps in zip(xs, images, all_probabilities, maps):
         predicted, image_indices = int(probabilities.argmax()), list(indices)
         image_maps = image_maps.float()
-        if predicted not in image_indices:  # the headline certainty needs the predicted class's map
+        needed = [predicted] + ([runner_up(probabilities.detach().cpu().numpy(), predicted)] if needs_runner_up else [])
+        missing = [c for c in needed if c not in image_indices]  # the headline certainty needs these maps
+        if missing:
             with amp:
-                extra = explain_classes(pair.classifier, x, [predicted], method, pair.target_layer).maps.float()
-            image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + [predicted]
+                extra = explain_classes(pair.classifier, x, missing, method, pair.target_layer).maps.float()
+            image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + missing
         explained.append((probabilities, predicted, image_indices, resample(image_maps, image.spatial_shape)))
     timings["classify_explain"] = time.perf_counter() - tick
 
