@@ -167,14 +167,14 @@ def test_save_levels_keeps_the_model_configuration(tmp_path, suffix):
     assert load_levels(loaded) == levels
 
 
-def test_region_margin_counts_only_evidence_inside_the_region():
+def test_region_margin_is_the_margin_share_inside_the_region():
     region = torch.zeros(10, 10, dtype=torch.bool)
     region[:5] = True
     predicted, runner_up = torch.zeros(10, 10), torch.zeros(10, 10)
-    predicted[:5] = 2.0  # inside: 50 voxels x 2
-    predicted[5:] = 9.0  # outside: ignored
-    runner_up[:5] = 1.0
-    value = segu(predicted, region, "region_margin", runner_up=runner_up).value
-    assert value == pytest.approx(1 / (1 + math.exp(-(50 * (2.0 - 1.0)) / 100)))
-    assert segu(runner_up, region, "region_margin", runner_up=predicted).value < 0.5
-    assert segu(predicted, region, "region_margin", runner_up=predicted).value == pytest.approx(0.5)
+    predicted[:5], runner_up[:5] = 2.0, 1.0  # inside: margin 50 x (2 - 1) = 50
+    predicted[5:] = 4.0  # outside: margin 50 x 4 = 200, so 20 % of the margin lies inside
+    value = segu(predicted, region, "region_margin", runner_up=runner_up, logit_margin=3.0).value
+    assert value == pytest.approx(1 / (1 + math.exp(-0.2 * 3.0)))
+    assert segu(predicted, ~region, "region_margin", runner_up=runner_up, logit_margin=3.0).value == pytest.approx(1 / (1 + math.exp(-0.8 * 3.0)))
+    assert segu(runner_up, region, "region_margin", runner_up=predicted, logit_margin=3.0).value == 0.5, "runner-up has more evidence overall"
+    assert segu(predicted, region, "region_margin", logit_margin=0.0).value == 0.5

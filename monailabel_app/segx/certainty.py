@@ -114,23 +114,27 @@ def distance_decay(
     return Certainty(value, "distance_decay", f"the explanation lies on average {mean_mm:.1f} mm from the clinical region")
 
 
-def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: torch.Tensor | None = None, **_) -> Certainty:
-    """How strongly the evidence *inside* the region favours the prediction over the
-    runner-up class: ``sigmoid((1/N) sum_{x in M} (E+(x) - R+(x)))`` with ``R`` the raw map of
-    the second most probable class (zeros for a one-class model) and ``N`` the voxel count.
-    For a global-average-pool + linear head (exact CAM), ``(1/N) sum_x E(x)`` is the class
-    logit minus its bias, so the argument is the part of the logit margin that evidence in
-    the clinical region supports. 0.5: the region does not separate the two classes."""
+def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: torch.Tensor | None = None, logit_margin: float = 0.0, **_) -> Certainty:
+    """The prediction's probability over the runner-up class if only the evidence inside the
+    region counted: ``sigmoid(f * L)`` with ``L = log(p_pred / p_runner_up)`` the logit margin
+    and ``f = clip(sum_{x in M} (E+ - R+) / sum_x (E+ - R+), 0, 1)`` the share of the
+    evidence margin that lies in the region (``R`` the runner-up's raw map, zeros for a
+    one-class model; ``f = 0`` when the runner-up has as much evidence overall). For a
+    global-average-pool + linear head (exact CAM) ``sum_x (E - R)`` is proportional to the
+    logit margin, so ``f * L`` is the part of the margin that the clinical region supports.
+    0.5: the region does not favour the prediction."""
     bad = _degenerate(explanation, region, "region_margin")
     if bad:
         return bad
-    other = runner_up.clamp_min(0).double() if runner_up is not None else 0.0
-    margin = float(((explanation.clamp_min(0).double() - other) * region).sum() / explanation.numel())
-    value = float(1.0 / (1.0 + np.exp(-margin)))
-    return Certainty(value, "region_margin", f"evidence inside the clinical region favours the prediction over the runner-up by {margin:.2f}")
+    difference = explanation.clamp_min(0).double() - (runner_up.clamp_min(0).double() if runner_up is not None else 0.0)
+    total = float(difference.sum())
+    share = float(np.clip(float(difference[region].sum()) / total, 0.0, 1.0)) if total > 0 else 0.0
+    value = float(1.0 / (1.0 + np.exp(-share * logit_margin)))
+    return Certainty(value, "region_margin", f"{100 * share:.0f}% of the evidence for the prediction over the runner-up lies in the clinical region")
 
 
-#: Variants that also need the runner-up class's raw map (option ``runner_up``).
+#: Variants that also need the runner-up class's raw map and the logit margin (options
+#: ``runner_up``, ``logit_margin``).
 NEEDS_RUNNER_UP = ("region_margin",)
 
 VARIANTS: dict[str, Callable[..., Certainty]] = {
@@ -146,8 +150,8 @@ DEFAULT_VARIANT = "mass_inside"
 def segu(explanation: torch.Tensor, region: torch.Tensor, variant: str = DEFAULT_VARIANT, **options) -> Certainty:
     """Compute the SegU certainty ``variant`` (one of :data:`VARIANTS`) of a raw
     explanation ``(H, W)``/``(D, H, W)`` against a binary region of the same shape.
-    ``options`` (``percent``, ``spacing``, ``scale_mm``, ``distance``, ``runner_up``) go to
-    the variant."""
+    ``options`` (``percent``, ``spacing``, ``scale_mm``, ``distance``, ``runner_up``,
+    ``logit_margin``) go to the variant."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return VARIANTS[variant](explanation, region.bool(), **options)

@@ -79,11 +79,16 @@ class SegXResult:
             k = self.classes.index(class_index)
             region = self.clinical_mask[k] >= 0.5
             options = {"spacing": self.spacing, "percent": self.top_percent}
-            if variant in NEEDS_RUNNER_UP and len(self.class_names) > 1:
-                runner_up = self.runner_up(class_index)
-                if runner_up not in self.classes:
-                    raise ValueError(f"SegU variant {variant!r} needs the map of class {runner_up} (the runner-up); explain it too")
-                options["runner_up"] = self.explanation[self.classes.index(runner_up)]
+            if variant in NEEDS_RUNNER_UP:
+                p = np.clip(self.probabilities.astype(float), 1e-12, 1.0)
+                if len(self.class_names) == 1:
+                    options["logit_margin"] = float(np.log(p[0] / max(1.0 - p[0], 1e-12)))
+                else:
+                    runner_up = self.runner_up(class_index)
+                    if runner_up not in self.classes:
+                        raise ValueError(f"SegU variant {variant!r} needs the map of class {runner_up} (the runner-up); explain it too")
+                    options["runner_up"] = self.explanation[self.classes.index(runner_up)]
+                    options["logit_margin"] = float(np.log(p[class_index] / p[runner_up]))
             if variant == "distance_decay" and bool(region.any()):
                 key = hash(region.cpu().numpy().tobytes())
                 if key not in self._distances:
