@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from segx.cli import main
+from segx.config import load_model_pair
 from segx.datasets import Layout, find_studies
 from segx.evaluate import bootstrap_ci
 from segx.phantoms import generate
+from segx.training import RECIPES, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -89,3 +91,21 @@ def test_ham10000_folder_works_as_it_is():
 def test_jsrt_folder_works_with_a_mask_dir():
     studies, _ = find_studies(["no_nodule", "nodule"], SHARED_DATA / "jsrt", Layout(labels_csv="metadata.csv", label_column="nodule", mask_dir="lungs"), limit=3)
     assert len(studies) == 3 and all(s.mask is not None and s.mask.parent.name == "lungs" for s in studies)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ham10000").is_dir(), reason="../shared/data/ham10000 is not present on this machine")
+def test_ham10000_recipe_trains_on_the_folder_as_it_is(tmp_path):
+    log = train("ham10000", SHARED_DATA / "ham10000", tmp_path, limit=16)
+    assert log["n_train"] == 16 and log["n_val"] == 16 and len(log["classifier"]["losses"]) == RECIPES["ham10000"].epochs
+    pair, config = load_model_pair(tmp_path / "ham10000.yaml")
+    assert pair.class_names == HAM_CLASSES and pair.certainty_variant == log["calibration"]["variant"]
+    card = (tmp_path / "ham10000_model_card.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and "--limit 16" in card and "16 train studies" in card
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "jsrt").is_dir(), reason="../shared/data/jsrt is not present on this machine")
+def test_jsrt_recipe_reads_index_labels_and_lung_masks(tmp_path):
+    log = train("jsrt", SHARED_DATA / "jsrt", tmp_path, limit=6)
+    pair, _ = load_model_pair(tmp_path / "jsrt.yaml")
+    assert pair.class_names == ["no_nodule", "nodule"] and pair.segment_names == {1: "lungs"}
+    assert log["segmenter"]["val_scores"][-1] > 0.3, "lung masks (0/255 PNG) were read as foreground"

@@ -308,3 +308,30 @@ def test_real_volumes_keep_their_geometry_through_the_server(server, tmp_path, r
         assert np.allclose(written.GetSpacing(), source.GetSpacing(), atol=1e-5)
         assert np.allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
         assert np.allclose(written.GetDirection(), source.GetDirection(), atol=1e-5)
+
+
+def test_shipped_real_data_models_are_offered(server):
+    models = server[0].get("/info/").json()["models"]
+    assert models["ham10000_classification"]["labels"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert models["ham10000_segmentation"]["labels"] == {"lesion": 1}
+    assert models["jsrt_segx"]["labels"] == ["no_nodule", "nodule"] and models["jsrt_segmentation"]["labels"] == {"lungs": 1}
+
+
+@pytest.mark.parametrize("model, relative, mask", [("ham10000", "ham10000/images/ISIC_0027419.jpg", "ham10000/masks/ISIC_0027419.png"),
+                                                   ("jsrt", "jsrt/images/JPCLN001.png", "jsrt/lungs/JPCLN001.png")])  # fmt: skip
+def test_shipped_real_data_models_explain_real_images(server, tmp_path, model, relative, mask):
+    """A real dermoscopy image and a real chest X-ray through the shipped models: SegX on the
+    image grid, zero outside the predicted region, which overlaps the true region."""
+    if not (SHARED_DATA / relative).exists():
+        pytest.skip(f"{SHARED_DATA / relative} is not present on this machine (../shared/data)")
+    client = server[0]
+    response = post_infer(client, f"{model}_segx", SHARED_DATA / relative)
+    assert response.status_code == 200, response.text
+    params, image = split_multipart(response)
+    segx_map = sitk.GetArrayFromImage(read_nrrd(image, tmp_path))
+    truth = np.asarray(PILImage.open(SHARED_DATA / mask)) > 127
+    assert segx_map.shape == truth.shape and segx_map.dtype == np.float32
+    assert params["segu"]["variant"] == "region_margin" and params["segu"]["level"] in ("low", "medium", "high")
+    region = sitk.GetArrayFromImage(read_nrrd(split_multipart(post_infer(client, f"{model}_segx", SHARED_DATA / relative, params={"layer": "mask"}))[1], tmp_path)) > 0
+    assert np.all(segx_map[~region] == 0)
+    assert 2 * (region & truth).sum() / (region.sum() + truth.sum()) > 0.8, "the shipped segmenter finds the lesion / lungs"
