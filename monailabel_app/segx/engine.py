@@ -212,8 +212,8 @@ def explain(
         margin_mm: grow each clinical region by this many mm before refining.
         soft_mask: multiply by the region's probability instead of the binary region.
         variants: SegU variants computed now for every explained class (default: the
-            pair's ``certainty_variant``); others are computed on demand by
-            :meth:`SegXResult.certainty_of` without running the networks.
+            pair's ``certainty_variant``, for the predicted class); others are computed on
+            demand by :meth:`SegXResult.certainty_of` without running the networks.
         top_percent: k of the top-k % rule used by the ``topk_inside`` variant.
         device: ``cpu``, ``cuda`` or a torch device; the pair is moved there.
         autocast: run the networks under float16 autocast (CUDA only).
@@ -256,6 +256,7 @@ def explain_many(
     indices = [pair.class_index(c) for c in classes] if classes is not None else list(range(len(pair.class_names)))
     if not indices:
         raise ValueError("no class to explain")
+    requested_variants = bool(variants)
     variants = list(variants or [pair.certainty_variant])
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -268,7 +269,7 @@ def explain_many(
     with amp:
         xs = [pair.classifier_input(image.array).to(device) for image in images]
         logits, maps, used = _classify_explain(pair, xs, indices, method)
-    logits = logits.float()
+    logits = logits.double()  # float64 probabilities keep saturated classes apart for ranking (AUROC)
     all_probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(1)
     explained = []
     needs_runner_up = bool(set(variants + [pair.certainty_variant]) & set(NEEDS_RUNNER_UP)) and len(pair.class_names) > 1
@@ -321,7 +322,7 @@ def explain_many(
         )
         result.timings["refine"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        for c in image_indices:
+        for c in image_indices if requested_variants else [predicted]:  # any other: on demand
             for variant in variants:
                 result.certainty_of(c, variant)
         result.segu = result.certainty_of(predicted, pair.certainty_variant)

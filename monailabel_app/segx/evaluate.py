@@ -80,7 +80,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     ``mc_samples=0`` skips both sampling baselines) and, when the study has a mask,
     segmentation Dice and per method raw vs SegX interpretability metrics."""
     predicted, probabilities = result.predicted, result.probabilities
-    x = pair.classifier_input(image.array).to(device)
+    x = pair.classifier_input(image.array).to(device) if mc_samples else None
     record = {
         "image_id": study.image_id,
         "label": pair.class_names[study.label],
