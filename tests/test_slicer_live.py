@@ -114,7 +114,8 @@ def test_run_on_a_3d_volume_uploads_it_and_parses_everything(live):
     assert readout.predicted in ("cyst", "tumour") and readout.explained == readout.predicted
     assert sum(readout.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     assert 0.0 <= readout.certainty <= 1.0 and readout.level in ("high", "medium", "low")
-    assert readout.reason and readout.variant == "mass_inside" and set(readout.certainty_per_class) == {"cyst", "tumour"}
+    configured = yaml.safe_load((APP_DIR / "model_configs" / "demo3d.yaml").read_text())["certainty"]["variant"]
+    assert readout.reason and readout.variant == configured and set(readout.certainty_per_class) == {"cyst", "tumour"}
     for layer in ("segx", "explanation"):
         heatmap = result.heatmaps[layer]
         assert heatmap.dtype == np.float32 and heatmap.shape == volume.array.shape
