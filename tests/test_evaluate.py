@@ -62,7 +62,7 @@ def test_selection_and_errors(tmp_path):
     assert len(find_studies(classes, tmp_path, limit=3)[0]) == 3
     with pytest.raises(ValueError, match="no column 'dx'"):
         find_studies(classes, tmp_path, Layout(label_column="dx"))
-    with pytest.raises(ValueError, match="labels CSV not found"):
+    with pytest.raises(ValueError, match=r"labels CSV not found.*\['labels.csv'\] \(name one with --labels-csv\)"):
         find_studies(classes, tmp_path, Layout(labels_csv="metadata.csv"))
 
 

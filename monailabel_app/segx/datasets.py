@@ -63,7 +63,9 @@ def find_studies(
     data = Path(data)
     csv_path = data / layout.labels_csv
     if not csv_path.is_file():
-        raise ValueError(f"labels CSV not found: {csv_path}")
+        present = sorted(p.name for p in data.glob("*.csv")) if data.is_dir() else []
+        hint = f"; CSV files in {data}: {present} (name one with --labels-csv)" if present else ""
+        raise ValueError(f"labels CSV not found: {csv_path}{hint}")
     with open(csv_path, newline="") as stream:
         rows = list(csv.DictReader(stream))
     for column in (layout.image_column, layout.label_column):
