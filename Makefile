@@ -30,6 +30,7 @@ serve: install
 benchmark: install
 	$(PY) benchmarks/explain_overhead.py
 	$(PY) benchmarks/server_overhead.py
+	$(PY) benchmarks/evaluate_throughput.py
 
 clean-venv:
 	rm -rf $(VENV)
