@@ -12,7 +12,9 @@ import SimpleITK as sitk
 import torch
 import yaml
 from monai.networks.nets import UNet, resnet10
+from PIL import Image as PILImage
 
+from segx.certainty import VARIANTS
 from segx.cli import main
 from segx.config import ConfigError, MissingWeightsError, load_model_pair
 
@@ -146,3 +148,15 @@ def test_cli_writes_float32_maps_with_the_source_geometry(model_dir, capsys):
 def test_cli_reports_errors_without_a_traceback(model_dir, capsys):
     assert main(["explain", str(model_dir / "missing.nii.gz"), "--config", str(model_dir / "organ3d.yaml")]) == 2
     assert "image file not found" in capsys.readouterr().err
+
+
+def test_cli_explains_with_a_built_in_model_by_name(tmp_path, capsys):
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    image[20:44, 16:40] = 90  # a dark lesion on light skin
+    PILImage.fromarray(image).save(tmp_path / "skin.png")
+    assert main(["explain", str(tmp_path / "skin.png"), "--model", "ham10000"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["predicted"] in summary["probabilities"] and len(summary["probabilities"]) == 7
+    assert summary["segu"]["variant"] == "region_margin" and set(summary["certainty"][summary["predicted"]]) == set(VARIANTS)
+    assert main(["explain", str(tmp_path / "skin.png"), "--model", "no_such_model"]) == 2
+    assert "built-in models are" in capsys.readouterr().err

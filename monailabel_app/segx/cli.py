@@ -13,11 +13,11 @@ from .training import RECIPES
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .config import load_model_pair
+    from .config import load_model_pair, model_config_file
     from .engine import explain
     from .export import save_volume
 
-    pair, _ = load_model_pair(args.config)
+    pair, _ = load_model_pair(model_config_file(args.config))
     result = explain(
         pair,
         args.image,
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     explain = commands.add_parser("explain", help="explain one image with a model configuration")
     explain.add_argument("image", help="NIfTI, NRRD, MHA, PNG, JPEG or DICOM file")
-    explain.add_argument("--config", required=True, help="model configuration file (YAML or JSON)")
+    explain.add_argument("--config", "--model", dest="config", required=True, help="model configuration file (YAML or JSON) or built-in model name")
     explain.add_argument("--classes", nargs="+", help="classes to explain (names or indices; default all)")
     explain.add_argument("--method", default="gradcam", choices=METHODS)
     explain.add_argument("--margin-mm", type=float, default=0.0, help="grow the clinical region by this margin")
