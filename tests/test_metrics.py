@@ -11,6 +11,7 @@ from segx.metrics import (
     certainty_auroc,
     dice,
     eaurc,
+    one_vs_rest_auroc,
     pixel_auroc,
     pointing_game,
     relevance_mass_accuracy,
@@ -321,3 +322,13 @@ def test_dice_of_two_masks():
     assert dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) == 0.0  # both empty
     with pytest.raises(ValueError, match="shape"):
         dice(prediction, np.zeros((3, 2)))
+
+
+def test_one_vs_rest_auroc_by_hand():
+    # class 0: positives score 0.9, 0.4; negatives 0.5, 0.1 -> pairs won 3 of 4 -> 0.75
+    # class 1: positives score 0.5, 0.9 (rows 2, 3) vs 0.1, 0.6 -> 0.5 loses to 0.6 -> 3 of 4 -> 0.75
+    # class 2: absent -> None
+    probabilities = [[0.9, 0.1, 0.0], [0.4, 0.6, 0.0], [0.5, 0.5, 0.0], [0.1, 0.9, 0.0]]
+    macro, per_class = one_vs_rest_auroc(probabilities, [0, 0, 1, 1])
+    assert per_class == [0.75, 0.75, None] and macro == pytest.approx(0.75)
+    assert one_vs_rest_auroc([[0.2, 0.8], [0.3, 0.7]], [1, 1]) == (None, [None, None])

@@ -19,24 +19,8 @@ from .certainty import VARIANTS, Combination
 from .datasets import Layout, Study, find_studies
 from .engine import SegXResult, explain, explain_many
 from .imageio import Image, read_image
-from .metrics import aurc, auroc, certainty_auroc, dice, eaurc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
+from .metrics import aurc, certainty_auroc, dice, eaurc, one_vs_rest_auroc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
-
-
-def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, 2.5 % and 97.5 % percentiles of the mean over bootstrap resamples of ``values``)."""
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def _safe_auroc(scores, positives) -> float | None:
-    try:
-        return auroc(scores, positives)
-    except ValueError:  # one class only
-        return None
-
 
 INTERPRETABILITY = {
     "iou": "top-5 % IoU",
@@ -48,6 +32,14 @@ INTERPRETABILITY = {
 BASELINES = ("msp", "negative_entropy", "mc_dropout", "tta")
 EXAMPLES = 8
 BATCH_SIZE = 16
+
+
+def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5 % and 97.5 % percentiles of the mean over bootstrap resamples of ``values``)."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def certainty_scores(combined: bool) -> list[str]:
@@ -131,16 +123,15 @@ def _classification(records: list[dict], class_names: list[str]) -> dict:
     correct = np.array([r["correct"] for r in records], dtype=bool)
     labels = np.array([class_names.index(r["label"]) for r in records])
     predicted = np.array([class_names.index(r["predicted"]) for r in records])
-    per_class = {name: _safe_auroc([r[f"p_{name}"] for r in records], labels == c) for c, name in enumerate(class_names)}
-    defined = [v for v in per_class.values() if v is not None]
+    macro, per_class = one_vs_rest_auroc([[r[f"p_{name}"] for name in class_names] for r in records], labels)
     confusion = np.zeros((len(class_names), len(class_names)), dtype=int)
     np.add.at(confusion, (labels, predicted), 1)
     return {
         "n": len(records),
         "accuracy": float(correct.mean()),
         "balanced_accuracy": float(np.mean([correct[labels == c].mean() for c in np.unique(labels)])),
-        "auroc_macro": float(np.mean(defined)) if defined else None,
-        "auroc_per_class": per_class,
+        "auroc_macro": macro,
+        "auroc_per_class": dict(zip(class_names, per_class)),
         "confusion_matrix": confusion.tolist(),
     }
 

@@ -189,6 +189,19 @@ def auroc(scores, positives) -> float:
     return _auroc_from_mask(values, labels)
 
 
+def one_vs_rest_auroc(probabilities, labels) -> tuple[float | None, list[float | None]]:
+    """Per-class one-vs-rest AUROC of ``probabilities (N, C)`` for class indices ``labels
+    (N,)`` (None for a class that is absent or the only one present) and their mean over
+    the defined classes (macro AUROC; None when no class is defined)."""
+    probabilities, labels = np.asarray(probabilities, dtype=float), np.asarray(labels)
+    per_class = []
+    for c in range(probabilities.shape[1]):
+        positives = labels == c
+        per_class.append(auroc(probabilities[:, c], positives) if 0 < positives.sum() < len(labels) else None)
+    defined = [v for v in per_class if v is not None]
+    return (float(np.mean(defined)) if defined else None), per_class
+
+
 def pixel_auroc(explanation, ground_truth) -> float:
     """AUROC of the explanation values as scores for region membership.
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .datasets import Layout, Study, find_studies
 from .imageio import read_image
-from .metrics import auroc, dice
+from .metrics import dice, one_vs_rest_auroc
 from .pair import Preprocessing
 
 
@@ -167,12 +167,9 @@ def _predict(network: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 6
 
 
 def _macro_auroc(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean one-vs-rest AUROC over the classes present (accuracy when only one is)."""
-    probabilities = logits.softmax(1).numpy()
-    present = [c for c in range(logits.shape[1]) if 0 < int((labels == c).sum()) < len(labels)]
-    if not present:
-        return float((logits.argmax(1) == labels).float().mean())
-    return float(np.mean([auroc(probabilities[:, c], (labels == c).numpy()) for c in present]))
+    """Macro one-vs-rest AUROC of ``logits (N, C)``; accuracy when no class can be scored."""
+    macro, _ = one_vs_rest_auroc(logits.softmax(1).numpy(), labels.numpy())
+    return macro if macro is not None else float((logits.argmax(1) == labels).float().mean())
 
 
 def _mean_dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
