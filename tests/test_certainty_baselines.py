@@ -103,5 +103,10 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
     pair, config = load_model_pair(models / "demo2d.yaml")
     assert pair.certainty_variant == summary["variant"] and pair.levels.variant == summary["variant"]
     assert Combination.from_config(config).weights == summary["combination"]["weights"]
+    assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--variant", "topk_inside"]) == 0
+    printed = capsys.readouterr().out
+    kept = yaml.safe_load(printed[printed.index("{") :])
+    section = yaml.safe_load((models / "demo2d.yaml").read_text())["certainty"]
+    assert kept["variant"] == section["variant"] == section["combination"]["variant"] == "topk_inside"
     assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--split", "test"]) == 2
     assert "no study with a known label" in capsys.readouterr().err

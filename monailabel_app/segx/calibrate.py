@@ -15,18 +15,22 @@ from .evaluate import study_records
 from .metrics import certainty_auroc
 
 
-def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout(), split: str = "val", limit: int | None = None, device: str = "cpu") -> dict:
+def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout(), split: str = "val", limit: int | None = None,
+              device: str = "cpu", variant: str | None = None) -> dict:  # fmt: skip
     """Explain every study of ``split`` and store in ``config_file``:
 
-    - ``certainty.variant``: the SegU variant whose certainty best separates correct from
-      wrong predictions (AUROC; ties keep the default variant), with its level thresholds;
+    - ``certainty.variant``: ``variant`` if given, else the SegU variant whose certainty
+      best separates correct from wrong predictions (AUROC; ties keep the default
+      variant), with its level thresholds;
     - ``certainty.combination``: the logistic combination of MSP with the SegU variant that
-      separates best together (in-sample AUROC on ``split``).
+      separates best together (in-sample AUROC on ``split``; ``variant`` if given).
 
     Returns:
         ``{"split", "n", "accuracy", "auroc": {variant: value}, "variant", "levels",
         "combination": {"variant", "weights", "auroc"}, "msp_auroc"}``.
     """
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
     pair, _ = load_model_pair(config_file)
     studies, _ = find_studies(pair.class_names, data, layout, split, limit)
     records = study_records(pair, studies, [], device, mc_samples=0, desc=f"calibrating on {split}")
@@ -36,14 +40,14 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
     def separation(scores) -> float:
         return certainty_auroc(scores, correct) if both_outcomes else 0.5
 
-    variants = sorted(VARIANTS)
+    variants, fixed = sorted(VARIANTS), variant is not None
     alone = {v: separation([r[f"segu_{v}"] for r in records]) for v in variants}
-    variant = max(variants, key=lambda v: (alone[v], v == DEFAULT_VARIANT))
+    variant = variant or max(variants, key=lambda v: (alone[v], v == DEFAULT_VARIANT))
     levels = calibrate_levels([r[f"segu_{variant}"] for r in records], correct, variant)
     msp = [r["msp"] for r in records]
     combinations = {v: fit_combination(msp, [r[f"segu_{v}"] for r in records], correct, v) for v in variants}
     together = {v: separation([c(m, r[f"segu_{v}"]) for m, r in zip(msp, records)]) for v, c in combinations.items()}
-    best = max(variants, key=lambda v: (together[v], v == variant))
+    best = variant if fixed else max(variants, key=lambda v: (together[v], v == variant))
     combination = combinations[best]
     save_levels(config_file, levels, combination={"variant": combination.variant, "weights": combination.weights, "split": split})
     return {"split": split, "n": len(records), "accuracy": float(correct.mean()), "auroc": alone, "variant": variant,

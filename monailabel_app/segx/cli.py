@@ -84,7 +84,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .config import model_config_file
     from .datasets import Layout
 
-    summary = calibrate(model_config_file(args.model), args.data, Layout(**_layout(args)), args.split, args.limit, args.device)
+    summary = calibrate(model_config_file(args.model), args.data, Layout(**_layout(args)), args.split, args.limit, args.device, args.variant)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser("calibrate", help="choose the default SegU variant and its levels on a validation split")
     _add_dataset_arguments(calibrate, "val")
+    calibrate.add_argument("--variant", choices=sorted(VARIANTS), help="keep this SegU variant (default: the best on the split)")
     calibrate.set_defaults(run=_calibrate)
     parser.epilog = f"SegU variants: {', '.join(sorted(VARIANTS))}"
     return parser
