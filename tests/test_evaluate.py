@@ -48,7 +48,7 @@ def test_evaluate_on_phantoms(tmp_path, capsys):
     assert len(rows) == 12 and {"segu_mass_inside", "msp", "iou_raw_occlusion"} <= set(rows[0])
     accuracy = np.mean([int(r["correct"]) for r in rows])
     assert summary["accuracy"] == pytest.approx(accuracy)
-    for name in ("report.md", "iou.png", "risk_coverage.png"):
+    for name in ("report.md", "iou.png", "risk_coverage.png", "examples.png"):
         assert (out / name).stat().st_size > 0
 
 
@@ -109,3 +109,15 @@ def test_jsrt_recipe_reads_index_labels_and_lung_masks(tmp_path):
     pair, _ = load_model_pair(tmp_path / "jsrt.yaml")
     assert pair.class_names == ["no_nodule", "nodule"] and pair.segment_names == {1: "lungs"}
     assert log["segmenter"]["val_scores"][-1] > 0.3, "lung masks (0/255 PNG) were read as foreground"
+
+
+def test_evaluate_on_3d_phantoms_writes_the_figures(tmp_path, capsys):
+    data = tmp_path / "data3d"
+    generate(data, 3, 4, seed=6, split="test", progress=False)
+    out = tmp_path / "evaluation3d"
+    assert main(["evaluate", "--model", "demo3d", "--data", str(data), "--out", str(out), "--methods", "gradcam", "--mc-samples", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1][5:])
+    assert summary["n"] == 4 and summary["mc_dropout_auroc"] is None and summary["tta_auroc"] is None
+    assert summary["iou_segx_gradcam"] > summary["iou_raw_gradcam"]
+    for name in ("report.md", "iou.png", "risk_coverage.png", "examples.png"):
+        assert (out / name).stat().st_size > 0
