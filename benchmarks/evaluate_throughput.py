@@ -46,12 +46,13 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monailabel_app"))
 
 from common import cpu_name  # noqa: E402
-from segx.config import BUILTIN_MODELS_DIR, load_model_pair  # noqa: E402
+from segx.config import BUILTIN_MODELS_DIR, load_model_pair, model_config_file  # noqa: E402
 from segx.datasets import Layout, Study, find_studies  # noqa: E402
 from segx.evaluate import study_records  # noqa: E402
 from segx.explainers import find_target_layer  # noqa: E402
 from segx.imageio import read_image  # noqa: E402
 from segx.pair import ModelPair  # noqa: E402
+from segx.training import RECIPES  # noqa: E402
 
 SHARED_HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000"
 
@@ -96,9 +97,8 @@ def _studies(args) -> tuple[ModelPair, list[Study], str, object]:
         keep = tempfile.TemporaryDirectory()
         args.model, args.data = "demo2d", keep.name
         generate(keep.name, 2, args.limit, seed=args.seed, split="test", progress=False)
-    config = Path(args.model) if Path(args.model).exists() else BUILTIN_MODELS_DIR / f"{args.model}.yaml"
-    pair, _ = load_model_pair(config)
-    layout = Layout(labels_csv="metadata.csv", label_column="dx") if Path(args.data).resolve() == SHARED_HAM.resolve() else Layout()
+    pair, _ = load_model_pair(model_config_file(args.model))
+    layout = RECIPES["ham10000"].layout if Path(args.data).resolve() == SHARED_HAM.resolve() else Layout()
     studies, _ = find_studies(pair.class_names, args.data, layout, "test", args.limit)
     return pair, studies, args.model, keep
 
