@@ -4,7 +4,9 @@ A thin 3D Slicer module over ``SegXSlicerLib`` (client, jobs, display maths, MRM
 helpers, panel), which is tested outside Slicer.
 """
 
+import importlib
 import os
+import sys
 import time
 
 import numpy as np
@@ -53,18 +55,33 @@ class SegXSlicerWidget(ScriptedLoadableModuleWidget):
         panel = slicer.util.loadUI(self.resourcePath("UI/SegXSlicer.ui"))
         self.layout.addWidget(panel)
         panel.setMRMLScene(slicer.mrmlScene)
-        self.panel = SegXPanel(slicer.util.childWidgetVariables(panel), SegXSlicerLogic())
+        self.logic = SegXSlicerLogic()
+        self.panel = SegXPanel(slicer.util.childWidgetVariables(panel), self.logic.scene_logic)
+        self.panel.add_segment_editor(slicer.qMRMLSegmentEditorWidget())
 
     def cleanup(self):
         self.panel.cleanup()
 
+    def onReload(self):
+        """Reload ``SegXSlicerLib`` too (Slicer's Reload re-imports only this file), as
+        MONAIAuto3DSeg does, then the module."""
+        for name in sorted((n for n in sys.modules if n == "SegXSlicerLib" or n.startswith("SegXSlicerLib.")), key=len):
+            importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
 
-class SegXSlicerLogic(ScriptedLoadableModuleLogic, SegXLogic):
-    """Scene logic on ``slicer.mrmlScene`` with Slicer's volume rendering."""
+
+class SegXSlicerLogic(ScriptedLoadableModuleLogic):
+    """The module's logic: Slicer's base class (parameter node) with the scene logic of
+    ``SegXSlicerLib`` on ``slicer.mrmlScene`` and Slicer's volume rendering.
+
+    Composition, not a second base class: ``ScriptedLoadableModuleLogic.__init__`` calls
+    ``super().__init__()`` without arguments (``Base/Python/slicer/ScriptedLoadableModule.py``),
+    which would reach a second base's ``__init__`` without its arguments.
+    """
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        SegXLogic.__init__(self, slicer.mrmlScene, slicer.modules.volumerendering.logic())
+        self.scene_logic = SegXLogic(slicer.mrmlScene, slicer.modules.volumerendering.logic())
 
 
 class SegXSlicerTest(ScriptedLoadableModuleTest):
@@ -101,7 +118,7 @@ class SegXSlicerTest(ScriptedLoadableModuleTest):
             time.sleep(0.05)
         self.assertIsNone(job.error, f"run failed: {job.error}")
 
-        logic = SegXSlicerLogic()
+        logic = SegXSlicerLogic().scene_logic
         logic.show(volume, job.result)
         heatmap = logic.current_heatmap
         self.assertEqual(heatmap.GetImageData().GetScalarTypeAsString(), "float")

@@ -2,6 +2,7 @@
 way a research group would (config file + weights), and a studies folder."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -106,3 +107,54 @@ def venv_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+#: Rotated axes, anisotropic spacing, offset origin of the Slicer tests' 3D studies:
+#: catches any LPS/RAS or axis mix-up.
+SLICER_AFFINE = np.array([[0, -1.5, 0, 10], [1.5, 0, 0, -5], [0, 0, 2.5, 7], [0, 0, 0, 1]])
+
+
+def write_models(folder: Path) -> Path:
+    """``slicer2d`` / ``slicer3d``: copies of the demo models and weights; ``noweights``:
+    a configuration whose classifier weights are missing."""
+    (folder / "weights").mkdir(parents=True)
+    configs = APP_DIR / "model_configs"
+    for dim in (2, 3):
+        for part in ("classifier", "segmenter"):
+            shutil.copy(configs / "weights" / f"demo{dim}d_{part}.pt", folder / "weights")
+        shutil.copy(configs / f"demo{dim}d.yaml", folder / f"slicer{dim}d.yaml")
+    config = yaml.safe_load((configs / "demo2d.yaml").read_text())
+    config["classifier"]["weights"] = "weights/not_trained_yet.pt"
+    (folder / "noweights.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def write_phantom_studies(folder: Path) -> Path:
+    """Two 2D (PNG) and two 3D (NIfTI, rotated affine) phantom studies."""
+    from segx.phantoms import generate
+
+    generate(folder / "generated", 2, 2, seed=11, progress=False)
+    generate(folder / "generated", 3, 2, seed=11, progress=False)
+    studies = folder / "studies"
+    studies.mkdir()
+    for path in sorted((folder / "generated" / "images").iterdir()):
+        if path.suffix == ".png":
+            shutil.copy(path, studies)
+        else:
+            nib.save(nib.Nifti1Image(np.asarray(nib.load(path).dataobj), SLICER_AFFINE), str(studies / path.name))
+    return studies
+
+
+@pytest.fixture(scope="session")
+def slicer_server(tmp_path_factory):
+    """(URL, studies folder) of a running server for the Slicer module's tests (the demo
+    models as ``slicer2d``/``slicer3d``, ``noweights``; phantom studies), stopped afterwards."""
+    from segx.demo import running_server
+
+    root = tmp_path_factory.mktemp("slicer_live")
+    models = write_models(root / "models")
+    studies = write_phantom_studies(root)
+    with running_server(studies, "slicer2d,slicer3d,noweights", root / "server.log", models_dir=models) as server:
+        yield server.url, studies
+
+

@@ -144,11 +144,15 @@ def test_segx_models_from_info():
 
 
 @pytest.mark.parametrize("name", sorted(display.COLOUR_MAPS))
-def test_colour_table_alpha_ramps_up_from_zero(name):
+def test_colour_tables_are_opaque_and_follow_their_control_points(name):
+    """Slice views AND the table's alpha with the threshold mask (true value 255,
+    ``Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.cxx``): a fractional alpha would show
+    as opaque, so the tables carry none; the colours hit the map's control points."""
     table = display.colour_table(name)
     assert table.shape == (display.TABLE_SIZE, 4)
-    assert table[0, 3] == 0.0 and table[-1, 3] == 1.0
-    assert np.all(np.diff(table[:, 3]) >= 0) and table[64, 3] == pytest.approx(64 / 255 / 0.5)
+    assert np.all(table[:, 3] == 1.0)
+    for position, rgb in display.COLOUR_MAPS[name]:
+        assert np.allclose(table[round(position * (display.TABLE_SIZE - 1)), :3], rgb, atol=0.02)
     assert table.min() >= 0 and table.max() <= 1
     with pytest.raises(ValueError, match="unknown colour map"):
         display.colour_table("nope")

@@ -1,10 +1,9 @@
 """SegXSlicerLib against a live ``monailabel start_server`` (the shipped demo models,
 copied so that training cannot overwrite them): connect, list, upload, run, parse,
-errors, active learning, the results put into a ``slicer-core`` MRML scene, and the
-panel's wiring with Qt stubbed (Slicer's PythonQt cannot be installed here)."""
+errors, active learning and the results put into a ``slicer-core`` MRML scene. The panel
+itself is driven in ``test_slicer_module.py``."""
 
 import io
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 import requests
 import yaml
 from conftest import APP_DIR
-from segx.demo import running_server
+from conftest import SLICER_AFFINE as AFFINE
 from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
@@ -26,49 +25,12 @@ from SegXSlicerLib.results import segx_models, unavailable_models  # noqa: E402
 from SegXSlicerLib.volumeio import decode_nrrd, encode_volume  # noqa: E402
 from SegXSlicerLib.worker import JobContext, JobRunner  # noqa: E402
 
-#: Rotated axes, anisotropic spacing, offset origin: catches any LPS/RAS or axis mix-up.
-AFFINE = np.array([[0, -1.5, 0, 10], [1.5, 0, 0, -5], [0, 0, 2.5, 7], [0, 0, 0, 1]])
-
-
-def write_models(folder: Path) -> Path:
-    """``slicer2d`` / ``slicer3d``: copies of the demo models and weights; ``noweights``:
-    a configuration whose classifier weights are missing."""
-    (folder / "weights").mkdir(parents=True)
-    configs = APP_DIR / "model_configs"
-    for dim in (2, 3):
-        for part in ("classifier", "segmenter"):
-            shutil.copy(configs / "weights" / f"demo{dim}d_{part}.pt", folder / "weights")
-        shutil.copy(configs / f"demo{dim}d.yaml", folder / f"slicer{dim}d.yaml")
-    config = yaml.safe_load((configs / "demo2d.yaml").read_text())
-    config["classifier"]["weights"] = "weights/not_trained_yet.pt"
-    (folder / "noweights.yaml").write_text(yaml.safe_dump(config))
-    return folder
-
-
-def write_phantom_studies(folder: Path) -> Path:
-    """Two 2D (PNG) and two 3D (NIfTI, rotated affine) phantom studies."""
-    from segx.phantoms import generate
-
-    generate(folder / "generated", 2, 2, seed=11, progress=False)
-    generate(folder / "generated", 3, 2, seed=11, progress=False)
-    studies = folder / "studies"
-    studies.mkdir()
-    for path in sorted((folder / "generated" / "images").iterdir()):
-        if path.suffix == ".png":
-            shutil.copy(path, studies)
-        else:
-            nib.save(nib.Nifti1Image(np.asarray(nib.load(path).dataobj), AFFINE), str(studies / path.name))
-    return studies
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """(URL, studies folder) of a running server, stopped afterwards."""
-    root = tmp_path_factory.mktemp("slicer_live")
-    models = write_models(root / "models")
-    studies = write_phantom_studies(root)
-    with running_server(studies, "slicer2d,slicer3d,noweights", root / "server.log", models_dir=models) as server:
-        yield server.url, studies
+def live(slicer_server):
+    """(URL, studies folder) of the shared server for the Slicer tests (conftest)."""
+    return slicer_server
 
 
 def ct_volume(studies: Path, name: str = "test3d_11_0000.nii.gz") -> jobs.VolumeData:
@@ -109,7 +71,10 @@ def test_connect_lists_the_segx_models_and_the_unavailable_ones(live):
 def test_run_on_a_3d_volume_uploads_it_and_parses_everything(live):
     url, studies = live
     volume = ct_volume(studies)
-    result = run_in_background(jobs.explain, SegXClient(url), "slicer3d", volume)
+    client = SegXClient(url)
+    result = run_in_background(jobs.explain, client, "slicer3d", volume)
+    assert set(result.heatmaps) == {"segx"}  # the raw explanation only when shown
+    result.heatmaps["explanation"] = run_in_background(jobs.fetch_layer, client, result, "explanation")
     readout = result.readout
     assert readout.predicted in ("cyst", "tumour") and readout.explained == readout.predicted
     assert sum(readout.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
@@ -129,7 +94,7 @@ def test_run_on_a_3d_volume_uploads_it_and_parses_everything(live):
 def test_the_server_answers_in_the_uploaded_geometry(live):
     url, studies = live
     volume = ct_volume(studies)
-    _, image = SegXClient(url).infer("slicer3d_segx", *encode_volume(volume.array, volume.ijk_to_ras), {"layer": "segx"})
+    _, image = SegXClient(url).infer("slicer3d_segx", {"layer": "segx"}, upload=encode_volume(volume.array, volume.ijk_to_ras))
     heatmap, ijk_to_ras = decode_nrrd(image)
     assert heatmap.shape == volume.array.shape
     assert np.allclose(ijk_to_ras, AFFINE, atol=1e-4)
@@ -216,189 +181,3 @@ def test_results_in_a_slicer_core_scene_hold_the_server_values(live):
     values = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 1).ToDouble(), table.GetValue(r, 2).ToDouble()) for r in range(table.GetNumberOfRows())}
     readout = result.readout
     assert values == {label: (readout.probabilities[label], readout.certainty_per_class[label]) for label in ("cyst", "tumour")}
-
-
-# --- the panel, with Qt stubbed ---------------------------------------------------------
-# Slicer's PythonQt cannot be installed here. These stubs stand in for the widgets of
-# Resources/UI/SegXSlicer.ui (same names) and record what the panel sets, so that its
-# wiring (jobs, polling, readouts, errors) runs against the live server. Loading a
-# downloaded sample (slicer.util.loadVolume) needs Slicer and is left to its self-test.
-
-
-class Signal:
-    def __init__(self):
-        self.slots = []
-
-    def connect(self, slot):
-        self.slots.append(slot)
-
-    def emit(self, *args):
-        for slot in self.slots:
-            slot(*args)
-
-
-class FakeWidget:
-    """A widget: plain attributes for properties, signals on first use."""
-
-    def __init__(self):
-        self.text, self.value, self.checked, self.enabled, self.visible = "", 0, False, True, True
-        self.styleSheet = self.toolTip = ""
-        self.items, self.cells, self.node = [], {}, None
-        self.currentIndex = -1
-
-    def __getattr__(self, name):
-        if name in ("clicked", "toggled", "valueChanged", "currentIndexChanged", "currentTextChanged", "timeout"):
-            signal = Signal()
-            setattr(self, name, signal)
-            return signal
-        raise AttributeError(name)
-
-    # QComboBox
-    def addItem(self, text, data=None):
-        self.items.append((text, data))
-        if self.currentIndex < 0:
-            self.currentIndex = 0
-            self.currentIndexChanged.emit(0)
-
-    def addItems(self, texts):
-        for text in texts:
-            self.addItem(text)
-
-    def clear(self):
-        self.items, self.currentIndex = [], -1
-
-    @property
-    def currentText(self):
-        return self.items[self.currentIndex][0] if self.currentIndex >= 0 else ""
-
-    @property
-    def currentData(self):
-        return self.items[self.currentIndex][1] if self.currentIndex >= 0 else None
-
-    # QTableWidget
-    def setColumnCount(self, count):
-        self.columns = count
-
-    def setHorizontalHeaderLabels(self, labels):
-        self.headers = labels
-
-    def setRowCount(self, count):
-        self.rows = count
-
-    def setItem(self, row, column, item):
-        self.cells[row, column] = item
-
-    # qMRMLNodeComboBox
-    def currentNode(self):
-        return self.node
-
-    # QTimer
-    def setInterval(self, milliseconds):
-        self.interval = milliseconds
-
-    def start(self):
-        self.active = True
-
-    def stop(self):
-        self.active = False
-
-
-@pytest.fixture
-def panel(monkeypatch):
-    """A SegXPanel on stub widgets named like the .ui's, with a slicer-core scene."""
-    import slicer
-    import types
-    import xml.etree.ElementTree as ElementTree
-
-    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=FakeWidget, QTableWidgetItem=str))
-    from SegXSlicerLib.logic import SegXLogic
-    from SegXSlicerLib.widget import SegXPanel
-
-    ui_file = Path(__file__).resolve().parent.parent / "SegXSlicer" / "Resources" / "UI" / "SegXSlicer.ui"
-    names = [w.get("name") for w in ElementTree.parse(ui_file).getroot().iter("widget")]
-    ui = types.SimpleNamespace(**{name: FakeWidget() for name in names})
-    scene = slicer.vtkMRMLScene()
-    scene.AddNode(slicer.vtkMRMLSliceCompositeNode())
-    return SegXPanel(ui, SegXLogic(scene))
-
-
-def settle(panel, seconds=300):
-    """Let the timer poll until the running job is handled, as the Qt event loop would."""
-    deadline = time.time() + seconds
-    while panel.job is not None or panel.runner.running:
-        assert time.time() < deadline, "the panel's job did not finish"
-        panel.poll()
-        time.sleep(0.02)
-
-
-def test_panel_connects_runs_and_shows_the_readouts(live, panel):
-    from SegXSlicerLib import mrml
-
-    url, studies = live
-    ui = panel.ui
-    ui.serverUrlLineEdit.text = url
-    ui.connectButton.clicked.emit()
-    assert not ui.connectButton.enabled and ui.cancelButton.enabled  # busy while the job runs
-    settle(panel)
-    assert [data for _, data in ui.modelComboBox.items] == ["slicer2d", "slicer3d"]
-    assert "noweights" in ui.statusLabel.text and "not_trained_yet.pt" in ui.statusLabel.text
-    ui.modelComboBox.currentIndex = 1
-    ui.modelComboBox.currentIndexChanged.emit(1)
-    assert [text for text, _ in ui.classComboBox.items] == ["predicted class", "cyst", "tumour"]
-
-    volume = ct_volume(studies)
-    source = panel.logic.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
-    mrml.set_voxels(source, volume.array, volume.ijk_to_ras)
-    ui.inputVolumeSelector.node = source
-    ui.runButton.clicked.emit()
-    settle(panel)
-    readout = panel.logic.explanation.readout
-    assert ui.predictionLabel.text == readout.prediction_text()
-    assert ui.certaintyLabel.text == f"SegU {readout.certainty_text()}" and readout.level_colour() in ui.certaintyLabel.styleSheet
-    assert ui.reasonLabel.text == readout.reason and ui.probabilityTable.rows == 2
-    assert ui.progressBar.value == 100 and ui.opacitySlider.enabled and ui.submitLabelButton.enabled
-    ui.rawLayerRadioButton.checked = True
-    ui.segxLayerRadioButton.toggled.emit(False)
-    assert panel.logic.current_heatmap is panel.logic.heatmaps["explanation"]
-
-
-def connect(panel, url: str) -> None:
-    """Type the URL, press Connect, wait for the answer."""
-    panel.ui.serverUrlLineEdit.text = url
-    panel.ui.connectButton.clicked.emit()
-    settle(panel)
-
-
-def test_panel_shows_server_errors_and_refuses_what_cannot_work(live, panel):
-    url, studies = live
-    ui = panel.ui
-    connect(panel, url)
-    ui.inputVolumeSelector.node = None
-    ui.runButton.clicked.emit()
-    assert ui.statusLabel.text == "run failed: select a volume first" and "c62828" in ui.statusLabel.styleSheet
-
-    ui.submitLabelButton.clicked.emit()
-    assert "Submit label needs an image from the datastore" in ui.statusLabel.text
-
-    ui.serverUrlLineEdit.text = "http://127.0.0.1:9"  # nothing listens on the discard port
-    ui.connectButton.clicked.emit()
-    settle(panel)
-    assert ui.statusLabel.text.startswith("connect failed: cannot reach the server at http://127.0.0.1:9")
-    assert ui.connectButton.enabled and not ui.cancelButton.enabled and not ui.progressBar.visible
-
-
-def test_panel_cancel_frees_the_panel_and_drops_the_answer(live, panel):
-    from SegXSlicerLib import mrml
-
-    url, studies = live
-    ui = panel.ui
-    connect(panel, url)
-    volume = photo_volume(studies)
-    source = panel.logic.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
-    mrml.set_voxels(source, volume.array, volume.ijk_to_ras)
-    ui.inputVolumeSelector.node = source
-    ui.runButton.clicked.emit()
-    ui.cancelButton.clicked.emit()
-    assert "cancelled" in ui.statusLabel.text and ui.runButton.enabled and not ui.cancelButton.enabled
-    settle(panel)  # the request in flight ends; its answer must not reach the scene
-    assert panel.logic.explanation is None and ui.predictionLabel.text == ""

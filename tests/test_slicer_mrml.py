@@ -84,7 +84,7 @@ def test_heatmap_volume_is_float32_on_the_source_geometry(shown):
     assert np.allclose(mrml.ijk_to_ras(heatmap), IJK_TO_RAS)
     assert heatmap.GetImageData().GetDimensions() == source.GetImageData().GetDimensions()
     assert np.array_equal(voxels(heatmap), result.heatmaps["segx"])
-    raw = voxels(logic.heatmaps["explanation"])
+    raw = voxels(logic.heatmap("explanation"))
     assert raw[0, 0, 0] == 0.0 and np.isfinite(raw).all()  # NaN is not transparent: set to 0
 
 
@@ -105,7 +105,7 @@ def test_colour_table_window_and_threshold_on_the_display_node(shown):
     colours = display_node.GetColorNode()
     assert colours.IsA("vtkMRMLColorTableNode") and colours.GetNumberOfColors() == display.TABLE_SIZE
     alphas = [colours.GetLookupTable().GetTableValue(i)[3] for i in range(colours.GetNumberOfColors())]
-    assert alphas[0] == 0.0 and alphas[-1] == 1.0 and np.all(np.diff(alphas) >= 0)
+    assert alphas == [1.0] * display.TABLE_SIZE  # transparency comes from the threshold alone
     low, high = display.percentile_window(result.heatmaps["segx"])
     assert not display_node.GetAutoWindowLevel()
     assert display_node.GetWindowLevelMin() == pytest.approx(low) and display_node.GetWindowLevelMax() == pytest.approx(high)
@@ -207,6 +207,63 @@ def test_a_second_run_reuses_the_nodes(shown):
     before = scene.GetNumberOfNodes()
     logic.show(source, explanation())
     assert scene.GetNumberOfNodes() == before
+
+
+def test_a_run_without_the_raw_layer_removes_the_previous_runs_raw_map(shown):
+    """The raw explanation is fetched only when shown: a stale one must not stay."""
+    scene, logic, source, result = shown
+    old_raw = logic.heatmap("explanation")
+    newer = explanation()
+    del newer.heatmaps["explanation"]
+    logic.show(source, newer)
+    assert logic.heatmap("explanation") is None and not scene.IsNodePresent(old_raw)
+    logic.update(layer="explanation")  # selecting a layer not fetched yet shows nothing stale
+    assert logic.current_heatmap is None
+    logic.add_layer("explanation", result.heatmaps["explanation"])
+    assert all(c.GetForegroundVolumeID() == logic.current_heatmap.GetID() for c in composites(scene))
+
+
+def test_state_lives_in_the_parameter_node_so_a_new_logic_finds_it(shown):
+    """A reloaded module (a new logic on the same scene) reuses the nodes; the settings
+    and readouts are in the scene's parameter node, as Slicer's getParameterNode makes it."""
+    scene, logic, source, result = shown
+    logic.update(opacity=0.3, colour_map="Viridis", layer="explanation")
+    parameters = scene.GetSingletonNode("SegXSlicer", "vtkMRMLScriptedModuleNode")
+    assert parameters.GetAttribute("ModuleName") == "SegXSlicer" and parameters.GetParameter("opacity") == "0.3"
+    again = SegXLogic(scene)
+    assert again.source is source and again.current_heatmap is logic.heatmap("explanation")
+    assert again.settings.colour_map == "Viridis" and again.readout == result.readout
+    before = scene.GetNumberOfNodes()
+    again.show(source, explanation())
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_closing_the_scene_resets_the_state(shown):
+    scene, logic, source, result = shown
+    scene.Clear(0)  # File > Close Scene
+    assert logic.source is None and logic.current_heatmap is None and logic.readout is None and logic.region is None
+    logic.update(opacity=0.2)  # the controls still work on an empty scene
+    assert logic.settings.opacity == 0.2
+
+
+def test_results_are_marked_so_they_are_never_offered_as_input(shown):
+    scene, logic, source, result = shown
+    assert logic.heatmap("segx").GetAttribute(mrml.OUTPUT_ATTRIBUTE) and logic.heatmap("explanation").GetAttribute(mrml.OUTPUT_ATTRIBUTE)
+    assert source.GetAttribute(mrml.OUTPUT_ATTRIBUTE) is None
+
+
+def test_the_region_follows_the_source_transform_and_shows_as_an_outline():
+    scene = new_scene()
+    source = source_volume(scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    source.SetAndObserveTransformNodeID(transform.GetID())
+    result = explanation()
+    logic = SegXLogic(scene)
+    logic.show(source, result)
+    assert logic.region.GetTransformNodeID() == transform.GetID() == logic.current_heatmap.GetTransformNodeID()
+    region_display = logic.region.GetDisplayNode()
+    assert region_display.GetOpacity2DFill() == 0.0 and region_display.GetOpacity2DOutline() == 1.0
+    assert np.array_equal(logic.edited_labels(), result.region)  # same relative geometry under the transform
 
 
 def test_volume_data_of_a_vector_volume():

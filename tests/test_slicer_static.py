@@ -81,10 +81,11 @@ def test_widget_names_used_in_code_exist_in_the_ui():
     used = set(re.findall(r"\bui\.(\w+)", code))
     assert used, "the panel uses no widget?"
     assert used <= set(widgets), f"missing in the .ui: {sorted(used - set(widgets))}"
-    for required in ("serverUrlLineEdit", "connectButton", "modelComboBox", "classComboBox", "methodComboBox", "runButton",
+    for required in ("serverComboBox", "connectButton", "modelComboBox", "classComboBox", "methodComboBox", "runButton",
                      "cancelButton", "progressBar", "segxLayerRadioButton", "rawLayerRadioButton", "opacitySlider",
                      "thresholdSlider", "colourMapComboBox", "render3DCheckBox", "predictionLabel", "certaintyLabel",
-                     "reasonLabel", "probabilityTable", "nextSampleButton", "submitLabelButton", "trainButton", "statusLabel"):  # fmt: skip
+                     "reasonLabel", "probabilityTable", "nextSampleButton", "submitLabelButton", "trainButton", "statusLabel",
+                     "logTextEdit", "regionEditorCollapsibleButton"):  # fmt: skip
         assert required in used, f"{required} is not wired"
 
 

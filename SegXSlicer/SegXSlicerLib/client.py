@@ -8,6 +8,7 @@ worker thread: it touches neither Qt nor MRML.
 
 import json
 import re
+import threading
 from typing import Dict, Optional, Tuple
 
 import requests
@@ -54,6 +55,19 @@ def parse_multipart(body: bytes, content_type: str) -> Dict[str, bytes]:
     return parts
 
 
+#: File types the module loads, longest first (``.nii.gz`` before ``.gz``).
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+
+
+def local_file_name(image_id: str, server_name: str) -> str:
+    """A local file name for a downloaded image: the image id with only letters, digits,
+    ``.``, ``_`` and ``-`` kept, and the image type of the server's file name (``.nii.gz``
+    when unknown). Nothing the server sends can name a folder (``../``, ``/``, ``C:``)."""
+    suffix = next((s for s in IMAGE_SUFFIXES if server_name.lower().endswith(s)), ".nii.gz")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", image_id).strip("_")[:100] or "image"
+    return stem + suffix
+
+
 def _detail(response: requests.Response) -> str:
     """The server's message: FastAPI's ``{"detail": ...}`` or the start of the body."""
     try:
@@ -84,12 +98,20 @@ class SegXClient:
         self.timeout = timeout
         self.infer_timeout = infer_timeout
         self.connect_timeout = connect_timeout
-        self.session = requests.Session()
+        self._local = threading.local()
+
+    @property
+    def http(self) -> requests.Session:
+        """This thread's HTTP session: a cancelled job's thread may still be waiting for
+        an answer, so the next job (another thread) never shares its connection."""
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
 
     def _request(self, method: str, path: str, timeout: float, **kwargs) -> requests.Response:
         what = f"{method} {path.split('?')[0]}"
         try:
-            response = self.session.request(method, self.url + path, timeout=(self.connect_timeout, timeout), **kwargs)
+            response = self.http.request(method, self.url + path, timeout=(self.connect_timeout, timeout), **kwargs)
         except requests.exceptions.ConnectTimeout:
             raise ServerError(f"cannot reach the server at {self.url}: no connection within {self.connect_timeout:g} s") from None
         except requests.exceptions.ConnectionError as error:
@@ -113,19 +135,38 @@ class SegXClient:
         """``GET /info/``: the app's models, strategies and trainers."""
         return self._json(self._request("GET", "/info/", self.timeout))
 
-    def infer(self, task: str, file_name: str, content: bytes, params: dict) -> Tuple[dict, bytes]:
-        """``POST /infer/{task}?output=all`` with an uploaded image.
+    def create_session(self, file_name: str, content: bytes) -> str:
+        """``PUT /session/``: upload an image once; later requests name it by the returned
+        session id (MONAI Label keeps it for ``MONAI_LABEL_SESSION_EXPIRY`` seconds)."""
+        response = self._request("PUT", "/session/", self.infer_timeout, files={"files": (file_name, content, "application/octet-stream")})
+        reply = self._json(response)
+        session_id = reply.get("session_id") if isinstance(reply, dict) else None
+        if not session_id:
+            raise ServerError("the server did not return a session id for the upload")
+        return str(session_id)
+
+    def delete_session(self, session_id: str) -> None:
+        """``DELETE /session/{id}``: drop an upload the module no longer needs (best effort:
+        an expired session is already gone)."""
+        try:
+            self._request("DELETE", f"/session/{requests.utils.quote(session_id, safe='')}", self.timeout)
+        except ServerError:
+            pass
+
+    def infer(self, task: str, params: dict, session_id: str = "", upload: Optional[Tuple[str, bytes]] = None) -> Tuple[dict, bytes]:
+        """``POST /infer/{task}?output=all`` on an uploaded session (``session_id``) or on
+        a file sent with the request (``upload = (file name, content)``).
 
         Returns:
             ``(params, image)``: the reply's JSON and the result file's bytes (``b""``
             when the server sent JSON only).
         """
+        query = {"output": "all"}
+        if session_id:
+            query["session_id"] = session_id
+        files = {"file": (upload[0], upload[1], "application/octet-stream")} if upload else None
         response = self._request(
-            "POST",
-            f"/infer/{task}?output=all",
-            self.infer_timeout,
-            files={"file": (file_name, content, "application/octet-stream")},
-            data={"params": json.dumps(params)},
+            "POST", f"/infer/{task}", self.infer_timeout, params=query, files=files, data={"params": json.dumps(params)}
         )
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("multipart/"):
@@ -146,11 +187,11 @@ class SegXClient:
         return self._json(self._request("POST", f"/activelearning/{strategy}", self.infer_timeout, json=body))
 
     def download_image(self, image_id: str) -> Tuple[str, bytes]:
-        """``GET /datastore/image``: ``(file name, content)`` of a datastore image."""
+        """``GET /datastore/image``: ``(file name, content)`` of a datastore image. The
+        name is :func:`local_file_name` of the server's: safe to join to a local folder."""
         response = self._request("GET", "/datastore/image", self.infer_timeout, params={"image": image_id})
         match = re.search(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)"?', response.headers.get("content-disposition", ""))
-        name = requests.utils.unquote(match.group(1)) if match else f"{image_id}.nii.gz"
-        return name, response.content
+        return local_file_name(image_id, requests.utils.unquote(match.group(1)) if match else ""), response.content
 
     def save_label(self, image_id: str, file_name: str, content: bytes, tag: str = "final") -> dict:
         """``PUT /datastore/label``: store a label map for a datastore image."""

@@ -1,5 +1,13 @@
-"""Heatmap display maths: colour tables whose opacity ramps up from 0, the percentile
-window and the threshold below which the heatmap is transparent. numpy only."""
+"""Heatmap display maths: colour tables, the percentile window and the threshold below
+which the heatmap is transparent. numpy only.
+
+Transparency in slice views comes from the threshold alone: Slicer's
+``vtkMRMLScalarVolumeDisplayNode`` (``Libs/MRML/Core/vtkMRMLScalarVolumeDisplayNode.cxx``)
+combines the colour table's alpha with the threshold mask through a ``vtkImageLogic`` AND
+whose true value is 255, so any non-zero table alpha becomes fully opaque. The tables are
+therefore opaque, and weak evidence is hidden by the threshold and toned down by the
+foreground opacity (and by colour maps that start dark).
+"""
 
 from typing import Dict, List, Sequence, Tuple
 
@@ -17,25 +25,21 @@ COLOUR_MAPS: Dict[str, Sequence[Tuple[float, Tuple[float, float, float]]]] = {
 TABLE_SIZE = 256
 
 
-def colour_table(name: str, size: int = TABLE_SIZE, ramp: float = 0.5) -> np.ndarray:
-    """RGBA table ``(size, 4)`` in [0, 1] of colour map ``name``, with an alpha ramp:
-    entry 0 is fully transparent, alpha rises linearly to 1 at ``ramp`` of the table and
-    stays 1 above. Slice views honour per-entry alpha, so weak evidence fades out.
+def colour_table(name: str, size: int = TABLE_SIZE) -> np.ndarray:
+    """RGBA table ``(size, 4)`` in [0, 1] of colour map ``name``, opaque (alpha 1: slice
+    views cannot blend per entry, see the module docstring).
 
     Raises:
-        ValueError: unknown colour map or a ramp outside (0, 1].
+        ValueError: unknown colour map.
     """
     if name not in COLOUR_MAPS:
         raise ValueError(f"unknown colour map {name!r}; choose one of {sorted(COLOUR_MAPS)}")
-    if not 0 < ramp <= 1:
-        raise ValueError(f"ramp must be in (0, 1], got {ramp}")
     positions = np.linspace(0.0, 1.0, size)
     stops = np.array([p for p, _ in COLOUR_MAPS[name]])
     colours = np.array([c for _, c in COLOUR_MAPS[name]])
-    table = np.empty((size, 4))
+    table = np.ones((size, 4))
     for channel in range(3):
         table[:, channel] = np.interp(positions, stops, colours[:, channel])
-    table[:, 3] = np.clip(positions / ramp, 0.0, 1.0)
     return table
 
 
@@ -68,21 +72,18 @@ def clean_heatmap(heatmap: np.ndarray) -> np.ndarray:
 
 
 def rendering_points(table: np.ndarray, window: Tuple[float, float], threshold: float) -> Tuple[List[Tuple[float, float, float, float]], List[Tuple[float, float]]]:
-    """Transfer functions for 3D volume rendering of a heatmap.
+    """Transfer functions for 3D volume rendering of a heatmap (volume rendering, unlike
+    slice views, blends by scalar opacity).
 
     Returns:
         ``(colour, opacity)``: colour points ``(value, r, g, b)`` spreading ``table`` over
         the window, and scalar-opacity points ``(value, opacity)``: 0 up to
-        ``threshold``, then the table's alpha ramp scaled to at most 0.8 at the top of
-        the window.
+        ``threshold``, then rising linearly to 0.8 at the top of the window.
     """
     low, high = window
     values = np.linspace(low, high, len(table))
     step = max(len(table) // 32, 1)
     colour = [(float(v), *map(float, table[i, :3])) for i, v in list(enumerate(values))[::step]]
-    opacity = [(float(min(low, threshold)), 0.0), (float(threshold), 0.0)]
-    for value, alpha in zip(values[::step], table[::step, 3]):
-        if value > threshold:
-            opacity.append((float(value), 0.8 * float(alpha)))
-    opacity.append((float(high) + 1e-6 * max(abs(high), 1.0), 0.8))
+    top = float(high) + 1e-6 * max(abs(high), 1.0)
+    opacity = [(float(min(low, threshold)), 0.0), (float(threshold), 0.0), (top, 0.8)]
     return colour, opacity

@@ -2,8 +2,8 @@
 no Qt and no MRML (see :mod:`.worker`). Each takes the job's context first."""
 
 import time
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -30,13 +30,36 @@ class VolumeData:
 
 
 @dataclass
+class Upload:
+    """A volume uploaded once per Run (a MONAI Label session), kept to upload it again if
+    the session expires before the last layer is fetched.
+
+    Attributes:
+        file_name, content: what was sent (gzip NRRD, or PNG for a colour photograph).
+        grid: the volume's voxel grid ``(K, J, I)``; every map must come back on it.
+        ijk_to_ras: the geometry the server reads from the file, which every map must
+            come back with; ``None`` for PNG (a photograph has no geometry to check).
+        session_id: the server's id of the upload.
+    """
+
+    file_name: str
+    content: bytes
+    grid: Tuple[int, int, int]
+    ijk_to_ras: Optional[np.ndarray]
+    session_id: str = ""
+
+
+@dataclass
 class Explanation:
     """Everything one Run brings back, on the uploaded volume's voxel grid ``(K, J, I)``.
 
     Attributes:
         readout: prediction, probabilities and certainty.
-        heatmaps: ``"segx"`` and ``"explanation"`` (raw, normalised) float32 maps.
+        heatmaps: float32 maps fetched so far by layer: ``"segx"`` (explanation x
+            clinical region) always, ``"explanation"`` (raw, normalised) once shown.
         region: the segmenter's label map (uint8); ``segment_names`` its value -> name.
+        upload: the uploaded volume; ``params`` the request (class, method) that the
+            other layers are fetched with.
     """
 
     model: str
@@ -44,15 +67,53 @@ class Explanation:
     heatmaps: Dict[str, np.ndarray]
     region: np.ndarray
     segment_names: Dict[int, str]
+    upload: Optional[Upload] = None
+    params: Dict[str, str] = field(default_factory=dict)
 
 
-def _on_grid(content: bytes, shape, what: str) -> np.ndarray:
+def same_geometry(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two IJK-to-RAS matrices agree to 1e-4 of their largest entry (at least
+    1e-4 mm): NRRD text and float32 round-offs pass, a swapped or flipped axis does not."""
+    tolerance = 1e-4 * max(float(np.abs(b).max()), 1.0)
+    return bool(np.allclose(a, b, rtol=0.0, atol=tolerance))
+
+
+def _on_grid(content: bytes, sent: Upload, what: str) -> np.ndarray:
+    """The map in a reply, checked against the upload: same grid and same geometry."""
     if not content:
         raise ServerError(f"the server sent no {what} image")
-    array, _ = decode_nrrd(content)
-    if array.shape != tuple(shape):
-        raise ServerError(f"the server's {what} has shape {array.shape}, the volume {tuple(shape)}")
+    array, ijk_to_ras = decode_nrrd(content)
+    if array.shape != tuple(sent.grid):
+        raise ServerError(f"the server's {what} has shape {array.shape}, the volume {tuple(sent.grid)}")
+    if sent.ijk_to_ras is not None and not same_geometry(ijk_to_ras, sent.ijk_to_ras):
+        raise ServerError(
+            f"the server's {what} is not in the volume's geometry (IJK-to-RAS {np.round(ijk_to_ras, 4).tolist()} "
+            f"instead of {np.round(sent.ijk_to_ras, 4).tolist()}): an axis was swapped or flipped"
+        )
     return array
+
+
+def upload(context: JobContext, client: SegXClient, volume: VolumeData) -> Upload:
+    """Upload ``volume`` once as a MONAI Label session: gzip NRRD (PNG for a colour
+    photograph)."""
+    context.report(0.02, "compressing the volume")
+    file_name, content = encode_volume(volume.array, volume.ijk_to_ras)
+    geometry = None if file_name.endswith(".png") else np.asarray(volume.ijk_to_ras, dtype=float)
+    sent = Upload(file_name, content, tuple(volume.array.shape[:3]), geometry)
+    context.report(0.05, f"uploading {len(content) / 2**20:.1f} MiB")
+    sent.session_id = client.create_session(file_name, content)
+    return sent
+
+
+def _infer(client: SegXClient, task: str, sent: Upload, params: dict) -> Tuple[dict, bytes]:
+    """``task`` on the uploaded session; a session that expired is uploaded again once."""
+    try:
+        return client.infer(task, params, session_id=sent.session_id)
+    except ServerError as error:
+        if error.status != 404 or "session" not in (error.detail or ""):
+            raise
+    sent.session_id = client.create_session(sent.file_name, sent.content)
+    return client.infer(task, params, session_id=sent.session_id)
 
 
 def explain(
@@ -63,31 +124,38 @@ def explain(
     class_name: Optional[str] = None,
     method: str = "gradcam",
 ) -> Explanation:
-    """Upload ``volume`` and fetch the SegX map, the raw explanation and the clinical
-    region of ``class_name`` (default: the predicted class) with ``method``. The server
+    """Upload ``volume`` once, then fetch the SegX map (with the readouts) of
+    ``class_name`` (default: the predicted class) by ``method`` and the clinical region.
+    The raw explanation is fetched only when shown (:func:`fetch_layer`); the server
     caches results by image content, so only the first request runs the networks."""
-    context.report(0.05, "preparing the upload")
-    file_name, content = encode_volume(volume.array, volume.ijk_to_ras)
-    grid = volume.array.shape[:3]
+    sent = upload(context, client, volume)
     params = {"method": method}
     if class_name:
         params["class"] = class_name
-    context.report(0.1, f"{model}: classifying, explaining, segmenting on the server")
-    reply, segx = client.infer(f"{model}_segx", file_name, content, dict(params, layer="segx"))
+    context.report(0.2, f"{model}: classifying, explaining, segmenting on the server")
+    reply, segx = _infer(client, f"{model}_segx", sent, dict(params, layer="segx"))
     readout = parse_segx_reply(reply)
-    context.report(0.7, "fetching the raw explanation")
-    _, raw = client.infer(f"{model}_segx", file_name, content, dict(params, layer="explanation"))
-    context.report(0.85, "fetching the clinical region")
-    region_reply, region = client.infer(f"{model}_segmentation", file_name, content, {})
+    context.report(0.8, "fetching the clinical region")
+    region_reply, region = _infer(client, f"{model}_segmentation", sent, {})
     names = {int(value): str(name) for name, value in region_reply.get("label_names", {}).items()}
     context.report(0.95, "reading the maps")
     return Explanation(
         model=model,
         readout=readout,
-        heatmaps={"segx": _on_grid(segx, grid, "SegX map"), "explanation": _on_grid(raw, grid, "raw explanation")},
-        region=_on_grid(region, grid, "clinical region").astype(np.uint8),
+        heatmaps={"segx": _on_grid(segx, sent, "SegX map")},
+        region=_on_grid(region, sent, "clinical region").astype(np.uint8),
         segment_names=names,
+        upload=sent,
+        params=params,
     )
+
+
+def fetch_layer(context: JobContext, client: SegXClient, explanation: Explanation, layer: str) -> np.ndarray:
+    """Another map of a Run (``"explanation"``: the raw, normalised explanation) from its
+    uploaded session, without uploading the volume again (unless the session expired)."""
+    context.report(0.2, f"fetching the {layer} map")
+    _, content = _infer(client, f"{explanation.model}_segx", explanation.upload, dict(explanation.params, layer=layer))
+    return _on_grid(content, explanation.upload, f"{layer} map")
 
 
 @dataclass

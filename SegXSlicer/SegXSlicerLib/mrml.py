@@ -13,6 +13,9 @@ from .display import clean_heatmap
 from .jobs import VolumeData
 from .results import Readout
 
+#: Attribute of every volume the module makes (heatmaps): never offered as an input.
+OUTPUT_ATTRIBUTE = "SegX.output"
+
 #: Segment colours, by order of the label value.
 SEGMENT_COLOURS = [(0.9, 0.6, 0.2), (0.4, 0.7, 0.9), (0.6, 0.9, 0.4), (0.9, 0.4, 0.7), (0.8, 0.8, 0.3)]
 
@@ -54,6 +57,20 @@ def set_voxels(volume: "slicer.vtkMRMLVolumeNode", array: np.ndarray, matrix: np
     volume.SetIJKToRASMatrix(vtk_matrix)
 
 
+def singleton_node(scene: "slicer.vtkMRMLScene", class_name: str, tag: str):
+    """The scene's node of ``class_name`` with singleton tag ``tag``, created (as Slicer's
+    ``ScriptedLoadableModuleLogic.createParameterNode`` does) when missing. Singleton
+    nodes stay in the scene when it is closed; their content is reset."""
+    node = scene.GetSingletonNode(tag, class_name)
+    if node is None:
+        node = scene.CreateNodeByClass(class_name)
+        node.UnRegister(None)  # owned by the Python variable, then by the scene
+        node.SetSingletonTag(tag)
+        node.SetName(scene.GenerateUniqueName(tag))
+        node = scene.AddNode(node)
+    return node
+
+
 def _reuse(scene: "slicer.vtkMRMLScene", node, class_name: str, name: str):
     """``node`` if it is still in the scene, else a new node of ``class_name`` added to it."""
     if node is None or not scene.IsNodePresent(node):
@@ -81,6 +98,7 @@ def heatmap_volume(
     node = _reuse(scene, node, "vtkMRMLScalarVolumeNode", name)
     set_voxels(node, clean_heatmap(heatmap), ijk_to_ras(source))
     node.SetAndObserveTransformNodeID(source.GetTransformNodeID())
+    node.SetAttribute(OUTPUT_ATTRIBUTE, "heatmap")
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     return node
@@ -162,11 +180,15 @@ def region_segmentation(
 ) -> "slicer.vtkMRMLSegmentationNode":
     """A segmentation node with one named segment per label value of ``names`` (empty
     when the label is absent, ready to be painted), from a label map ``(K, J, I)`` on
-    ``source``'s grid. Its previous segments are replaced."""
+    ``source``'s grid, under ``source``'s parent transform. Its previous segments are
+    replaced. Slice views show its outline only, so the heatmap stays visible inside."""
     node = _reuse(scene, node, "vtkMRMLSegmentationNode", name)
     node.GetSegmentation().RemoveAllSegments()
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetOpacity2DFill(0.0)
+    node.GetDisplayNode().SetOpacity2DOutline(1.0)
+    node.SetAndObserveTransformNodeID(source.GetTransformNodeID())
     node.SetReferenceImageGeometryParameterFromVolumeNode(source)
     labelmap = scene.AddNode(slicer.vtkMRMLLabelMapVolumeNode())
     colours = scene.AddNode(slicer.vtkMRMLColorTableNode())
@@ -190,7 +212,7 @@ def region_segmentation(
             if label not in present:
                 segmentation.AddEmptySegment(label, label, SEGMENT_COLOURS[order % len(SEGMENT_COLOURS)])
     finally:
-        _remove_with_display(scene, labelmap)
+        remove_node(scene, labelmap)
         scene.RemoveNode(colours)
     return node
 
@@ -218,14 +240,16 @@ def segmentation_labels(
             if exported.GetImageData() is not None:  # an empty segment exports no voxels
                 labels[volume_data(exported).array > 0] = value
         finally:
-            _remove_with_display(scene, exported)
+            remove_node(scene, exported)
     return labels
 
 
-def _remove_with_display(scene: "slicer.vtkMRMLScene", node) -> None:
-    display_node = node.GetDisplayNode()
-    if display_node is not None:
-        scene.RemoveNode(display_node)
+def remove_node(scene: "slicer.vtkMRMLScene", node) -> None:
+    """Remove a node and its display nodes from the scene."""
+    for index in reversed(range(node.GetNumberOfDisplayNodes())):
+        display_node = node.GetNthDisplayNode(index)
+        if display_node is not None:
+            scene.RemoveNode(display_node)
     scene.RemoveNode(node)
 
 

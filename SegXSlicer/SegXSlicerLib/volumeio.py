@@ -119,7 +119,7 @@ def encode_png(array: np.ndarray) -> bytes:
 def encode_volume(array: np.ndarray, ijk_to_ras: np.ndarray) -> Tuple[str, bytes]:
     """The upload for a volume: ``("volume.png", ...)`` for a single-slice uint8 colour
     image (the server's image reader cannot read multi-component NRRD), else
-    ``("volume.nrrd", ...)``. The server answers in the uploaded grid either way.
+    ``("volume.nrrd", ...)`` with gzip data (fast level 1). The server answers in the uploaded grid either way.
 
     Returns:
         ``(file name, file content)``.
@@ -130,7 +130,7 @@ def encode_volume(array: np.ndarray, ijk_to_ras: np.ndarray) -> Tuple[str, bytes
     if array.ndim == 4:
         raise ValueError(f"cannot upload a multi-component volume of shape {array.shape}; "
                          "only single-slice uint8 RGB/RGBA images (photographs) are supported")
-    return "volume.nrrd", encode_nrrd(array, ijk_to_ras)
+    return "volume.nrrd", encode_nrrd(array, ijk_to_ras, compress=True)
 
 
 def _vector(text: str) -> np.ndarray:

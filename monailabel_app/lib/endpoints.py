@@ -4,7 +4,8 @@ The stock endpoint is an ``async`` function running synchronous inference, so on
 inference blocks every other request (``/info``, datastore); and it answers bad input
 with HTTP 500. Ours is a plain function (FastAPI runs it in its thread pool, so the event
 loop keeps serving) and answers 404 for unknown or unavailable models, 413 for uploads
-over the size limit and 400 with the reason for bad input. It reuses MONAI Label's own
+over the size limit, 404 for an unknown or expired session (clients upload again) and 400
+with the reason for bad input. It reuses MONAI Label's own
 request handling (``run_inference``) for everything else.
 """
 
@@ -63,6 +64,8 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
             raise HTTPException(status_code=404, detail=reason)
         if not file and not image and not session_id:
             raise HTTPException(status_code=400, detail="send an image file or the id of an image in the datastore")
+        if session_id and segx_app.sessions() is not None and segx_app.sessions().get_session(session_id) is None:
+            raise HTTPException(status_code=404, detail=f"session {session_id!r} is not known or has expired: upload the image again")
         if image and not file and not session_id and image not in segx_app.datastore().list_images():
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
         for upload in (file, label):
