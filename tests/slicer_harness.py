@@ -920,7 +920,6 @@ def new_scene():
     scene = slicer.vtkMRMLScene()
     color_logic = slicer.vtkSlicerColorLogic()
     color_logic.SetMRMLScene(scene)
-    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())
     for name in ("Red", "Green", "Yellow"):
         composite = slicer.vtkMRMLSliceCompositeNode()
@@ -1007,6 +1006,9 @@ class SlicerHarness:
         self.process_events_until(lambda: panel.job is None and not panel.runner.running, seconds)
 
     def close(self):
+        """Unload the module (as at application exit), then restore what was replaced."""
+        if hasattr(slicer.modules, "SegXSlicerWidget"):
+            self.unload_module()
         for name, module in self._saved_modules.items():
             if module is None:
                 sys.modules.pop(name, None)

@@ -117,10 +117,9 @@ class SegXPanel(VTKObservationMixin):
     def on_scene_start_close(self, caller=None, event=None) -> None:
         """The scene is closing: its nodes are going away; drop the job that would use them."""
         if self.job is not None:
-            self.job.cancel()
+            self.job.cancel()  # the timer keeps polling until its thread ends, then drops it
             self.job = None
         self.last_run = None
-        self.timer.stop()
 
     def on_scene_end_close(self, caller=None, event=None) -> None:
         """The scene is empty: clear the readouts and the controls bound to its nodes."""

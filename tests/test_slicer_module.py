@@ -1,0 +1,232 @@
+"""The SegXSlicer module's own classes (``SegXSlicer.py`` and ``SegXSlicerLib``, unchanged)
+driven through whole sessions in ``slicer_harness``: a stand-in of 3D Slicer that follows
+Slicer's sources (module base classes, widgets and signals from the ``.ui``, real
+``slicer.util`` and MRML from ``slicer-core``), against a live ``monailabel start_server``.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+import slicer
+from slicer_harness import QMessageBox, QSettings, SlicerHarness
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
+
+CT = "test3d_11_0000.nii.gz"
+
+
+@pytest.fixture
+def harness(tmp_path):
+    harness = SlicerHarness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def composites(scene):
+    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
+
+def count(scene, class_name):
+    return scene.GetNodesByClass(class_name).GetNumberOfItems()
+
+
+def connect(harness, url, model_name="slicer3d"):
+    ui = harness.ui
+    ui.serverComboBox.currentText = url
+    ui.connectButton.click()
+    harness.wait_for_job()
+    ui.modelComboBox.currentIndex = ui.modelComboBox.findText(f"{model_name} ({2 if model_name.endswith('2d') else 3}D)")
+    assert harness.widget.panel.model.name == model_name
+
+
+def run(harness, volume):
+    harness.ui.inputVolumeSelector.setCurrentNode(volume)
+    harness.ui.runButton.click()
+    harness.wait_for_job()
+
+
+def test_the_module_loads_reloads_and_unloads_under_slicers_base_classes(harness):
+    """Slicer's generic module test: construct, set up, reload, unload. Before the fix the
+    logic's second base class got ``super().__init__()`` without its scene: TypeError."""
+    widget = harness.load_module()
+    logic = widget.logic
+    assert logic.moduleName == "SegXSlicer"
+    assert logic.getParameterNode() is logic.scene_logic.parameter_node  # Slicer's and ours: one node
+    ui = harness.ui
+    for button in ("connectButton", "runButton", "cancelButton", "nextSampleButton", "submitLabelButton", "trainButton"):
+        assert getattr(ui, button).clicked.slots, f"{button} is not connected"
+    assert not ui.runButton.enabled and not ui.opacitySlider.enabled  # nothing to run or style yet
+    assert widget.panel.segment_editor.parent() is ui.regionEditorCollapsibleButton
+    assert slicer.selfTests["SegXSlicer"]
+
+    widget.onReload()
+    assert harness.widget is not widget and harness.widget.panel.ui.connectButton.clicked.slots
+    assert not widget.panel.timer.active and not widget.panel.Observations  # the old panel let go of the scene
+    harness.close_scene()  # only the new panel reacts
+    assert harness.ui.statusLabel.text == "scene closed"
+    harness.unload_module()
+    assert not harness.widget.panel.Observations
+
+
+def test_a_whole_session_connect_run_every_control_close_run_again_reload(harness, slicer_server):
+    url, studies = slicer_server
+    widget = harness.load_module()
+    panel, ui, scene = widget.panel, harness.ui, harness.scene
+    connect(harness, url)
+    assert QSettings.store["SegX/serverUrl"] == url and QSettings.store["SegX/serverUrlHistory"].split(";")[0] == url
+    assert [ui.serverComboBox.itemText(i) for i in range(ui.serverComboBox.count)][0] == url
+    assert [ui.classComboBox.itemText(i) for i in range(ui.classComboBox.count)] == ["predicted class", "cyst", "tumour"]
+
+    volume = slicer.util.loadVolume(str(studies / CT))
+    harness.app.answers.append((QMessageBox.Ok, True))  # consent, and do not ask again
+    run(harness, volume)
+    assert harness.app.dialogs[-1]["title"] == "Send the image to the SegX server?" and url in harness.app.dialogs[-1]["text"]
+    logic = panel.logic
+    readout = logic.readout
+    assert ui.predictionLabel.text == readout.prediction_text() and readout.predicted in ("cyst", "tumour")
+    assert ui.certaintyLabel.text == f"SegU {readout.certainty_text()}" and readout.level_colour() in ui.certaintyLabel.styleSheet
+    assert ui.probabilityTable.rowCount() == 2 and ui.probabilityTable.item(0, 0).text().startswith(readout.predicted)
+    assert ui.progressBar.value == 100 and ui.opacitySlider.enabled and ui.submitLabelButton.enabled
+    assert "done in" in ui.logTextEdit.plainText
+    segx = logic.current_heatmap
+    assert all(c.GetForegroundVolumeID() == segx.GetID() and c.GetBackgroundVolumeID() == volume.GetID() for c in composites(scene))
+    assert logic.heatmap("explanation") is None  # fetched only when shown
+    assert panel.segment_editor.segmentationNode() is logic.region and panel.segment_editor.sourceVolumeNode() is volume
+    assert segx not in ui.inputVolumeSelector.nodes() and volume in ui.inputVolumeSelector.nodes()
+
+    ui.rawLayerRadioButton.click()  # the raw explanation: fetched from the Run's session
+    harness.wait_for_job()
+    raw = logic.heatmap("explanation")
+    assert raw is not None and not ui.segxLayerRadioButton.checked
+    assert all(c.GetForegroundVolumeID() == raw.GetID() for c in composites(scene))
+    assert raw not in ui.inputVolumeSelector.nodes()
+    ui.opacitySlider.value = 0.4
+    assert all(c.GetForegroundOpacity() == pytest.approx(0.4) for c in composites(scene))
+    ui.thresholdSlider.value = 50
+    low, high = logic.window("explanation")
+    assert raw.GetDisplayNode().GetLowerThreshold() == pytest.approx(low + 0.5 * (high - low))
+    ui.colourMapComboBox.currentIndex = ui.colourMapComboBox.findText("Viridis")
+    assert raw.GetDisplayNode().GetColorNode().GetName() == "SegX Viridis"
+    ui.render3DCheckBox.click()
+    assert logic.volume_rendering_logic.GetFirstVolumeRenderingDisplayNode(raw).GetVisibility()
+    panel.shortcut.activated.emit()
+    assert all(c.GetForegroundOpacity() == 0.0 for c in composites(scene))
+    panel.shortcut.activated.emit()
+    assert all(c.GetForegroundOpacity() == pytest.approx(0.4) for c in composites(scene))
+    ui.segxLayerRadioButton.click()
+    assert all(c.GetForegroundVolumeID() == segx.GetID() for c in composites(scene))
+
+    harness.close_scene()
+    assert logic.source is None and ui.predictionLabel.text == "-" and ui.probabilityTable.rowCount() == 0
+    assert not ui.opacitySlider.enabled and not ui.submitLabelButton.enabled
+    assert panel.segment_editor.segmentationNode() is None
+    assert ui.opacitySlider.value == pytest.approx(0.7)  # the controls show the reset scene's settings
+
+    volume = slicer.util.loadVolume(str(studies / CT))
+    dialogs = len(harness.app.dialogs)
+    run(harness, volume)
+    assert len(harness.app.dialogs) == dialogs  # consent was given for good
+    assert ui.predictionLabel.text == logic.readout.prediction_text()
+    nodes = {kind: count(scene, kind) for kind in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode")}
+
+    widget.onReload()  # Reload: a new panel and logic on the same scene
+    assert harness.ui.predictionLabel.text == harness.widget.panel.logic.readout.prediction_text()  # restored from the scene
+    connect(harness, url)
+    run(harness, volume)
+    assert {kind: count(scene, kind) for kind in nodes} == nodes  # the reloaded logic reused the nodes
+    assert not harness.app.dialogs[dialogs:]  # no error along the way
+    harness.unload_module()
+
+
+def test_closing_the_scene_during_a_run_drops_its_answer(harness, slicer_server):
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    volume = slicer.util.loadVolume(str(studies / CT))
+    harness.ui.inputVolumeSelector.setCurrentNode(volume)
+    harness.ui.runButton.click()
+    panel = harness.widget.panel
+    job = panel.job
+    harness.close_scene()
+    assert panel.job is None and job.cancelled and harness.ui.connectButton.enabled
+    harness.process_events_until(lambda: not panel.runner.running)
+    assert count(harness.scene, "vtkMRMLScalarVolumeNode") == 0 and panel.logic.source is None
+    assert len(harness.app.dialogs) == 1  # the consent only: no error, nothing applied
+
+
+def test_no_upload_without_consent(harness, slicer_server):
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    harness.app.answers.append((QMessageBox.Cancel, False))
+    volume = slicer.util.loadVolume(str(studies / CT))
+    harness.ui.inputVolumeSelector.setCurrentNode(volume)
+    harness.ui.runButton.click()
+    assert harness.widget.panel.job is None and "no consent" in harness.ui.statusLabel.text
+    harness.ui.runButton.click()  # asked again: not told to stop asking
+    assert len(harness.app.dialogs) == 2
+
+
+def test_failures_show_an_error_dialog_with_details_and_the_panel_recovers(harness, slicer_server, monkeypatch):
+    url, studies = slicer_server
+    harness.load_module()
+    ui, panel = harness.ui, harness.widget.panel
+    ui.serverComboBox.currentText = "http://127.0.0.1:9"  # nothing listens on the discard port
+    ui.connectButton.click()
+    harness.wait_for_job()
+    error = harness.app.dialogs[-1]
+    assert error["text"].startswith("connect failed: cannot reach the server at http://127.0.0.1:9") and "ServerError" in error["details"]
+    assert ui.connectButton.enabled and not ui.cancelButton.enabled and "c62828" in ui.statusLabel.styleSheet
+    assert "127.0.0.1:9" not in QSettings.store.get("SegX/serverUrlHistory", "")  # only servers that answered
+
+    connect(harness, url)
+    volume = slicer.util.loadVolume(str(studies / CT))
+    run(harness, volume)
+    volume.SetAttribute("SegX.imageId", "test3d_11_0000")
+    monkeypatch.setattr(panel.logic, "edited_labels", lambda: (_ for _ in ()).throw(RuntimeError("export failed")))
+    ui.submitLabelButton.click()  # an unexpected error: shown, not raised
+    assert harness.app.dialogs[-1]["text"] == "submit label failed: RuntimeError: export failed"
+
+    ui.inputVolumeSelector.setCurrentNode(panel.logic.current_heatmap)  # not offered: stays on the volume
+    assert ui.inputVolumeSelector.currentNode() is volume
+
+
+def test_next_sample_edit_and_submit_label(harness, slicer_server):
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    ui, panel = harness.ui, harness.widget.panel
+    ui.nextSampleButton.click()
+    harness.wait_for_job()  # downloads, loads, then runs on it
+    harness.wait_for_job()
+    source = panel.logic.source
+    image_id = source.GetAttribute("SegX.imageId")
+    assert image_id and image_id in ui.sampleLabel.text and Path(harness.app.temporaryPath, "SegX", f"{image_id}.nii.gz").is_file()
+    ui.submitLabelButton.click()
+    harness.wait_for_job()
+    assert ui.statusLabel.text == f"label of {image_id} saved as final"
+    labels = requests.get(f"{url}/datastore/?output=all", timeout=10).json()["objects"][image_id]["labels"]
+    assert "final" in labels
+
+
+def test_the_modules_own_self_test_passes_in_the_harness(harness, slicer_server, monkeypatch):
+    """``SegXSlicerTest`` (what *Reload and Test* and ctest run) against the live server."""
+    monkeypatch.setenv("SEGX_SERVER_URL", slicer_server[0])
+    harness.load_module()
+    slicer.selfTests["SegXSlicer"]()
+    assert any("SegU" in message for message in harness.delays)
+
+
+def test_local_file_names_never_leave_the_folder():
+    from SegXSlicerLib.client import local_file_name
+
+    assert local_file_name("ct_001", "ct_001.nii.gz") == "ct_001.nii.gz"
+    assert local_file_name("../../etc/passwd", "../../.bashrc") == "etc_passwd.nii.gz"
+    assert local_file_name("x", "C:\\evil\\a.nrrd") == "x.nrrd"
+    assert local_file_name("..", "") == "image.nii.gz"
+    assert np.all(["/" not in local_file_name(i, "a/b.png") for i in ("a/b", "/", "a\\b")])
