@@ -200,6 +200,8 @@ def region_segmentation(
         for order, value in enumerate(values):
             colours.SetColor(value, names.get(value, f"label {value}"), *SEGMENT_COLOURS[order % len(SEGMENT_COLOURS)], 1.0)
         set_voxels(labelmap, np.asarray(labels, dtype=np.uint8), ijk_to_ras(source))
+        # in the segmentation's frame: the import would otherwise map it through the inverse transform
+        labelmap.SetAndObserveTransformNodeID(source.GetTransformNodeID())
         labelmap_display = scene.AddNode(slicer.vtkMRMLLabelMapVolumeDisplayNode())
         labelmap_display.SetAndObserveColorNodeID(colours.GetID())  # segment names come from here
         labelmap.SetAndObserveDisplayNodeID(labelmap_display.GetID())
