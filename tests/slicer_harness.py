@@ -53,6 +53,8 @@ import slicer
 
 REPO = Path(__file__).resolve().parent.parent
 MODULE_DIR = REPO / "SegXSlicer"
+sys.path.insert(0, str(MODULE_DIR / "Tools"))
+from slice_view import new_scene  # noqa: E402  (the scene as Slicer sets it up)
 
 # --- signals ------------------------------------------------------------------------------
 
@@ -914,21 +916,6 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
 # --- installing it ------------------------------------------------------------------------------
 
 
-def new_scene():
-    """A scene as Slicer's application sets it up: default colour tables, the node
-    classes the Colors and Segmentations modules register, three slice views."""
-    scene = slicer.vtkMRMLScene()
-    color_logic = slicer.vtkSlicerColorLogic()
-    color_logic.SetMRMLScene(scene)
-    scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())
-    for name in ("Red", "Green", "Yellow"):
-        composite = slicer.vtkMRMLSliceCompositeNode()
-        composite.SetLayoutName(name)
-        composite.SetSingletonTag(name)
-        scene.AddNode(composite)
-    return scene, color_logic
-
-
 class SlicerHarness:
     """Installs the stand-in (``qt``, ``ctk``, ``slicer.app``, ``slicer.mrmlScene``,
     ``slicer.ScriptedLoadableModule`` ...) and loads the SegXSlicer module as Slicer does.
@@ -952,7 +939,7 @@ class SlicerHarness:
             setattr(base, cls.__name__, cls)
         sys.modules.update({"qt": qt, "ctk": ctk, "slicer.ScriptedLoadableModule": base})
         self.app = FakeApplication(temporary_path)
-        self.scene, self.color_logic = new_scene()
+        self.scene = new_scene()
         volume_rendering = slicer.vtkSlicerVolumeRenderingLogic()
         volume_rendering.SetMRMLScene(self.scene)
         self.delays = []

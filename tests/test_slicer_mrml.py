@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import slicer  # noqa: E402  (the slicer-core wheel, a dev dependency: a missing install must fail)
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "SegXSlicer"), str(Path(__file__).resolve().parent.parent / "SegXSlicer" / "Tools")]
 
+from slice_view import new_scene  # noqa: E402  (a scene as Slicer sets it up)
 from SegXSlicerLib import display, mrml  # noqa: E402
 from SegXSlicerLib.jobs import Explanation  # noqa: E402
 from SegXSlicerLib.logic import SegXLogic  # noqa: E402
@@ -19,18 +20,6 @@ from SegXSlicerLib.results import parse_segx_reply  # noqa: E402
 from test_slicer_lib import IJK_TO_RAS, REPLY  # noqa: E402
 
 SHAPE = (6, 8, 10)  # (K, J, I)
-
-
-def new_scene():
-    """A scene like Slicer's: three slice views' composite nodes, and the colour legend
-    node class (registered by Slicer's Colors module)."""
-    scene = slicer.vtkMRMLScene()
-    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
-    for layout_name in ("Red", "Green", "Yellow"):
-        composite = slicer.vtkMRMLSliceCompositeNode()
-        composite.SetLayoutName(layout_name)
-        scene.AddNode(composite)
-    return scene
 
 
 def composites(scene):

@@ -15,8 +15,7 @@ import slicer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "SegXSlicer"), str(ROOT / "SegXSlicer" / "Tools")]
 
-from slice_view import outline_region, pixel_to_ijk, render, slice_logic  # noqa: E402
-from slicer_harness import new_scene  # noqa: E402
+from slice_view import new_scene, outline_region, pixel_to_ijk, render, slice_logic  # noqa: E402
 from SegXSlicerLib import display, mrml  # noqa: E402
 from SegXSlicerLib.jobs import Explanation  # noqa: E402
 from SegXSlicerLib.logic import SegXLogic  # noqa: E402
@@ -32,7 +31,7 @@ REGION = (slice(None), slice(10, 30), slice(5, 55))  # the clinical region (a bo
 def scene_with_a_run(transform_shift=None):
     """A scene, its Red view, a CT-like source and a Run shown by the module's logic:
     SegX = a ramp along I (0 at i = 0, 1 at the last i) inside the region, 0 outside."""
-    scene, _ = new_scene()
+    scene = new_scene()
     view = slice_logic(scene, "Red", (240, 200))
     k, j, i = np.indices(SHAPE)
     source = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
@@ -83,6 +82,8 @@ def test_the_slice_view_shows_the_heatmap_above_its_threshold_only(shift):
     hot = inside_region & (heat > threshold + 0.05)
     cold = inside_region & (heat < threshold - 0.05)
     assert hot.sum() > 500 and cold.sum() > 500 and outside_region.sum() > 500  # the view shows all three
+    grey = np.clip((100 + 2 * i + j) / 400 * 255, 0, 255)  # the CT through its window (0, 400), Grey table
+    assert np.abs(plain[inside_volume][:, :3] - grey[inside_volume][:, None]).max() <= 3 and np.all(plain[inside_volume][:, 3] == 255)
     assert np.array_equal(shown[outside_region], plain[outside_region])  # no heat: the CT unchanged
     assert np.array_equal(shown[cold], plain[cold])  # below the threshold: transparent
     table = display.colour_table("Hot")

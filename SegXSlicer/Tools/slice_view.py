@@ -19,6 +19,24 @@ import vtk
 from vtk.util import numpy_support
 
 
+def new_scene():
+    """A scene as Slicer's application sets it up: the default colour tables (their
+    ``vtkSlicerColorLogic`` is kept on the scene: deleting it removes them again, and a
+    volume without its colour table renders as garbage), the node classes that the
+    Segmentations module registers, and the Red, Green and Yellow slice views' composite
+    nodes."""
+    scene = slicer.vtkMRMLScene()
+    scene.color_logic = slicer.vtkSlicerColorLogic()
+    scene.color_logic.SetMRMLScene(scene)
+    scene.RegisterNodeClass(slicer.vtkMRMLSegmentEditorNode())
+    for name in ("Red", "Green", "Yellow"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)
+        composite.SetSingletonTag(name)
+        scene.AddNode(composite)
+    return scene
+
+
 def slice_logic(scene, name: str = "Red", size: Tuple[int, int] = (256, 256)):
     """A slice view's logic on ``scene`` (its slice and composite nodes added), ``size``
     ``(width, height)`` pixels."""
