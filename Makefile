@@ -31,6 +31,7 @@ benchmark: install
 	$(PY) benchmarks/explain_overhead.py
 	$(PY) benchmarks/server_overhead.py
 	$(PY) benchmarks/evaluate_throughput.py
+	$(PY) benchmarks/slicer_transfer.py
 
 clean-venv:
 	rm -rf $(VENV)

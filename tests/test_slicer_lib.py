@@ -250,3 +250,41 @@ def test_a_silent_server_times_out_with_a_clear_error():
 def test_not_a_server_address():
     with pytest.raises(ServerError, match="not a server address"):
         SegXClient("127.0.0.1 port 8000")
+
+
+# --- reply geometry and connections -------------------------------------------------
+
+
+def swapped_reply(array: np.ndarray, ijk_to_ras: np.ndarray) -> bytes:
+    """A server reply whose I and J axes are swapped (data transposed, direction columns
+    exchanged): the same voxels in space, another voxel grid."""
+    swap = np.eye(4)[[1, 0, 2, 3]]
+    return volumeio.encode_nrrd(np.ascontiguousarray(array.transpose(0, 2, 1)), ijk_to_ras @ swap)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (3, 8, 11)], ids=["square slices", "non-square slices"])
+def test_a_reply_on_another_grid_or_geometry_is_refused(shape):
+    from SegXSlicerLib import jobs
+
+    heatmap = np.random.default_rng(3).random(shape).astype(np.float32)
+    sent = jobs.Upload("volume.nrrd", b"", shape, IJK_TO_RAS)
+    assert np.array_equal(jobs._on_grid(volumeio.encode_nrrd(heatmap, IJK_TO_RAS, compress=True), sent, "SegX map"), heatmap)
+    expected = "axis was swapped" if shape[1] == shape[2] else "has shape"
+    with pytest.raises(ServerError, match=expected):
+        jobs._on_grid(swapped_reply(heatmap, IJK_TO_RAS), sent, "SegX map")
+    flipped = IJK_TO_RAS @ np.diag([-1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ServerError, match="axis was swapped or flipped"):
+        jobs._on_grid(volumeio.encode_nrrd(heatmap, flipped), sent, "SegX map")
+    png = jobs.Upload("volume.png", b"", shape, None)  # a photograph has no geometry to compare
+    assert jobs._on_grid(volumeio.encode_nrrd(heatmap, flipped), png, "SegX map").shape == shape
+
+
+def test_each_thread_has_its_own_connection():
+    """A cancelled job's thread may still wait on its request: the next job must not share
+    its HTTP session (requests.Session is not thread-safe)."""
+    client = SegXClient("http://127.0.0.1:9")
+    sessions = []
+    worker = threading.Thread(target=lambda: sessions.append(client.http))
+    worker.start()
+    worker.join()
+    assert client.http is client.http and sessions[0] is not client.http
