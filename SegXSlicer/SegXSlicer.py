@@ -43,6 +43,15 @@ class SegXSlicer(ScriptedLoadableModule):
             "SegX: Zhang, Zhu, Luo, 'SegX: Improving Interpretability of Clinical Image Diagnosis with Segmentation-based "
             "Enhancement', PMLR 281, 2025. Served by MONAI Label."
         )
+        slicer.app.connect("startupCompleted()", self.initializeAfterStartup)
+
+    def initializeAfterStartup(self):
+        """Add the SegX page to *Edit > Application Settings* (with a main window only)."""
+        if not slicer.app.commandOptions().noMainWindow:
+            from SegXSlicerLib.settings import SegXSettingsPanel  # Qt: imported inside Slicer only
+
+            self.settingsPanel = SegXSettingsPanel()
+            slicer.app.settingsDialog().addPanel("SegX", self.settingsPanel)
 
 
 class SegXSlicerWidget(ScriptedLoadableModuleWidget):

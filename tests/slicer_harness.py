@@ -145,6 +145,9 @@ class QObject:
             return
         properties = _merged(type(self), "PROPERTIES")
         if name not in properties:
+            if type(self).__module__ != __name__:  # a Python subclass (PythonQt gives it a __dict__)
+                object.__setattr__(self, name, value)
+                return
             raise AttributeError(f"{type(self).__name__} has no property {name!r}")
         kind = properties[name][0]
         if kind is int and isinstance(value, float):  # PythonQt converts a float to an int property
@@ -244,6 +247,14 @@ class QLayout:
 
     def removeItem(self, item):
         self._items.remove(item)
+
+
+QVBoxLayout = QHBoxLayout = QFormLayout = QLayout
+
+
+def SIGNAL(signature: str) -> str:
+    """``qt.SIGNAL``: Qt's encoded signal signature."""
+    return "2" + signature
 
 
 class QLabel(QWidget):
@@ -431,6 +442,11 @@ class QLineEdit(QWidget):
     PROPERTIES = {"text": (str, ""), "placeholderText": (str, "")}
     SIGNALS = {"textChanged": ("QString",), "returnPressed": ()}
 
+    def _set_text(self, text: str):
+        if text != self._values.get("text", ""):
+            self._values["text"] = text
+            self.textChanged.emit(text)
+
 
 class QTimer(QObject):
     """A timer fired by :meth:`FakeApplication.processEvents` while active."""
@@ -553,6 +569,20 @@ class ctkMessageBox(QWidget):
         if key and int(QSettings().value(key, 0) or 0):
             return int(QSettings().value(key))
         return slicer.app.answer(self)
+
+
+class ctkSettingsPanel(QWidget):
+    """A page of the settings dialog; ``registerProperty`` as in CTK's
+    ``Libs/Widgets/ctkSettingsPanel.cpp``: a stored value is put into the widget property,
+    and every change of it is written back to the settings."""
+
+    def registerProperty(self, key, widget, property_name, signal, label="", options=0, settings=None):
+        if not signal.startswith("2"):
+            raise TypeError("registerProperty needs the signal as qt.SIGNAL('name(Types)')")
+        stored = QSettings().value(key)
+        if stored is not None:
+            setattr(widget, property_name, stored)
+        getattr(widget, signal[1:].split("(")[0]).connect(lambda *args: QSettings().setValue(key, getattr(widget, property_name)))
 
 
 class qMRMLWidget(QWidget):
@@ -712,6 +742,22 @@ class ModuleManager(QObject):
     SIGNALS = {"moduleAboutToBeUnloaded": ("QString",)}
 
 
+class ApplicationSignals(QObject):
+    SIGNALS = {"startupCompleted": ()}
+
+
+class SettingsDialog:
+    """``slicer.app.settingsDialog()``: its pages by name."""
+
+    def __init__(self):
+        self.panels = {}
+
+    def addPanel(self, name, panel):
+        if not isinstance(panel, ctkSettingsPanel):
+            raise TypeError("addPanel needs a ctkSettingsPanel")
+        self.panels[name] = panel
+
+
 class IOManager:
     """``slicer.app.coreIOManager()`` for volumes: read with ITK, LPS -> RAS."""
 
@@ -768,12 +814,23 @@ class FakeApplication:
         self.main_window = QWidget()
         self.main_window.objectName = "qSlicerMainWindow"
         self.module_manager = ModuleManager()
+        self.signals = ApplicationSignals()
+        self.settings_dialog = SettingsDialog()
         self.io_manager = IOManager()
         self.dialogs = []
         self.answers = []
 
     def topLevelWidgets(self):
         return [self.main_window]
+
+    def connect(self, signature, slot):
+        self.signals.connect(signature, slot)
+
+    def commandOptions(self):
+        return types.SimpleNamespace(noMainWindow=False)
+
+    def settingsDialog(self):
+        return self.settings_dialog
 
     def testingEnabled(self):
         return False
@@ -931,9 +988,11 @@ class SlicerHarness:
         for name, value in dict(globals()).items():
             if name.startswith("Q") and isinstance(value, type):
                 setattr(qt, name, value)
+        qt.SIGNAL = SIGNAL
         qt.QTimer = _TrackedTimer
         ctk = types.ModuleType("ctk")
-        ctk.ctkCollapsibleButton, ctk.ctkSliderWidget, ctk.ctkMessageBox = ctkCollapsibleButton, ctkSliderWidget, ctkMessageBox
+        for cls in (ctkCollapsibleButton, ctkSliderWidget, ctkMessageBox, ctkSettingsPanel):
+            setattr(ctk, cls.__name__, cls)
         base = types.ModuleType("slicer.ScriptedLoadableModule")
         for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
             setattr(base, cls.__name__, cls)
@@ -960,6 +1019,7 @@ class SlicerHarness:
             del sys.modules[name]
         module = importlib.import_module("SegXSlicer")
         self.module = module.SegXSlicer(slicer.modules.segxslicer)
+        self.app.signals.startupCompleted.emit()
         return self.representation.reload()
 
     @property

@@ -159,6 +159,20 @@ def test_closing_the_scene_during_a_run_drops_its_answer(harness, slicer_server)
     assert len(harness.app.dialogs) == 1  # the consent only: no error, nothing applied
 
 
+def test_application_settings_page_edits_what_the_panel_uses(harness):
+    widget = harness.load_module()
+    page = harness.app.settings_dialog.panels["SegX"]
+    page.askCheckBox.click()  # do not ask before sending images
+    assert int(QSettings.store["SegX/dontAskBeforeUploading"]) == QMessageBox.Ok
+    page.askCheckBox.click()
+    assert "SegX/dontAskBeforeUploading" not in QSettings.store
+    server = next(c for c in page.children() if c.className() == "QLineEdit")
+    server.text = "http://10.0.0.5:8000"
+    assert QSettings.store["SegX/serverUrl"] == "http://10.0.0.5:8000"
+    widget.onReload()  # a new panel starts from the settings
+    assert harness.ui.serverComboBox.currentText == "http://10.0.0.5:8000"
+
+
 def test_no_upload_without_consent(harness, slicer_server):
     url, studies = slicer_server
     harness.load_module()

@@ -264,3 +264,20 @@ def test_volume_data_of_a_vector_volume():
     assert np.array_equal(data.array, rgb) and np.allclose(data.ijk_to_ras, np.eye(4))
     with pytest.raises(ValueError, match="no voxels"):
         mrml.volume_data(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
+
+
+def test_the_state_is_saved_with_the_scene(shown):
+    """Settings, readouts and node references are in the scene file (MRML XML)."""
+    scene, logic, source, result = shown
+    logic.update(opacity=0.35, layer="explanation")
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    loaded = new_scene()
+    loaded.SetLoadFromXMLString(1)
+    loaded.SetSceneXMLString(scene.GetSceneXMLString())
+    loaded.Import()
+    restored = SegXLogic(loaded)
+    assert restored.settings.opacity == 0.35 and restored.settings.layer == "explanation"
+    assert restored.readout == result.readout and restored.segment_names == {1: "lesion", 2: "margin"}
+    assert restored.source.GetName() == "ct" and restored.current_heatmap.GetName() == logic.heatmap("explanation").GetName()
+    assert restored.region.GetName() == logic.region.GetName() and restored.table.GetName() == logic.table.GetName()

@@ -22,6 +22,7 @@ from .client import METHODS, SegXClient, ServerError
 from .display import COLOUR_MAPS
 from .logic import MODULE_NAME, SegXLogic
 from .results import segx_models, unavailable_models
+from .settings import SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_URL
 from .worker import JobRunner
 
 #: Volume attribute that holds the datastore id of an image loaded by Next sample.
@@ -29,11 +30,6 @@ IMAGE_ID_ATTRIBUTE = "SegX.imageId"
 PREDICTED = "predicted class"
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-#: QSettings keys: the last server, the servers used before (";"-separated, newest first,
-#: like the MONAI Label plugin's ``MONAILabel/serverUrlHistory``) and the upload consent.
-SETTINGS_URL = "SegX/serverUrl"
-SETTINGS_HISTORY = "SegX/serverUrlHistory"
-SETTINGS_CONSENT = "SegX/dontAskBeforeUploading"
 HISTORY_LENGTH = 10
 
 #: Keyboard shortcut that shows or hides the heatmap in every slice view.
@@ -42,6 +38,11 @@ TOGGLE_SHORTCUT = "Ctrl+Shift+X"
 #: Poll interval of the timer: fast while a job runs (Slicer's event loop holds the GIL
 #: while idle, so the worker thread advances mainly while the main thread runs Python).
 POLL_MS = 20
+
+
+def server_history() -> list:
+    """The servers used before, newest first (QSettings)."""
+    return [url for url in str(qt.QSettings().value(SETTINGS_HISTORY, "") or "").split(";") if url]
 
 
 class SegXPanel(VTKObservationMixin):
@@ -78,10 +79,9 @@ class SegXPanel(VTKObservationMixin):
 
     def _setup(self) -> None:
         ui = self.ui
-        settings = qt.QSettings()
-        history = [url for url in str(settings.value(SETTINGS_HISTORY, "") or "").split(";") if url]
+        history = server_history()
         ui.serverComboBox.addItems(history or [DEFAULT_URL])
-        ui.serverComboBox.currentText = str(settings.value(SETTINGS_URL, "") or (history[0] if history else DEFAULT_URL))
+        ui.serverComboBox.currentText = str(qt.QSettings().value(SETTINGS_URL, "") or (history[0] if history else DEFAULT_URL))
         ui.methodComboBox.addItems(list(METHODS))
         ui.colourMapComboBox.addItems(list(COLOUR_MAPS))
         self._show_settings()
@@ -211,9 +211,8 @@ class SegXPanel(VTKObservationMixin):
 
     def _remember_server(self, url: str) -> None:
         """Save ``url`` as the last server and first in the history (QSettings)."""
+        history = [url] + [u for u in server_history() if u != url][: HISTORY_LENGTH - 1]
         settings = qt.QSettings()
-        history = [u for u in str(settings.value(SETTINGS_HISTORY, "") or "").split(";") if u and u != url]
-        history = [url] + history[: HISTORY_LENGTH - 1]
         settings.setValue(SETTINGS_URL, url)
         settings.setValue(SETTINGS_HISTORY, ";".join(history))
         self.ui.serverComboBox.clear()

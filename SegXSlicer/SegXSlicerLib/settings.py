@@ -1,0 +1,42 @@
+"""SegX's page of Slicer's Application Settings (*Edit > Application Settings > SegX*):
+the server address, the address history and whether to ask before an image is sent.
+The keys are the ones the panel reads and writes. Qt; inside Slicer only."""
+
+import ctk
+import qt
+
+#: QSettings keys: the last server, the servers used before (";"-separated, newest first,
+#: like the MONAI Label plugin's ``MONAILabel/serverUrlHistory``) and the stored answer of
+#: the upload consent (non-zero: do not ask again).
+SETTINGS_URL = "SegX/serverUrl"
+SETTINGS_HISTORY = "SegX/serverUrlHistory"
+SETTINGS_CONSENT = "SegX/dontAskBeforeUploading"
+
+
+class SegXSettingsPanel(ctk.ctkSettingsPanel):
+    """The settings page, added by the module once Slicer has started (as the MONAI Label
+    plugin adds its own)."""
+
+    def __init__(self, *args, **kwargs):
+        ctk.ctkSettingsPanel.__init__(self, *args, **kwargs)
+        layout = qt.QFormLayout(self)
+        server = qt.QLineEdit()
+        server.toolTip = "The SegX MONAI Label server the module connects to, e.g. http://127.0.0.1:8000"
+        layout.addRow("Server address:", server)
+        self.registerProperty(SETTINGS_URL, server, "text", str(qt.SIGNAL("textChanged(QString)")))
+        history = qt.QLineEdit()
+        history.toolTip = "Servers used before, newest first, separated by ';'"
+        layout.addRow("Server address history:", history)
+        self.registerProperty(SETTINGS_HISTORY, history, "text", str(qt.SIGNAL("textChanged(QString)")))
+        self.askCheckBox = qt.QCheckBox()
+        self.askCheckBox.toolTip = "Ask before the module sends an image to a server (patient data leaves this computer)"
+        self.askCheckBox.checked = not int(qt.QSettings().value(SETTINGS_CONSENT, 0) or 0)
+        self.askCheckBox.toggled.connect(self.onAskToggled)
+        layout.addRow("Ask before sending an image:", self.askCheckBox)
+
+    def onAskToggled(self, ask: bool) -> None:
+        """Checked: forget a "don't show again" answer; unchecked: store consent."""
+        if ask:
+            qt.QSettings().remove(SETTINGS_CONSENT)
+        else:
+            qt.QSettings().setValue(SETTINGS_CONSENT, int(qt.QMessageBox.Ok))
