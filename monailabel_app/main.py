@@ -9,7 +9,12 @@
   read after the built-in ``model_configs/``;
 - ``device``: ``auto`` (GPU when present, default), ``cpu`` or ``cuda``;
 - ``max_upload_mb``: uploads above it are refused with 413 (default 1024);
-- ``cache_mb``: memory for cached SegX results per model (default 1024).
+- ``cache_mb``: memory for cached SegX results per model (default 1024);
+- ``tokens_file``: API tokens (``segx token``); with it every route needs a bearer token
+  and admin-only routes the admin role (see ``lib/security.py``).
+
+Every route's ids and tags are checked to be plain names, and no answer names a folder of
+the server. Start it on loopback (``--host 127.0.0.1``) unless ``tokens_file`` is set.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.endpoints import install_infer_route  # noqa: E402
+from lib.security import install_gate, public  # noqa: E402
+from segx.tokens import Tokens  # noqa: E402
 from lib.trainers.pair_trainers import trainers_for  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -53,6 +60,11 @@ class SegXApp(MONAILabelApp):
             version="0.1.0",
         )
         install_infer_route(self, self.max_upload_bytes)
+        tokens = Tokens(Path(conf["tokens_file"])) if conf.get("tokens_file") else None
+        from monailabel.app import app as fastapi_app  # the server's FastAPI app (imported by uvicorn)
+
+        install_gate(fastapi_app, tokens)
+        _warn_if_exposed(tokens)
 
     def init_infers(self):
         tasks = {}
@@ -75,7 +87,24 @@ class SegXApp(MONAILabelApp):
     def infer_tasks(self) -> dict:
         return self._infers
 
+    def init_datastore(self):
+        """MONAI Label's datastore, whose image and label info carry no server paths."""
+        datastore = super().init_datastore()
+        for name in ("get_image_info", "get_label_info"):
+            read = getattr(datastore, name)
+            setattr(datastore, name, lambda *args, _read=read: {k: v for k, v in _read(*args).items() if k != "path"})
+        return datastore
+
     def info(self):
         info = super().info()
-        info["unavailable_models"] = self.unavailable
+        info["unavailable_models"] = {name: public(reason) for name, reason in self.unavailable.items()}
         return info
+
+
+def _warn_if_exposed(tokens) -> None:
+    """Warn when the server listens beyond this computer without API tokens (MONAI Label
+    binds 0.0.0.0 unless ``--host`` is given)."""
+    host = sys.argv[sys.argv.index("--host") + 1] if "--host" in sys.argv[:-1] else "0.0.0.0"
+    if tokens is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(f"the server listens on {host} without API tokens: anyone who reaches it can read, label, "
+                       "delete and train. Use --host 127.0.0.1, or --conf tokens_file FILE (segx token)")  # fmt: skip

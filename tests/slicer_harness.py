@@ -439,7 +439,8 @@ class QPlainTextEdit(QWidget):
 
 
 class QLineEdit(QWidget):
-    PROPERTIES = {"text": (str, ""), "placeholderText": (str, "")}
+    Normal, NoEcho, Password = 0, 1, 2
+    PROPERTIES = {"text": (str, ""), "placeholderText": (str, ""), "echoMode": (int, 0)}
     SIGNALS = {"textChanged": ("QString",), "returnPressed": ()}
 
     def _set_text(self, text: str):

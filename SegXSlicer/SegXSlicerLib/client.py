@@ -88,9 +88,10 @@ class SegXClient:
         timeout: seconds to wait for an answer to quick requests (info, datastore).
         infer_timeout: seconds to wait for an inference, a strategy or a training start.
         connect_timeout: seconds to wait for the connection itself.
+        token: the server's API token (sent as ``Authorization: Bearer``), if it has any.
     """
 
-    def __init__(self, url: str, timeout: float = 30.0, infer_timeout: float = 600.0, connect_timeout: float = 5.0):
+    def __init__(self, url: str, timeout: float = 30.0, infer_timeout: float = 600.0, connect_timeout: float = 5.0, token: str = ""):
         url = url.strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", url):
             raise ServerError(f"not a server address: {url!r} (expected e.g. http://127.0.0.1:8000)")
@@ -99,6 +100,7 @@ class SegXClient:
         self.infer_timeout = infer_timeout
         self.connect_timeout = connect_timeout
         self._local = threading.local()
+        self.headers = {"Authorization": f"Bearer {token.strip()}"} if token and token.strip() else {}
 
     @property
     def http(self) -> requests.Session:
@@ -111,7 +113,7 @@ class SegXClient:
     def _request(self, method: str, path: str, timeout: float, **kwargs) -> requests.Response:
         what = f"{method} {path.split('?')[0]}"
         try:
-            response = self.http.request(method, self.url + path, timeout=(self.connect_timeout, timeout), **kwargs)
+            response = self.http.request(method, self.url + path, timeout=(self.connect_timeout, timeout), headers=self.headers, **kwargs)
         except requests.exceptions.ConnectTimeout:
             raise ServerError(f"cannot reach the server at {self.url}: no connection within {self.connect_timeout:g} s") from None
         except requests.exceptions.ConnectionError as error:

@@ -1,5 +1,6 @@
 """SegX's page of Slicer's Application Settings (*Edit > Application Settings > SegX*):
-the server address, the address history and whether to ask before an image is sent.
+the server address, the address history, the API token and whether to ask before an
+image is sent.
 The keys are the ones the panel reads and writes. Qt; inside Slicer only."""
 
 import ctk
@@ -11,6 +12,7 @@ import qt
 SETTINGS_URL = "SegX/serverUrl"
 SETTINGS_HISTORY = "SegX/serverUrlHistory"
 SETTINGS_CONSENT = "SegX/dontAskBeforeUploading"
+SETTINGS_TOKEN = "SegX/apiToken"
 
 
 class SegXSettingsPanel(ctk.ctkSettingsPanel):
@@ -28,6 +30,11 @@ class SegXSettingsPanel(ctk.ctkSettingsPanel):
         history.toolTip = "Servers used before, newest first, separated by ';'"
         layout.addRow("Server address history:", history)
         self.registerProperty(SETTINGS_HISTORY, history, "text", str(qt.SIGNAL("textChanged(QString)")))
+        token = qt.QLineEdit()
+        token.echoMode = qt.QLineEdit.Password
+        token.toolTip = "The API token your server administrator gave you (segx token), if the server requires one"
+        layout.addRow("API token:", token)
+        self.registerProperty(SETTINGS_TOKEN, token, "text", str(qt.SIGNAL("textChanged(QString)")))
         self.askCheckBox = qt.QCheckBox()
         self.askCheckBox.toolTip = "Ask before the module sends an image to a server (patient data leaves this computer)"
         self.askCheckBox.checked = not int(qt.QSettings().value(SETTINGS_CONSENT, 0) or 0)

@@ -22,7 +22,7 @@ from .client import METHODS, SegXClient, ServerError
 from .display import COLOUR_MAPS
 from .logic import MODULE_NAME, SegXLogic
 from .results import segx_models, unavailable_models
-from .settings import SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_URL
+from .settings import SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_TOKEN, SETTINGS_URL
 from .worker import JobRunner
 
 #: Volume attribute that holds the datastore id of an image loaded by Next sample.
@@ -191,7 +191,7 @@ class SegXPanel(VTKObservationMixin):
 
     def on_connect(self) -> None:
         try:
-            self.client = SegXClient(self.ui.serverComboBox.currentText)
+            self.client = SegXClient(self.ui.serverComboBox.currentText, token=str(qt.QSettings().value(SETTINGS_TOKEN, "") or ""))
         except ServerError as error:
             self._error("connect", error)
             return

@@ -5,13 +5,16 @@ inference blocks every other request (``/info``, datastore); and it answers bad 
 with HTTP 500. Ours is a plain function (FastAPI runs it in its thread pool, so the event
 loop keeps serving) and answers 404 for unknown or unavailable models, 413 for uploads
 over the size limit, 404 for an unknown or expired session (clients upload again) and 400
-with the reason for bad input. It reuses MONAI Label's own
+with the reason for bad input. The image comes only from the datastore id, the upload or
+the session, never from the params: only the params the SegX tasks read are passed on. It reuses MONAI Label's own
 request handling (``run_inference``) for everything else.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from typing import Optional
 
@@ -21,6 +24,8 @@ from monailabel.endpoints import infer as stock_infer
 from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import MONAILabelException
+
+from .security import public
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,37 @@ def _upload_size(upload: UploadFile) -> int:
     size = upload.file.tell()
     upload.file.seek(0)
     return size
+
+
+#: The params a SegX task reads (``lib.infers.tasks``); every other key is dropped, above all
+#: those with which MONAI Label's own pipeline reads or writes files (``image``, ``label``,
+#: ``save_label``, ``label_tag``, ``session``, ``device``, ...).
+INFER_PARAMS = ("class", "method", "variant", "layer", "margin_mm", "result_extension")
+
+
+def _checked_params(params: str) -> dict:
+    """The request's JSON params reduced to :data:`INFER_PARAMS`, with their types checked
+    (HTTP 400 otherwise), before any work is done."""
+    try:
+        given = json.loads(params) if params else {}
+    except ValueError:
+        raise HTTPException(status_code=400, detail="params is not JSON") from None
+    if not isinstance(given, dict):
+        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    dropped = sorted(set(given) - set(INFER_PARAMS))
+    if dropped:
+        logger.warning(f"infer: ignoring params {dropped}")
+    kept = {key: given[key] for key in INFER_PARAMS if given.get(key) not in (None, "")}
+    for key, value in kept.items():
+        if key == "margin_mm":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
+                raise HTTPException(status_code=400, detail=f"margin_mm must be a number of millimetres from 0 to 100, got {value!r}")
+        elif key == "class":
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise HTTPException(status_code=400, detail=f"class must be a class name or index, got {value!r}")
+        elif not isinstance(value, str):
+            raise HTTPException(status_code=400, detail=f"{key} must be a string, got {value!r}")
+    return kept
 
 
 def install_infer_route(segx_app, max_upload_bytes: int) -> None:
@@ -60,7 +96,7 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
     ):
         if model not in segx_app.infer_tasks():
             config_name = model.rsplit("_", 1)[0]  # NAME_segx -> NAME
-            reason = segx_app.unavailable.get(config_name) or f"unknown model {model!r}; available: {sorted(segx_app.infer_tasks())}"
+            reason = public(segx_app.unavailable.get(config_name) or f"unknown model {model!r}; available: {sorted(segx_app.infer_tasks())}")
             raise HTTPException(status_code=404, detail=reason)
         if not file and not image and not session_id:
             raise HTTPException(status_code=400, detail="send an image file or the id of an image in the datastore")
@@ -68,7 +104,10 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
             raise HTTPException(status_code=404, detail=f"session {session_id!r} is not known or has expired: upload the image again")
         if image and not file and not session_id and image not in segx_app.datastore().list_images():
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
-        for upload in (file, label):
+        if label:
+            raise HTTPException(status_code=400, detail="the SegX tasks take no label upload")
+        request_params = _checked_params(params)
+        for upload in (file,):
             if upload and _upload_size(upload) > max_upload_bytes:
                 raise HTTPException(
                     status_code=413,
@@ -78,9 +117,9 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
             if upload and _upload_size(upload) == 0:
                 raise HTTPException(status_code=400, detail=f"upload {upload.filename!r} is empty")
         try:
-            return run_inference(background_tasks, model, image, session_id, params, file, label, output)
+            return run_inference(background_tasks, model, image, session_id, json.dumps(request_params), file, None, output)
         except (ValueError, MONAILabelException) as error:
-            message = getattr(error, "msg", None) or str(error)
+            message = public(getattr(error, "msg", None) or str(error))
             logger.warning(f"infer {model}: bad request: {message}")
             raise HTTPException(status_code=400, detail=message) from error
 

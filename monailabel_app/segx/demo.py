@@ -96,7 +96,7 @@ def running_server(
             if process.poll() is not None:
                 raise RuntimeError(f"the MONAI Label server exited with code {process.returncode}; see {log_file}")
             try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                if requests.get(f"{url}/info/", timeout=2).status_code in (200, 401):  # 401: up, with API tokens
                     break
             except requests.ConnectionError:
                 pass
