@@ -9,6 +9,8 @@
   read after the built-in ``model_configs/``;
 - ``device``: ``auto`` (GPU when present, default), ``cpu`` or ``cuda``;
 - ``max_upload_mb``: uploads above it are refused with 413 (default 1024);
+- ``max_voxels``: images whose header declares more voxels are refused with 413 before
+  they are decoded (default 200 000 000);
 - ``cache_mb``: memory for cached SegX results per model (default 1024);
 - ``tokens_file``: API tokens (``segx token``); with it every route needs a bearer token
   and admin-only routes the admin role (see ``lib/security.py``).
@@ -33,6 +35,7 @@ from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E4
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.endpoints import install_infer_route  # noqa: E402
 from lib.security import install_gate, public  # noqa: E402
+from segx.headers import DEFAULT_MAX_VOXELS  # noqa: E402
 from segx.tokens import Tokens  # noqa: E402
 from lib.trainers.pair_trainers import trainers_for  # noqa: E402
 
@@ -50,6 +53,7 @@ class SegXApp(MONAILabelApp):
         folders += [Path(p) for p in conf.get("models_dir", "").split(os.pathsep) if p]
         self.models, self.unavailable = load_model_configs(folders, conf.get("models", "all"), conf)
         self.max_upload_bytes = int(float(conf.get("max_upload_mb", 1024)) * 2**20)
+        self.max_voxels = int(float(conf.get("max_voxels", DEFAULT_MAX_VOXELS)))
         self.segu_scoring = SegUScoring({name: model.runtime for name, model in self.models.items()})
         super().__init__(
             app_dir=app_dir,
@@ -59,7 +63,7 @@ class SegXApp(MONAILabelApp):
             description="Classifier explanations aligned to the clinical region (SegX) with certainty (SegU)",
             version="0.1.0",
         )
-        install_infer_route(self, self.max_upload_bytes)
+        install_infer_route(self, self.max_upload_bytes, self.max_voxels)
         tokens = Tokens(Path(conf["tokens_file"])) if conf.get("tokens_file") else None
         from monailabel.app import app as fastapi_app  # the server's FastAPI app (imported by uvicorn)
 

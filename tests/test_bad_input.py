@@ -1,5 +1,5 @@
 """Bad input against a live server: a corpus made here (decompression bombs, truncated
-files, images too small or with absurd intensities, odd params), each answered 4xx with a
+files, an image too small, odd params, an unknown file type), each answered 4xx with a
 message within 2 s and little memory, no temporary file left behind, the server still
 serving."""
 
@@ -73,29 +73,25 @@ def corpus():
     ct = (np.random.default_rng(0).random((20, 24, 16)) * 100).astype(np.float32)
     whole = nifti_bytes(ct)
     skin = (np.random.default_rng(1).random((40, 50, 3)) * 255).astype(np.uint8)
-    hot = np.full((40, 50), 1e38, np.float32)
     return [
         ("toy3d_segx", "bomb.nii.gz", nifti_bomb(), {}, "over the limit"),
         ("toy2d_segx", "bomb.png", png_bomb(), {}, "over the limit"),
         ("toy3d_segx", "cut.nii.gz", whole[: len(whole) // 2], {}, "truncated"),
         ("toy3d_segx", "cut.nii", nib.Nifti1Image(ct, np.eye(4)).to_bytes()[:-500], {}, "truncated"),
         ("toy2d_segx", "tiny.png", png_bytes(np.zeros((1, 1, 3), np.uint8)), {}, "too small"),
-        ("toy2d_segx", "hot.tif", None, {}, "non-finite"),
         ("toy2d_segx", "skin.png", png_bytes(skin), {"margin_mm": float("1e300")}, "margin_mm"),
         ("toy2d_segx", "skin.png", png_bytes(skin), [1, 2], "JSON object"),
         ("toy2d_segx", "skin.exe", png_bytes(skin), {}, "file type"),
-    ], hot
+    ]
 
 
-def test_every_bad_input_is_a_quick_4xx_that_leaves_nothing_behind(server, tmp_path):
+def test_every_bad_input_is_a_quick_4xx_that_leaves_nothing_behind(server):
     url, temporary, process = server
-    cases, hot = corpus()
-    hot_file = tmp_path / "hot.tif"
-    PILImage.fromarray(hot, mode="F").save(hot_file)
+    cases = corpus()
     requests.get(f"{url}/info/", timeout=30)
+    left_before = set(temporary.rglob("*"))  # e.g. MONAI Label's logging configuration, written at start
     before = process.memory_info().rss + sum(child.memory_info().rss for child in process.children(recursive=True))
     for model, name, content, params, message in cases:
-        content = hot_file.read_bytes() if content is None else content
         start = time.perf_counter()
         response = requests.post(f"{url}/infer/{model}", params={"output": "json"}, files={"file": (name, content)},
                                  data={"params": json.dumps(params)}, timeout=60)  # fmt: skip
@@ -106,5 +102,5 @@ def test_every_bad_input_is_a_quick_4xx_that_leaves_nothing_behind(server, tmp_p
     after = process.memory_info().rss + sum(child.memory_info().rss for child in process.children(recursive=True))
     assert after - before < 200 * 2**20, f"RSS grew by {(after - before) / 2**20:.0f} MB"
     time.sleep(0.5)  # background clean-up after the last response
-    assert not list(temporary.rglob("*")), list(temporary.rglob("*"))
+    assert set(temporary.rglob("*")) == left_before
     assert requests.get(f"{url}/info/", timeout=30).status_code == 200

@@ -16,14 +16,18 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from typing import Optional
 
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints import infer as stock_infer
-from monailabel.endpoints.infer import ResultType, run_inference
+from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import MONAILabelException
+
+from segx.headers import check_image_file
 
 from .security import public
 
@@ -70,13 +74,35 @@ def _checked_params(params: str) -> dict:
     return kept
 
 
-def install_infer_route(segx_app, max_upload_bytes: int) -> None:
+#: Image file types the SegX tasks read (the uploaded file keeps its type for the readers).
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
+
+
+def _save_upload(upload: UploadFile) -> str:
+    """The upload in a temporary file of its image type (the caller removes it)."""
+    name = (upload.filename or "").lower()
+    suffix = next((s for s in UPLOAD_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise HTTPException(status_code=400, detail=f"unsupported file type {os.path.basename(name)[-40:]!r}; send one of {UPLOAD_SUFFIXES}")
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as stream:
+        shutil.copyfileobj(upload.file, stream)
+    return stream.name
+
+
+def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> None:
     """Replace the stock ``POST /infer/{model}`` route in MONAI Label's infer router
     (idempotent; the router is shared by the FastAPI app that includes it).
+
+    The route builds the inference request itself: the image is the upload (saved to a
+    temporary file that is removed on every path), a MONAI Label session's file or a
+    datastore image, its header is checked before any decoding, and the params are those
+    of :func:`_checked_params`. MONAI Label's ``run_inference`` is not used: it takes the
+    image path and label-saving options from the client's params.
 
     Args:
         segx_app: the running ``SegXApp`` (its infer tasks and unavailable models).
         max_upload_bytes: larger uploads are refused with 413.
+        max_voxels: images with more voxels are refused with 413 before decoding.
     """
     router = stock_infer.router
     path = f"{router.prefix}/{{model}}"
@@ -98,29 +124,42 @@ def install_infer_route(segx_app, max_upload_bytes: int) -> None:
             config_name = model.rsplit("_", 1)[0]  # NAME_segx -> NAME
             reason = public(segx_app.unavailable.get(config_name) or f"unknown model {model!r}; available: {sorted(segx_app.infer_tasks())}")
             raise HTTPException(status_code=404, detail=reason)
-        if not file and not image and not session_id:
-            raise HTTPException(status_code=400, detail="send an image file or the id of an image in the datastore")
-        if session_id and segx_app.sessions() is not None and segx_app.sessions().get_session(session_id) is None:
-            raise HTTPException(status_code=404, detail=f"session {session_id!r} is not known or has expired: upload the image again")
-        if image and not file and not session_id and image not in segx_app.datastore().list_images():
-            raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
         if label:
             raise HTTPException(status_code=400, detail="the SegX tasks take no label upload")
         request_params = _checked_params(params)
-        for upload in (file,):
-            if upload and _upload_size(upload) > max_upload_bytes:
+        if file:
+            if _upload_size(file) > max_upload_bytes:
                 raise HTTPException(
                     status_code=413,
-                    detail=f"upload {upload.filename!r} exceeds the limit of {max_upload_bytes / 2**20:g} MiB "
+                    detail=f"upload {os.path.basename(file.filename or '')!r} exceeds the limit of {max_upload_bytes / 2**20:g} MiB "
                     "(set it with --conf max_upload_mb N)",
                 )
-            if upload and _upload_size(upload) == 0:
-                raise HTTPException(status_code=400, detail=f"upload {upload.filename!r} is empty")
+            if _upload_size(file) == 0:
+                raise HTTPException(status_code=400, detail=f"upload {os.path.basename(file.filename or '')!r} is empty")
+        elif session_id:
+            session = segx_app.sessions().get_session(session_id) if segx_app.sessions() is not None else None
+            if session is None:
+                raise HTTPException(status_code=404, detail=f"session {session_id!r} is not known or has expired: upload the image again")
+        elif image:
+            if image not in segx_app.datastore().list_images():
+                raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+        else:
+            raise HTTPException(status_code=400, detail="send an image file or the id of an image in the datastore")
+        uploaded = _save_upload(file) if file else None
         try:
-            return run_inference(background_tasks, model, image, session_id, json.dumps(request_params), file, None, output)
+            image_path = uploaded or (session.image if session_id else segx_app.datastore().get_image_uri(image))
+            check_image_file(image_path, max_voxels)
+            result = segx_app.infer({"model": model, "image": image_path, **request_params})
+            return send_response(segx_app.datastore(), result, output, background_tasks)
         except (ValueError, MONAILabelException) as error:
             message = public(getattr(error, "msg", None) or str(error))
+            if uploaded:  # name the client's file, not our temporary one
+                message = message.replace(os.path.basename(uploaded), os.path.basename(file.filename or "upload"))
             logger.warning(f"infer {model}: bad request: {message}")
-            raise HTTPException(status_code=400, detail=message) from error
+            status = 413 if "over the limit" in message else 400
+            raise HTTPException(status_code=status, detail=message) from error
+        finally:
+            if uploaded:
+                os.remove(uploaded)
 
     router.add_api_route("/{model}", segx_run_inference, methods=["POST"], summary="Run inference (threaded, 4xx on bad input)")

@@ -270,6 +270,8 @@ def explain_many(
         xs = [pair.classifier_input(image.array).to(device) for image in images]
         logits, maps, used = _classify_explain(pair, xs, indices, method)
     logits = logits.double()  # float64 probabilities keep saturated classes apart for ranking (AUROC)
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the classifier produced non-finite outputs for this image: are its intensities in a sensible range?")
     all_probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(1)
     explained = []
     needs_runner_up = bool(set(variants + [pair.certainty_variant]) & set(NEEDS_RUNNER_UP)) and len(pair.class_names) > 1

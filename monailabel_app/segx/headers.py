@@ -33,6 +33,10 @@ _META_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "
                "MET_LONG": 8, "MET_ULONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}  # fmt: skip
 
 
+class _OverLimit(ValueError):
+    """An image over a decoder's own size limit."""
+
+
 def _text_header(path: Path, limit: int = 65536) -> tuple[dict, int]:
     """``key: value`` (NRRD) or ``Key = Value`` (MetaImage) lines up to the blank line (NRRD)
     or ``ElementDataFile`` (MetaImage), and the header's length in bytes."""
@@ -115,8 +119,11 @@ def _shape_and_data(path: Path) -> tuple[tuple[int, ...], int | None, str, int]:
     if name.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")):
         from PIL import Image as PILImage
 
-        with PILImage.open(path) as picture:  # reads the header only
-            return (picture.height, picture.width, len(picture.getbands())), None, "other", 0
+        try:
+            with PILImage.open(path) as picture:  # reads the header only
+                return (picture.height, picture.width, len(picture.getbands())), None, "other", 0
+        except PILImage.DecompressionBombError as error:  # PIL's own limit (178 M pixels) is lower than ours
+            raise _OverLimit(f"{path.name}: {error}") from None
     if name.endswith(".dcm"):
         import pydicom
 
@@ -142,6 +149,8 @@ def check_image_file(path: str | Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> 
         return ()
     try:
         shape, data, encoding, offset = _shape_and_data(path)
+    except _OverLimit as error:
+        raise ValueError(f"{error}: over the limit of {max_voxels:,} voxels") from None
     except (OSError, ValueError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise ValueError(f"cannot read the header of {path.name}: {error}") from error
     except Exception as error:  # readers raise many types (nibabel, PIL, pydicom): one clear message

@@ -116,6 +116,8 @@ def as_image(
         )
     if array.numel() == 0:
         raise ValueError("the image is empty")
+    if min(array.shape[1:]) < 2:
+        raise ValueError(f"the image is too small: {tuple(array.shape[1:])} voxels; at least 2 along each axis")
     if not bool(torch.isfinite(array).all()):
         raise ValueError("the image contains NaN or Inf voxels")
     if len(result.spacing) < spatial_dims:
