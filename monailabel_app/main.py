@@ -12,6 +12,8 @@
 - ``max_voxels``: images whose header declares more voxels are refused with 413 before
   they are decoded (default 200 000 000);
 - ``cache_mb``: memory for cached SegX results per model (default 1024);
+- ``hold_minutes``: an image given to one annotator by ``segu_lowest_certainty`` is not
+  given to another for this long (default 15);
 - ``tokens_file``: API tokens (``segx token``); with it every route needs a bearer token
   and admin-only routes the admin role (see ``lib/security.py``).
 
@@ -33,7 +35,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
-from lib.endpoints import install_infer_route  # noqa: E402
+from lib.endpoints import install_activelearning_route, install_infer_route  # noqa: E402
 from lib.security import install_gate, public  # noqa: E402
 from segx.headers import DEFAULT_MAX_VOXELS  # noqa: E402
 from segx.tokens import Tokens  # noqa: E402
@@ -64,6 +66,7 @@ class SegXApp(MONAILabelApp):
             version="0.1.0",
         )
         install_infer_route(self, self.max_upload_bytes, self.max_voxels)
+        install_activelearning_route(self)
         tokens = Tokens(Path(conf["tokens_file"])) if conf.get("tokens_file") else None
         from monailabel.app import app as fastapi_app  # the server's FastAPI app (imported by uvicorn)
 
@@ -86,7 +89,8 @@ class SegXApp(MONAILabelApp):
         return {"segu": self.segu_scoring}
 
     def init_strategies(self):
-        return {"segu_lowest_certainty": SegULowestCertainty(self.segu_scoring)}
+        hold = float(self.conf.get("hold_minutes", 15)) * 60
+        return {SegULowestCertainty.name: SegULowestCertainty(self.segu_scoring, hold)}
 
     def infer_tasks(self) -> dict:
         return self._infers

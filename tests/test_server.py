@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -239,6 +240,48 @@ def test_segu_scoring_and_lowest_certainty_strategy(server):
     assert app.segu_scoring({"model": "toy2d"}, datastore) == {"scored": 0, "skipped": n_images, "failed": 0}
     digest = app.models["toy2d"].runtime.weights_digest
     assert all(s["weights"] == digest for s in scores.values())
+
+
+def test_two_annotators_are_not_given_the_same_image(server):
+    client, app, _ = server
+
+    def ask(who):
+        response = client.post("/activelearning/segu_lowest_certainty", json={"model": "toy2d", "client_id": who})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    alice, bob, alice_again = ask("alice"), ask("bob"), ask("alice")
+    assert alice["id"] and bob["id"] and alice["id"] != bob["id"]
+    assert alice_again["id"] == alice["id"]  # her own image stays hers
+    assert app.datastore().get_image_info(alice["id"])["strategy"]["segu_lowest_certainty"]["client_id"] == "alice"
+    assert client.post("/activelearning/segu_lowest_certainty", json={"model": "nosuch"}).status_code == 400
+    assert client.post("/activelearning/nosuch_strategy", json={}).status_code == 404
+
+
+def test_a_weight_change_with_callers_inside_and_outside_the_torch_thread_does_not_deadlock(server):
+    """The reproduced deadlock: the torch thread busy with an explain that must reload,
+    while a caller outside it checks the weights too. Both must finish."""
+    import os
+    import threading
+
+    from lib.infers.runtime import _TORCH_THREAD
+
+    client, app, studies = server
+    runtime = app.models["toy2d"].runtime
+    image = str(next(studies.glob("skin*.png")))
+    weights = [f for f in runtime._watched[1:] if f.exists()][0]
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "published" anew
+    release = threading.Event()
+    _TORCH_THREAD.submit(release.wait, 10)  # the torch thread is busy
+    inside = _TORCH_THREAD.submit(runtime.explain, image, "gradcam", 1.5)  # queued in the torch thread
+    outside = []
+    caller = threading.Thread(target=lambda: outside.append(runtime.explain(image, "gradcam", 2.5)))
+    caller.start()
+    time.sleep(0.5)  # the outside caller is checking the weights now
+    release.set()
+    assert inside.result(timeout=10) is not None
+    caller.join(timeout=10)
+    assert outside, "the caller outside the torch thread did not finish within 10 s"
 
 
 def test_training_publishes_weights_that_the_next_inference_uses(server):

@@ -168,11 +168,11 @@ class Sample:
     content: bytes
 
 
-def next_sample(context: JobContext, client: SegXClient, model: Optional[str]) -> Optional[Sample]:
-    """The unlabeled image with the lowest SegU certainty and its file, or ``None`` when
-    every image is labelled."""
+def next_sample(context: JobContext, client: SegXClient, model: Optional[str], client_id: str = "") -> Optional[Sample]:
+    """The unlabeled image with the lowest SegU certainty that no other annotator holds,
+    and its file, or ``None`` when there is none."""
     context.report(0.1, "asking the server for the least certain unlabeled image")
-    reply = client.next_sample(STRATEGY, model)
+    reply = client.next_sample(STRATEGY, model, client_id)
     if not reply.get("id"):
         return None
     context.report(0.6, f"downloading {reply['id']}")

@@ -3,6 +3,8 @@ the server address, the address history, the API token and whether to ask before
 image is sent.
 The keys are the ones the panel reads and writes. Qt; inside Slicer only."""
 
+import uuid
+
 import ctk
 import qt
 
@@ -13,6 +15,18 @@ SETTINGS_URL = "SegX/serverUrl"
 SETTINGS_HISTORY = "SegX/serverUrlHistory"
 SETTINGS_CONSENT = "SegX/dontAskBeforeUploading"
 SETTINGS_TOKEN = "SegX/apiToken"
+SETTINGS_CLIENT_ID = "SegX/clientId"
+
+
+def client_id() -> str:
+    """This Slicer's id for the server's active learning (made once, kept in the settings),
+    so that two annotators are never given the same image at once."""
+    settings = qt.QSettings()
+    value = str(settings.value(SETTINGS_CLIENT_ID, "") or "")
+    if not value:
+        value = f"slicer-{uuid.uuid4().hex[:12]}"
+        settings.setValue(SETTINGS_CLIENT_ID, value)
+    return value
 
 
 class SegXSettingsPanel(ctk.ctkSettingsPanel):

@@ -22,7 +22,7 @@ from .client import METHODS, SegXClient, ServerError
 from .display import COLOUR_MAPS
 from .logic import MODULE_NAME, SegXLogic
 from .results import segx_models, unavailable_models
-from .settings import SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_TOKEN, SETTINGS_URL
+from .settings import client_id, SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_TOKEN, SETTINGS_URL
 from .worker import JobRunner
 
 #: Volume attribute that holds the datastore id of an image loaded by Next sample.
@@ -361,11 +361,11 @@ class SegXPanel(VTKObservationMixin):
     # --- active learning ------------------------------------------------------------
 
     def on_next_sample(self) -> None:
-        self._submit("next sample", jobs.next_sample, self.client, self.model.name, on_done=self._load_sample)
+        self._submit("next sample", jobs.next_sample, self.client, self.model.name, client_id(), on_done=self._load_sample)
 
     def _load_sample(self, sample) -> None:
         if sample is None:
-            self._status("every image in the datastore is labelled")
+            self._status("no unlabeled image is free: all are labelled, or held by other annotators")
             return
         folder = os.path.join(slicer.app.temporaryPath, "SegX")
         os.makedirs(folder, exist_ok=True)

@@ -22,6 +22,7 @@ from typing import Optional
 
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
+from monailabel.endpoints import activelearning as stock_activelearning
 from monailabel.endpoints import infer as stock_infer
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.endpoints.user.auth import RBAC, User
@@ -163,3 +164,25 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
                 os.remove(uploaded)
 
     router.add_api_route("/{model}", segx_run_inference, methods=["POST"], summary="Run inference (threaded, 4xx on bad input)")
+
+
+def install_activelearning_route(segx_app) -> None:
+    """Replace the stock ``POST /activelearning/{strategy}`` (an ``async`` function running
+    the strategy, and with it any scoring, on the event loop, which blocked ``/info`` for
+    16 s) by a plain function that FastAPI runs in its thread pool, with 404 for an unknown
+    strategy and 400 for a bad request. MONAI Label's own ``sample`` does the rest
+    (recording which client got the image)."""
+    router = stock_activelearning.router
+    path = f"{router.prefix}/{{strategy}}"
+    for route in [r for r in router.routes if getattr(r, "path", None) == path and "POST" in r.methods]:
+        router.routes.remove(route)
+
+    def segx_sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+        if strategy not in segx_app._strategies:  # MONAI Label keeps them there
+            raise HTTPException(status_code=404, detail=f"unknown strategy {strategy!r}; available: {sorted(segx_app._strategies)}")
+        try:
+            return stock_activelearning.sample(strategy, params, user.username)
+        except ValueError as error:
+            raise HTTPException(status_code=400, detail=public(str(error))) from error
+
+    router.add_api_route("/{strategy}", segx_sample, methods=["POST"], summary="Next sample (threaded, 4xx on bad input)")

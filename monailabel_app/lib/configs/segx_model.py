@@ -18,13 +18,17 @@ from ..infers.tasks import infer_tasks
 logger = logging.getLogger(__name__)
 
 
+#: Files next to the configurations that are not configurations: training logs (``segx train``).
+NOT_CONFIGS = ("_training",)
+
+
 def find_config_files(folders: list[Path]) -> dict[str, Path]:
     """NAME -> config file over all folders (a later folder overrides an earlier one)."""
     found: dict[str, Path] = {}
     for folder in folders:
         if folder.is_dir():
             for path in sorted(folder.iterdir()):
-                if path.suffix.lower() in CONFIG_SUFFIXES and path.is_file():
+                if path.suffix.lower() in CONFIG_SUFFIXES and path.is_file() and not path.stem.endswith(NOT_CONFIGS):
                     found[path.stem] = path
     return found
 

@@ -94,23 +94,28 @@ class ModelRuntime:
         self.weights_digest = hashlib.sha256("".join(file_digest(f) for f in weights).encode()).hexdigest()[:16]
         self._cache.clear()
 
-    def refresh(self) -> None:
+    def _refresh(self) -> None:
         """Reload the pair if its configuration or weight files changed since it was
-        loaded (a few ``stat`` calls; the configuration is parsed only to reload)."""
-        with self._lock:
-            if _files_stamp(self._watched) != self._stamp:
-                logger.info(f"{self.name}: weights changed on disk, reloading")
-                run_in_torch_thread(self._load)
+        loaded (a few ``stat`` calls; the configuration is parsed only to reload). Torch
+        thread only: reloading never waits on a lock that a waiting caller holds."""
+        if _files_stamp(self._watched) != self._stamp:
+            logger.info(f"{self.name}: weights changed on disk, reloading")
+            self._load()
 
     def explain(self, image_path: str, method: str, margin_mm: float) -> SegXResult:
-        """Full SegX result for all classes of the image file, cached."""
-        self.refresh()
+        """Full SegX result for all classes of the image file, cached. Runs in the torch
+        thread (directly when called from it), so that the weight check, a reload and the
+        networks are never interleaved with another caller's."""
+        return run_in_torch_thread(self._explain, image_path, method, margin_mm)
+
+    def _explain(self, image_path: str, method: str, margin_mm: float) -> SegXResult:
+        self._refresh()
         key = (file_digest(image_path), method, float(margin_mm))
-        with self._lock:
+        with self._lock:  # the cache only: never held while waiting for other work
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        result = run_in_torch_thread(explain, self.pair, image_path, method=method, margin_mm=margin_mm, device=self.device)
+        result = explain(self.pair, image_path, method=method, margin_mm=margin_mm, device=self.device)
         with self._lock:
             self.misses += 1
             self._cache[key] = result
