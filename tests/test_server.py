@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -261,7 +262,6 @@ def test_two_annotators_are_not_given_the_same_image(server):
 def test_a_weight_change_with_callers_inside_and_outside_the_torch_thread_does_not_deadlock(server):
     """The reproduced deadlock: the torch thread busy with an explain that must reload,
     while a caller outside it checks the weights too. Both must finish."""
-    import os
     import threading
 
     from lib.infers.runtime import _TORCH_THREAD
@@ -282,6 +282,23 @@ def test_a_weight_change_with_callers_inside_and_outside_the_torch_thread_does_n
     assert inside.result(timeout=10) is not None
     caller.join(timeout=10)
     assert outside, "the caller outside the torch thread did not finish within 10 s"
+
+
+def test_a_corrupt_weight_file_is_a_503_until_good_weights_return(server):
+    client, app, studies = server
+    runtime = app.models["toy3d"].runtime
+    weights = [f for f in runtime._watched[1:] if f.exists()][0]
+    good = weights.read_bytes()
+    try:
+        weights.write_bytes(good[: len(good) // 3])  # a publisher died half-way
+        response = client.post("/infer/toy3d_segx?image=ct0&output=json")
+        assert response.status_code == 503 and "loaded again when its files change" in response.json()["detail"]
+        assert str(weights.parent) not in response.text
+        assert client.post("/infer/toy3d_segx?image=ct0&output=json").status_code == 503  # not retried until it changes
+    finally:
+        weights.write_bytes(good)
+        os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert client.post("/infer/toy3d_segx?image=ct0&output=json").status_code == 200
 
 
 def test_training_publishes_weights_that_the_next_inference_uses(server):

@@ -30,6 +30,7 @@ from monailabel.interfaces.exception import MONAILabelException
 
 from segx.headers import check_image_file
 
+from .infers.runtime import ModelUnavailable
 from .security import public
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
             check_image_file(image_path, max_voxels)
             result = segx_app.infer({"model": model, "image": image_path, **request_params})
             return send_response(segx_app.datastore(), result, output, background_tasks)
+        except ModelUnavailable as error:
+            raise HTTPException(status_code=503, detail=str(error)) from error
         except (ValueError, MONAILabelException) as error:
             message = public(getattr(error, "msg", None) or str(error))
             if uploaded:  # name the client's file, not our temporary one

@@ -14,7 +14,13 @@ import torch
 from segx import SegXResult, explain
 from segx.config import load_model_pair, weight_files
 
+from ..security import public
+
 logger = logging.getLogger(__name__)
+
+
+class ModelUnavailable(RuntimeError):
+    """A model whose files changed on disk and cannot be loaded (HTTP 503)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,6 +89,7 @@ class ModelRuntime:
         self._cache: "OrderedDict[tuple, SegXResult]" = OrderedDict()
         self._lock = threading.Lock()
         self.misses = 0
+        self.problem = None
         run_in_torch_thread(self._load)
 
     def _load(self) -> None:
@@ -97,10 +104,25 @@ class ModelRuntime:
     def _refresh(self) -> None:
         """Reload the pair if its configuration or weight files changed since it was
         loaded (a few ``stat`` calls; the configuration is parsed only to reload). Torch
-        thread only: reloading never waits on a lock that a waiting caller holds."""
-        if _files_stamp(self._watched) != self._stamp:
-            logger.info(f"{self.name}: weights changed on disk, reloading")
-            self._load()
+        thread only: reloading never waits on a lock that a waiting caller holds.
+
+        Raises:
+            ModelUnavailable: the changed files cannot be loaded; tried again once they
+                change again.
+        """
+        stamp = _files_stamp(self._watched)
+        if stamp != self._stamp:
+            logger.info(f"{self.name}: its files changed on disk, reloading")
+            self._stamp = stamp
+            try:
+                self._load()
+                self.problem = None
+            except Exception as error:  # any loader error: the model waits for good files
+                self.problem = public(f"{self.name} is unavailable: its configuration or weights changed on disk and cannot be "
+                                      f"loaded ({type(error).__name__}: {error}); it is loaded again when its files change")  # fmt: skip
+                logger.error(self.problem)
+        if self.problem:
+            raise ModelUnavailable(self.problem)
 
     def explain(self, image_path: str, method: str, margin_mm: float) -> SegXResult:
         """Full SegX result for all classes of the image file, cached. Runs in the torch

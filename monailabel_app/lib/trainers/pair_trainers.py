@@ -8,15 +8,29 @@ Both start from the weights in use and publish the best checkpoint over the weig
 named in the configuration, so the running server picks it up at its next request.
 Only networks given as ``network`` + ``weights`` can be trained (not TorchScript or
 bundles).
+
+A training runs in a subprocess of the server (MONAI Label's). It holds a lock file with
+its PID (one training of a model at a time, also across server restarts: a lock whose
+process is gone is taken over), dies with the server (Linux ``PR_SET_PDEATHSIG``, and a
+watch on its parent elsewhere), and publishes weights atomically: written next to the
+weight file, the previous weights kept as ``<weights>.previous``, then renamed over it.
 """
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
+from ignite.engine import Events
 from monai.handlers import ConfusionMatrix, from_engine
 from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
@@ -42,6 +56,68 @@ TRAIN_DEFAULTS = {
 }
 
 
+def publish_atomically(trained: Path, weights: Path) -> bool:
+    """Put ``trained`` in place of ``weights`` so that a reader sees the old file or the
+    new one, never half of one; the old one is kept as ``<weights>.previous``. Returns
+    whether anything changed."""
+    if weights.exists() and weights.read_bytes() == trained.read_bytes():
+        return False
+    partial = weights.with_name(f".{weights.name}.{os.getpid()}.partial")
+    shutil.copyfile(trained, partial)
+    with open(partial, "rb") as stream:
+        os.fsync(stream.fileno())
+    if weights.exists():
+        shutil.copyfile(weights, weights.with_name(weights.name + ".previous"))
+    os.replace(partial, weights)
+    return True
+
+
+class TrainingLock:
+    """``<name>.lock`` holding the training process's PID; a lock whose process is gone
+    (a server killed with its trainer) is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def holder(self) -> int | None:
+        try:
+            pid = int(self.path.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid != os.getpid() else None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        holder = self.holder()
+        if holder is not None:
+            raise ValueError(f"another training of this model is running (process {holder}); wait for it or stop it")
+        self.path.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        if self.path.exists() and self.path.read_text().strip() == str(os.getpid()):
+            self.path.unlink()
+
+
+def die_with_parent() -> None:
+    """End this (trainer) process when the server that started it dies: on Linux the
+    kernel sends SIGTERM (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread watches the
+    parent's PID."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="segx-parent-watch", daemon=True).start()
+
+
 class _PairTrainer(BasicTrainTask):
     """Common part: the network section of the configuration and where weights go."""
 
@@ -60,6 +136,31 @@ class _PairTrainer(BasicTrainTask):
             tracking=None,
             publish_path=str(config_file.parent / self.section["weights"]),
         )
+
+    def __call__(self, request, datastore: Datastore):
+        """One training (see the module docstring): with the lock, dying with the server."""
+        if os.environ.get("MONAI_LABEL_DATASTORE_AUTO_RELOAD") == "false":  # MONAI Label's training subprocess
+            die_with_parent()
+        with TrainingLock(Path(self.runtime.config_file.parent / "training" / f"{self.runtime.name}_{self.field}.lock")):
+            return super().__call__(request, datastore)
+
+    def finalize(self, context):
+        """MONAI Label's finalisation without its publishing (a copy over the weight file in
+        place: a reader could see half a file), then :func:`publish_atomically` of the best
+        checkpoint after every epoch."""
+        publish_path, self._publish_path = self._publish_path, None  # its publisher now writes statistics only
+        try:
+            super().finalize(context)
+        finally:
+            self._publish_path = publish_path
+        if context.local_rank == 0 and publish_path:
+            trained = Path(context.output_dir) / self._key_metric_filename
+
+            def publish(engine):
+                if trained.exists() and publish_atomically(trained, Path(publish_path)):
+                    logger.info(f"new weights published: {publish_path}")
+
+            (context.evaluator or context.trainer).add_event_handler(Events.EPOCH_COMPLETED, publish)
 
     def network(self, context: Context):
         return load_network(self.section, self.runtime.config_file, self.field).train()
