@@ -249,3 +249,34 @@ def test_gradcam_batch_equals_one_image_at_a_time(densenet2d, allow_cam):
         single = fast_gradcam(densenet2d, x[i : i + 1], [0, 3, 6], allow_cam=allow_cam)
         torch.testing.assert_close(logits[i], single.logits, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(maps[i], single.maps, rtol=1e-4, atol=1e-6)
+
+
+def test_explainers_in_threads_on_one_model_give_the_maps_they_give_alone():
+    """pytorch-grad-cam's hooks record every thread's forwards: without one lock per model,
+    gradcam++ in one thread and fast Grad-CAM in another gave wrong maps (575 of 1455)."""
+    import threading
+
+    from monai.networks.nets import DenseNet121
+    from segx.explainers import explain_classes
+
+    torch.manual_seed(0)
+    model = DenseNet121(spatial_dims=2, in_channels=1, out_channels=3).eval()
+    images = [torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    expected = {(m, i): explain_classes(model, x, [0, 1, 2], m).maps for m in ("gradcam++", "gradcam") for i, x in enumerate(images)}
+    wrong, errors = [], []
+
+    def work(method):
+        try:
+            for _ in range(6):
+                for i, x in enumerate(images):
+                    if not torch.allclose(explain_classes(model, x, [0, 1, 2], method).maps, expected[method, i], atol=1e-5):
+                        wrong.append((method, i))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in ("gradcam++", "gradcam", "gradcam++", "gradcam")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and not wrong, (errors, wrong[:5])

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .explainers import model_lock
+
 
 def msp(probabilities: np.ndarray) -> float:
     """Max softmax probability of a probability vector ``(C,)``."""
@@ -35,17 +37,18 @@ def mc_dropout(classifier: nn.Module, x: torch.Tensor, samples: int = 10, seed: 
     dropouts = [m for m in classifier.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     if not dropouts or samples < 1:
         return None
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        for m in dropouts:
-            m.train()
-        with torch.no_grad():
-            probabilities = classifier(x.expand(samples, *x.shape[1:])).softmax(1).mean(0)
-    finally:
-        for m in dropouts:
-            m.eval()
-        torch.random.set_rng_state(state)
+    with model_lock(classifier):  # no other thread runs the model while its dropout is on
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            for m in dropouts:
+                m.train()
+            with torch.no_grad():
+                probabilities = classifier(x.expand(samples, *x.shape[1:])).softmax(1).mean(0)
+        finally:
+            for m in dropouts:
+                m.eval()
+            torch.random.set_rng_state(state)
     return float(probabilities.max())
 
 
@@ -54,6 +57,6 @@ def tta(classifier: nn.Module, x: torch.Tensor) -> float:
     (4 views in 2D, 8 in 3D, identity included)."""
     axes = range(2, x.dim())
     views = [x.flip(list(chosen)) if chosen else x for n in range(len(axes) + 1) for chosen in itertools.combinations(axes, n)]
-    with torch.no_grad():
+    with model_lock(classifier), torch.no_grad():
         probabilities = classifier(torch.cat(views)).softmax(1).mean(0)
     return float(probabilities.max())

@@ -226,6 +226,12 @@ def gradcam_batch(
     Returns:
         ``(logits (B, C), maps (B, K, *s) >= 0, method)`` with method ``cam`` or ``gradcam``.
     """
+    with model_lock(model):
+        return _gradcam_batch(model, x, classes, target_layer, allow_cam)
+
+
+def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], target_layer: str | None, allow_cam: bool):
+    """:func:`gradcam_batch`, with the model's lock held."""
     if x.dim() not in (4, 5):
         raise ValueError(f"expected images of shape (B, C, H, W) or (B, C, D, H, W), got {tuple(x.shape)}")
     if not classes:
@@ -272,13 +278,17 @@ def fast_gradcam(
     return ExplainerOutput(logits[0], maps[0], list(classes), method)
 
 
-_model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 
 
-def _model_lock(model: nn.Module) -> threading.Lock:
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock of ``model`` that every explainer and baseline holds while it runs the
+    model: pytorch-grad-cam's hooks record the forwards of *every* thread, and MC dropout
+    switches dropout layers to train mode, so no other thread may run the same model
+    meanwhile (re-entrant: an explainer may call another)."""
     with _model_locks_guard:
-        return _model_locks.setdefault(model, threading.Lock())
+        return _model_locks.setdefault(model, threading.RLock())
 
 
 def _pgc_class(method: str):
@@ -317,7 +327,7 @@ def pytorch_grad_cam(
     _, layer = find_target_layer(model, target_layer)
     cam_class = _pgc_class(method)
     maps, logits = [], None
-    with _model_lock(model), torch.enable_grad(), cam_class(model=model, target_layers=[layer]) as cam:
+    with model_lock(model), torch.enable_grad(), cam_class(model=model, target_layers=[layer]) as cam:
         for c in classes:
             image = x.detach().clone().requires_grad_(True)
             output = cam.activations_and_grads(image)
@@ -412,6 +422,7 @@ def explain_classes(
     }
     if method not in METHODS:
         raise ValueError(f"unknown explanation method {method!r}; choose one of {METHODS}")
-    if method in explainers:
-        return explainers[method]()
-    return pytorch_grad_cam(model, x, classes, method, target_layer)
+    with model_lock(model):
+        if method in explainers:
+            return explainers[method]()
+        return pytorch_grad_cam(model, x, classes, method, target_layer)
