@@ -1,5 +1,5 @@
 """Bad input against a live server: a corpus made here (decompression bombs, truncated
-files, an image too small, odd params, an unknown file type), each answered 4xx with a
+files, an image too small, complex voxels, odd or unknown params, an unknown file type), each answered 4xx with a
 message within 2 s and little memory, no temporary file left behind, the server still
 serving."""
 
@@ -82,6 +82,9 @@ def corpus():
         ("toy2d_segx", "skin.png", png_bytes(skin), {"margin_mm": float("1e300")}, "margin_mm"),
         ("toy2d_segx", "skin.png", png_bytes(skin), [1, 2], "JSON object"),
         ("toy2d_segx", "skin.exe", png_bytes(skin), {}, "file type"),
+        ("toy3d_segx", "complex.nii.gz", nifti_bytes(ct.astype(np.complex64)), {}, "complex voxels"),
+        ("toy3d_segx", "ct.nii.gz", whole, {"class": "zebra"}, "unknown class"),
+        ("toy3d_segx", "ct.nii.gz", whole, {"method": "magic"}, "unknown explanation method"),
     ]
 
 

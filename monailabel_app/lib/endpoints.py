@@ -129,6 +129,10 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
         if label:
             raise HTTPException(status_code=400, detail="the SegX tasks take no label upload")
         request_params = _checked_params(params)
+        try:
+            segx_app.infer_tasks()[model].check(request_params)
+        except ValueError as error:
+            raise HTTPException(status_code=400, detail=public(str(error))) from error
         if file:
             if _upload_size(file) > max_upload_bytes:
                 raise HTTPException(

@@ -96,6 +96,8 @@ def _shape_and_data(path: Path) -> tuple[tuple[int, ...], int | None, str, int]:
         import nibabel as nib
 
         image = nib.load(str(path))  # the header only; the proxy knows where the voxels start
+        if image.header.get_data_dtype().kind == "c":
+            raise ValueError("complex voxels are not supported: save the magnitude (or the real part) as a real image")
         shape = tuple(int(s) for s in image.header.get_data_shape())
         data = int(np.prod(shape, dtype=np.int64)) * image.header.get_data_dtype().itemsize + int(image.dataobj.offset)
         return shape, data, "gzip" if name.endswith(".gz") else "raw", 0

@@ -51,11 +51,15 @@ class _SegXTask(InferTask):
         ``(result file or None, JSON)``."""
         return run_in_torch_thread(self.respond, request)
 
-    def _result(self, request: dict):
+    def check(self, request: dict) -> None:
+        """Refuse bad params before any work (``ValueError`` with the reason)."""
         method = _param(request, "method", "gradcam")
         if method not in METHODS:
             raise ValueError(f"unknown explanation method {method!r}; choose one of {METHODS}")
-        return self.runtime.explain(request["image"], method, float(_param(request, "margin_mm", 0.0)))
+
+    def _result(self, request: dict):
+        self.check(request)
+        return self.runtime.explain(request["image"], _param(request, "method", "gradcam"), float(_param(request, "margin_mm", 0.0)))
 
 
 class ClassificationTask(_SegXTask):
@@ -100,14 +104,21 @@ class SegXTask(_SegXTask):
             config={"class": "", "method": "gradcam", "variant": runtime.pair.certainty_variant, "layer": "segx"},
         )
 
-    def respond(self, request):
-        pair = self.runtime.pair
-        variant = _param(request, "variant", pair.certainty_variant)
+    def check(self, request: dict) -> None:
+        super().check(request)
+        variant = _param(request, "variant", self.runtime.pair.certainty_variant)
         if variant not in VARIANTS:
             raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
         layer = _param(request, "layer", "segx")
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; choose one of {LAYERS}")
+        if _param(request, "class", None) is not None:
+            self.runtime.pair.class_index(_param(request, "class", None))
+
+    def respond(self, request):
+        pair = self.runtime.pair
+        variant = _param(request, "variant", pair.certainty_variant)
+        layer = _param(request, "layer", "segx")
         requested = _param(request, "class", None)
         result = self._result(request)
         class_index = pair.class_index(requested) if requested is not None else result.predicted
