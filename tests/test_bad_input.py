@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
+import torch
 from conftest import write_studies
 from segx.demo import running_server
 from PIL import Image as PILImage
@@ -107,3 +108,14 @@ def test_every_bad_input_is_a_quick_4xx_that_leaves_nothing_behind(server):
     time.sleep(0.5)  # background clean-up after the last response
     assert set(temporary.rglob("*")) == left_before
     assert requests.get(f"{url}/info/", timeout=30).status_code == 200
+
+
+def test_a_16_bit_picture_reads_as_its_8_bit_twin(tmp_path):
+    """16-bit PNGs are not taken as 8-bit ones 257 times brighter: they are scaled down."""
+    from segx.imageio import read_image
+
+    pixels = np.random.default_rng(2).integers(0, 256, (30, 40), dtype=np.uint16)
+    PILImage.fromarray(pixels.astype(np.uint8)).save(tmp_path / "eight.png")
+    PILImage.fromarray((pixels * 257).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    eight, sixteen = read_image(tmp_path / "eight.png"), read_image(tmp_path / "sixteen.png")
+    assert torch.allclose(eight.array, sixteen.array, atol=1e-3)

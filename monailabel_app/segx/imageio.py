@@ -38,7 +38,9 @@ def _default_affine(spacing: tuple[float, ...]) -> np.ndarray:
 
 def read_image(path: str | Path) -> Image:
     """Read NIfTI, NRRD, MHA, PNG, JPEG or DICOM (file or series folder) with MONAI's
-    ``LoadImage``, channel first, keeping spacing and the affine."""
+    ``LoadImage``, channel first, keeping spacing and the affine. 16-bit greyscale PNG and
+    TIFF pictures are scaled to the 8-bit range (divided by 257), which the 2D models
+    (photographs, radiographs saved as pictures) read."""
     from monai.transforms import LoadImage
 
     path = Path(path)
@@ -56,10 +58,22 @@ def read_image(path: str | Path) -> Image:
                 pass
         raise ValueError(f"cannot read {path.name} as an image: {error}") from error
     array = torch.as_tensor(np.asarray(loaded), dtype=torch.float32)
+    if _is_16_bit_picture(path):
+        array = array / 257.0  # 16-bit PNG/TIFF -> the 8-bit range the photograph models read (65535 -> 255)
     affine = np.asarray(loaded.affine, dtype=float)
     spatial = array.dim() - 1
     spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(min(spatial, 3)))
     return Image(array, spacing, affine)
+
+
+def _is_16_bit_picture(path: Path) -> bool:
+    """Whether ``path`` is a 16-bit greyscale picture (PNG/TIFF mode ``I;16`` or ``I``)."""
+    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        return False
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as picture:
+        return picture.mode.startswith("I")
 
 
 def _read_with_simpleitk(path: Path) -> Image:
