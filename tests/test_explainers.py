@@ -280,3 +280,46 @@ def test_explainers_in_threads_on_one_model_give_the_maps_they_give_alone():
     for thread in threads:
         thread.join()
     assert not errors and not wrong, (errors, wrong[:5])
+
+
+def test_tokens_are_laid_out_on_the_patch_grid_with_the_class_token_dropped():
+    from segx.explainers import tokens_to_grid
+
+    grid = torch.arange(2 * 6 * 4, dtype=torch.float32).reshape(2, 6, 4)  # (D, gh, gw) of item 0
+    tokens = grid.reshape(2, 24).T[None]  # (1, 24, 2): row-major patches, as ViT's patch embedding flattens them
+    with_class_token = torch.cat([torch.full((1, 1, 2), -1.0), tokens], dim=1)
+    assert torch.equal(tokens_to_grid(tokens, (96, 64)), grid[None])  # 16-pixel patches
+    assert torch.equal(tokens_to_grid(with_class_token, (96, 64)), grid[None])
+    with pytest.raises(ValueError, match="no patch grid"):
+        tokens_to_grid(torch.zeros(1, 11, 2), (96, 64))
+
+
+@pytest.mark.parametrize("spatial_dims, size, patch", [(2, (64, 64), 16), (3, (32, 32, 32), 8)])
+def test_vit_classifiers_get_non_empty_maps_from_every_kind_of_method(spatial_dims, size, patch):
+    from monai.networks.nets import ViT
+    from segx.config import logits_only
+    from segx.explainers import explain_classes, find_target_layer
+
+    torch.manual_seed(0)
+    vit = ViT(in_channels=1, img_size=size, patch_size=patch, spatial_dims=spatial_dims, classification=True, num_classes=3,
+              hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4).eval()  # fmt: skip
+    vit = logits_only(vit, None, 3)
+    assert find_target_layer(vit)[0] == "blocks.1.norm1"  # not the patch embedding's convolution
+    x = torch.randn(1, 1, *size)
+    for method in ("gradcam", "gradcam++", "integrated_gradients"):
+        out = explain_classes(vit, x, [0, 1, 2], method)
+        assert out.logits.shape == (3,) and out.maps.shape[0] == 3 and bool((out.maps.flatten(1).amax(1) > 0).all()), method
+
+
+def test_logits_are_taken_from_tuple_and_dict_outputs():
+    from segx.config import logits_only
+
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return {"features": x.mean((2, 3)), "scores": x.mean((2, 3))[:, :2] * 3}
+
+    x = torch.ones(4, 5, 8, 8)
+    assert logits_only(Pair(), "scores", 2)(x).shape == (4, 2)
+    assert logits_only(Pair(), None, 2)(x).shape == (4, 2)  # the first (B, 2) tensor
+    with pytest.raises(ValueError, match="output_key"):
+        logits_only(Pair(), None, 3)(x)

@@ -34,6 +34,7 @@ def server(toy_models, tmp_path_factory):
     models = tmp_path_factory.mktemp("server_models")
     shutil.copytree(toy_models, models, dirs_exist_ok=True)  # training here publishes weights
     write_trainable_segmenter_model(models)
+    write_vit_model(models)
     settings.MONAI_LABEL_APP_DIR = str(APP_DIR)
     settings.MONAI_LABEL_STUDIES = str(studies)
     settings.MONAI_LABEL_APP_CONF = {"models": "all", "models_dir": str(models), "device": "cpu", "max_upload_mb": "3"}
@@ -62,6 +63,21 @@ def write_trainable_segmenter_model(models):
         "input": {"channels": 3, "spatial_size": [48, 48], "intensity": "divide255"},
     }
     (models / "seg2d.yaml").write_text(yaml.safe_dump(config))
+
+
+def write_vit_model(models):
+    """``vit2d``: a MONAI ``ViT`` classifier (returns ``(logits, hidden_states)``, 4 x 4 patch
+    grid and a class token) with the toy TorchScript segmenter."""
+    from monai.networks.nets import ViT
+
+    vit_args = {"in_channels": 3, "img_size": [64, 64], "patch_size": 16, "spatial_dims": 2, "classification": True,
+                "num_classes": 3, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4}  # fmt: skip
+    torch.manual_seed(6)
+    torch.save(ViT(**vit_args).state_dict(), models / "vit2d_classifier.pt")
+    config = yaml.safe_load((models / "toy2d.yaml").read_text())
+    config["classifier"] = {"network": "ViT", "args": vit_args, "weights": "vit2d_classifier.pt",
+                            "input": {"channels": 3, "spatial_size": [64, 64], "intensity": "divide255"}}  # fmt: skip
+    (models / "vit2d.yaml").write_text(yaml.safe_dump(config))
 
 
 def post_infer(client, model, path=None, content=None, filename=None, params=None, output="all"):
@@ -159,6 +175,19 @@ def test_layers_classes_variants_and_cache_reuse(server, ct_file, tmp_path):
     assert split_multipart(distance)[0]["segu"]["variant"] == "distance_decay"
     other = post_infer(client, "toy3d_segx", ct_file, params={"method": "gradcam++"})
     assert other.status_code == 200 and runtime.misses == misses + 1
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "occlusion"])
+def test_a_vit_classifier_gives_non_empty_maps(server, skin_file, tmp_path, method):
+    """MONAI's ViT returns (logits, hidden states); its CAM target is the last block's
+    norm, its tokens laid out on the 4 x 4 patch grid (the patch embedding gave all-zero
+    Grad-CAM maps, and the tuple output a 500)."""
+    client, _, _ = server
+    response = post_infer(client, "vit2d_segx", skin_file, params={"layer": "explanation", "method": method})
+    assert response.status_code == 200, response.text
+    params, image = split_multipart(response)
+    assert sum(params["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) and params["method"] == method
+    assert sitk.GetArrayFromImage(read_nrrd(image, tmp_path)).max() > 0
 
 
 def test_segmentation_task_with_stock_plugin_params(server, skin_file, tmp_path):

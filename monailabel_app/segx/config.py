@@ -157,6 +157,36 @@ def load_network(section: dict, config_file: Path, field: str) -> nn.Module:
     return network.eval()
 
 
+def logits_only(network: nn.Module, key: int | str | None, n_classes: int) -> nn.Module:
+    """Make a classifier that returns a tuple, list or dict (MONAI's ``ViT`` returns
+    ``(logits, hidden_states)``) return its logits ``(B, n_classes)``: the entry ``key``
+    (index or name, ``classifier.output_key`` in a configuration) if given, else the first
+    tensor of that shape. A forward hook, so module names (CAM target layers) stay as
+    they are; TorchScript classifiers must return the tensor themselves.
+
+    Raises (at the first forward):
+        ValueError: no such tensor in the output.
+    """
+    if isinstance(network, torch.jit.ScriptModule):
+        return network
+
+    def pick(module, inputs, output):
+        if torch.is_tensor(output):
+            return None
+        if key is not None:
+            chosen = output[key]
+        else:
+            items = list(output.values()) if isinstance(output, dict) else list(output)
+            chosen = next((t for t in items if torch.is_tensor(t) and t.dim() == 2 and t.shape[1] == n_classes), None)
+        if not torch.is_tensor(chosen):
+            raise ValueError(f"the classifier returns a {type(output).__name__} without a (batch, {n_classes}) logits tensor; "
+                             "set classifier.output_key to its index or name")  # fmt: skip
+        return chosen
+
+    network.register_forward_hook(pick)
+    return network
+
+
 def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessing:
     try:
         return Preprocessing(**section.get("input", {}))
@@ -226,7 +256,7 @@ def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
     labels = segmenter_section.get("labels", {1: "region"})
     try:
         pair = ModelPair(
-            classifier=load_network(classifier_section, config_file, "classifier"),
+            classifier=logits_only(load_network(classifier_section, config_file, "classifier"), classifier_section.get("output_key"), len(classes)),
             segmenter=load_network(segmenter_section, config_file, "segmenter"),
             class_names=classes,
             spatial_dims=int(config.get("spatial_dims", 2)),

@@ -16,6 +16,7 @@ pytorch-grad-cam keeps global hooks while it runs, so its calls are serialised p
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import weakref
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ def default_method(model: nn.Module) -> str:
 
 def find_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
     """Resolve the CAM target layer: ``name`` if given, else the known layer for MONAI's
-    DenseNet / ResNet / SEResNet / EfficientNetBN, else the last Conv2d/Conv3d.
+    DenseNet / ResNet / SEResNet / EfficientNetBN, else the first norm of the last block of
+    a transformer (a ``blocks`` list, as MONAI's ``ViT``: its tokens are laid out on the
+    patch grid, see :func:`tokens_to_grid`), else the last Conv2d/Conv3d.
 
     Returns:
         ``(dotted_name, module)``.
@@ -90,7 +93,7 @@ def find_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, n
             f"use one of {INPUT_METHODS}"
         )
     modules = dict(model.named_modules())
-    name = name or DEFAULT_TARGET_LAYERS.get(type(model).__name__)
+    name = name or DEFAULT_TARGET_LAYERS.get(type(model).__name__) or _last_transformer_block(model)
     if name is None:
         convs = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
         if not convs:
@@ -99,6 +102,41 @@ def find_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, n
     if name not in modules:
         raise ValueError(f"target layer {name!r} not found in {type(model).__name__}")
     return name, modules[name]
+
+
+def _last_transformer_block(model: nn.Module) -> str | None:
+    """``blocks.<last>.norm1`` (or the block itself) of a model with a ``blocks`` list."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        return None
+    last = f"blocks.{len(blocks) - 1}"
+    return f"{last}.norm1" if hasattr(blocks[-1], "norm1") else last
+
+
+def tokens_to_grid(tokens: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """Transformer tokens ``(B, N, D)`` of an input of spatial size ``spatial`` -> a feature
+    map ``(B, D, *grid)`` on the patch grid, so that CAM methods can weight it. Patches are
+    taken as cubes of one size dividing every axis; a leading class token (``N`` = patches
+    + 1) is dropped.
+
+    Raises:
+        ValueError: no such patch grid holds ``N`` or ``N - 1`` tokens.
+    """
+    count = tokens.shape[1]
+    for patches, offset in ((count, 0), (count - 1, 1)):
+        for patch in range(1, min(spatial) + 1):
+            grid = [size // patch for size in spatial]
+            if all(size % patch == 0 for size in spatial) and math.prod(grid) == patches:
+                return tokens[:, offset:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+    raise ValueError(
+        f"the target layer gives {count} tokens, which no patch grid of a {tuple(spatial)} input holds; "
+        "set target_layer to a layer with a spatial output"
+    )
+
+
+def _as_feature_map(output: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """A layer output as ``(B, Ch, *s)``: feature maps as they are, tokens on their grid."""
+    return tokens_to_grid(output, spatial) if output.dim() == 3 and len(spatial) in (2, 3) else output
 
 
 def resample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -122,14 +160,15 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _capture_activation(layer: nn.Module, copies: int) -> Iterator[dict]:
+def _capture_activation(layer: nn.Module, copies: int, spatial: Sequence[int] = ()) -> Iterator[dict]:
     """Capture ``layer``'s output during one forward of the calling thread.
 
     With ``copies > 0`` the output is replaced by ``copies`` detached copies that require
     grad, and grad mode is switched on from there: the rest of the forward builds a graph
     from the activation only, never through the backbone. Yields a dict with
-    ``activation`` ``(B, Ch, *s)`` and ``leaf`` ``(B * copies, Ch, *s)`` (each item's copies
-    adjacent).
+    ``activation`` ``(B, Ch, *s)`` (transformer tokens laid out on the patch grid of an
+    input of size ``spatial``) and ``leaf`` ``(B * copies, ...)``, the layer's output as the
+    network uses it (each item's copies adjacent).
     """
     state: dict = {"activation": None, "leaf": None}
     owner = threading.get_ident()
@@ -141,7 +180,7 @@ def _capture_activation(layer: nn.Module, copies: int) -> Iterator[dict]:
             raise ValueError("the target layer runs more than once per forward; choose another layer")
         if not torch.is_tensor(output):
             raise ValueError("the target layer must return a single tensor")
-        state["activation"] = output.detach()
+        state["activation"] = _as_feature_map(output.detach(), spatial)
         if copies == 0:
             return None
         torch.set_grad_enabled(True)
@@ -238,7 +277,7 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
         raise ValueError("no class to explain")
     layer_name, layer = find_target_layer(model, target_layer)
     if allow_cam and _gap_linear_heads.get(model, {}).get(layer_name, True) is not None:
-        with torch.no_grad(), _capture_activation(layer, copies=0) as state:
+        with torch.no_grad(), _capture_activation(layer, copies=0, spatial=x.shape[2:]) as state:
             logits = model(x)
         _check_classes(classes, logits.shape[1])
         head = _gap_linear_head(model, layer_name, state["activation"], logits)
@@ -249,7 +288,7 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
             maps = torch.einsum("kc,bc...->bk...", weights, activation).clamp_min(0)
             return logits.detach(), maps, "cam"
     copies = len(classes)
-    with torch.no_grad(), _capture_activation(layer, copies=copies) as state:
+    with torch.no_grad(), _capture_activation(layer, copies=copies, spatial=x.shape[2:]) as state:
         logits = model(x)
     if state["leaf"] is None:
         raise ValueError(f"target layer {layer_name!r} did not run during the forward pass")
@@ -258,6 +297,7 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
     targets = torch.as_tensor(list(classes), device=logits.device).repeat(len(x))
     with torch.enable_grad():
         (gradients,) = torch.autograd.grad(logits[rows, targets].sum(), state["leaf"])
+    gradients = _as_feature_map(gradients, x.shape[2:])
     spatial = tuple(range(2, gradients.dim()))
     weights = gradients.float().mean(dim=spatial).reshape(len(x), copies, -1)
     maps = torch.einsum("bkc,bc...->bk...", weights, state["activation"].float()).clamp_min(0)
@@ -327,7 +367,8 @@ def pytorch_grad_cam(
     _, layer = find_target_layer(model, target_layer)
     cam_class = _pgc_class(method)
     maps, logits = [], None
-    with model_lock(model), torch.enable_grad(), cam_class(model=model, target_layers=[layer]) as cam:
+    reshape = lambda output: _as_feature_map(output, x.shape[2:])  # noqa: E731 (transformer tokens -> grid)
+    with model_lock(model), torch.enable_grad(), cam_class(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         for c in classes:
             image = x.detach().clone().requires_grad_(True)
             output = cam.activations_and_grads(image)
