@@ -110,3 +110,13 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
     assert kept["variant"] == section["variant"] == section["combination"]["variant"] == "topk_inside"
     assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--split", "test"]) == 2
     assert "no study with a known label" in capsys.readouterr().err
+
+
+def test_mc_dropout_is_not_reported_when_dropout_drops_nothing():
+    from segx.baselines import mc_dropout
+
+    silent = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(p=0.0), torch.nn.Linear(4, 2)).eval()
+    active = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(p=0.5), torch.nn.Linear(4, 2)).eval()
+    x = torch.ones(1, 1, 2, 2)
+    assert mc_dropout(silent, x) is None
+    assert 0.5 <= mc_dropout(active, x) <= 1.0 and not active[1].training  # dropout switched back off

@@ -121,3 +121,15 @@ def test_evaluate_on_3d_phantoms_writes_the_figures(tmp_path, capsys):
     assert summary["iou_segx_gradcam"] > summary["iou_raw_gradcam"]
     for name in ("report.md", "iou.png", "risk_coverage.png", "examples.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_limit_draws_a_seeded_class_stratified_subset():
+    """HAM10000's test CSV starts with 99 bkl rows: the first N rows are not a sample."""
+    from segx.datasets import Study, stratified_subset
+
+    studies = [Study(f"s{i}", None, None, 0) for i in range(99)] + [Study("s99", None, None, 1)] + [Study(f"t{i}", None, None, 2) for i in range(50)]
+    subset = stratified_subset(studies, 15, seed=1)
+    labels = [s.label for s in subset]
+    assert len(subset) == 15 and labels.count(1) == 1 and labels.count(0) == 9 and labels.count(2) == 5
+    assert [s.image_id for s in subset] == [s.image_id for s in studies if s in subset]  # original order
+    assert subset == stratified_subset(studies, 15, seed=1) and subset != stratified_subset(studies, 15, seed=2)

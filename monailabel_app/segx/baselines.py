@@ -27,14 +27,15 @@ def negative_entropy(probabilities: np.ndarray) -> float:
     return float((p * np.log(p)).sum())
 
 
-def has_dropout(classifier: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in classifier.modules())
+def _active_dropouts(classifier: nn.Module) -> list[nn.Module]:
+    """The dropout layers that drop something (``p > 0``)."""
+    return [m for m in classifier.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
 def mc_dropout(classifier: nn.Module, x: torch.Tensor, samples: int = 10, seed: int = 0) -> float | None:
     """MSP of the mean softmax over ``samples`` forward passes with dropout active (batch
-    norm stays in eval mode); None when the classifier has no dropout layer."""
-    dropouts = [m for m in classifier.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    norm stays in eval mode); None when the classifier has no dropout layer with ``p > 0``."""
+    dropouts = _active_dropouts(classifier)
     if not dropouts or samples < 1:
         return None
     with model_lock(classifier):  # no other thread runs the model while its dropout is on

@@ -16,7 +16,7 @@ from .metrics import certainty_auroc
 
 
 def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout(), split: str = "val", limit: int | None = None,
-              device: str = "cpu", variant: str | None = None) -> dict:  # fmt: skip
+              device: str = "cpu", variant: str | None = None, seed: int = 0) -> dict:  # fmt: skip
     """Explain every study of ``split`` and store in ``config_file``:
 
     - ``certainty.variant``: ``variant`` if given, else the SegU variant whose certainty
@@ -32,7 +32,7 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
     pair, _ = load_model_pair(config_file)
-    studies, _ = find_studies(pair.class_names, data, layout, split, limit)
+    studies, _ = find_studies(pair.class_names, data, layout, split, limit, seed)
     records = study_records(pair, studies, [], device, mc_samples=0, desc=f"calibrating on {split}")
     correct = np.array([r["correct"] for r in records], dtype=bool)
     both_outcomes = 0 < correct.sum() < len(correct)

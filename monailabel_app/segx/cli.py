@@ -85,7 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import main as evaluate_main
 
-    return evaluate_main(args.model, args.data, args.out, args.methods, args.device, args.split, args.limit, args.mc_samples, **_layout(args))
+    return evaluate_main(args.model, args.data, args.out, args.methods, args.device, args.split, args.limit, args.mc_samples, args.seed, **_layout(args))
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .config import model_config_file
     from .datasets import Layout
 
-    summary = calibrate(model_config_file(args.model), args.data, Layout(**_layout(args)), args.split, args.limit, args.device, args.variant)
+    summary = calibrate(model_config_file(args.model), args.data, Layout(**_layout(args)), args.split, args.limit, args.device, args.variant, args.seed)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -111,7 +111,8 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser, split: str | None) -
     parser.add_argument("--label-column", default="label", help="class names or indices")
     parser.add_argument("--mask-dir", default="masks", help="mask folder inside --data")
     parser.add_argument("--split", default=split, help=f"only rows whose split column has this value (default {split})")
-    parser.add_argument("--limit", type=int, help="at most this many studies")
+    parser.add_argument("--limit", type=int, help="this many studies, drawn at random per class in proportion (stratified)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw")
     parser.add_argument("--device", default="cpu")
 
 

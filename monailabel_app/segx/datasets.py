@@ -10,6 +10,7 @@ a class index (``0``, ``1``, ...). Labels the model does not know are counted an
 from __future__ import annotations
 
 import csv
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def find_studies(
     layout: Layout = Layout(),
     split: str | None = None,
     limit: int | None = None,
+    seed: int = 0,
 ) -> tuple[list[Study], dict[str, int]]:
-    """Studies of ``data`` (in CSV order) and the count of rows skipped per unknown label.
+    """Studies of ``data`` (in CSV order) and the count of rows skipped per unknown label;
+    with ``limit``, a class-stratified random subset of that size (:func:`stratified_subset`).
 
     Raises:
         ValueError: missing CSV or column, a row without an image file, or no study left.
@@ -84,8 +87,27 @@ def find_studies(
         if image is None or not image.exists():
             raise ValueError(f"no image file for {image_id!r} in {data / 'images'}")
         studies.append(Study(image_id, image, _file_for(data / layout.mask_dir, image_id), label))
-        if limit and len(studies) >= limit:
-            break
     if not studies:
         raise ValueError(f"no study with a known label in {csv_path} (split {split!r}); unknown labels: {unknown}")
-    return studies, unknown
+    return (stratified_subset(studies, limit, seed) if limit and limit < len(studies) else studies), unknown
+
+
+def stratified_subset(studies: list[Study], limit: int, seed: int = 0) -> list[Study]:
+    """``limit`` of the studies, drawn at random (``seed``) per class in proportion to the
+    class's share (largest remainders; every class at least once when ``limit`` allows),
+    in their original order. The first rows of a CSV are often one class only."""
+    by_class: dict[int, list[Study]] = {}
+    for study in studies:
+        by_class.setdefault(study.label, []).append(study)
+    shares = {c: limit * len(members) / len(studies) for c, members in by_class.items()}
+    quotas = {c: int(share) for c, share in shares.items()}
+    for c in sorted(shares, key=lambda c: quotas[c] - shares[c])[: limit - sum(quotas.values())]:
+        quotas[c] += 1
+    if limit >= len(by_class):
+        for c in [c for c in quotas if quotas[c] == 0]:
+            donor = max(quotas, key=quotas.get)  # has at least 2: the quotas add up to limit
+            quotas[donor] -= 1
+            quotas[c] = 1
+    rng = random.Random(seed)
+    chosen = {id(s) for c, members in by_class.items() for s in rng.sample(members, quotas[c])}
+    return [s for s in studies if id(s) in chosen]

@@ -301,12 +301,16 @@ def _report(summary: dict, methods: list[str], scores: list[str], class_names: l
     return "\n".join(lines)
 
 
-def main(model: str, data: str, out: str, methods: list[str], device: str, split: str | None = None, limit: int | None = None, mc_samples: int = 10, **layout) -> int:
+def main(model: str, data: str, out: str, methods: list[str], device: str, split: str | None = None, limit: int | None = None,
+         mc_samples: int = 10, seed: int = 0, **layout) -> int:  # fmt: skip
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
     from .config import load_model_pair, model_config_file
 
     pair, config = load_model_pair(model_config_file(model))
-    studies, unknown = find_studies(pair.class_names, data, Layout(**layout), split, limit)
+    studies, unknown = find_studies(pair.class_names, data, Layout(**layout), split, limit, seed)
+    if limit:
+        counts = {pair.class_names[c]: sum(s.label == c for s in studies) for c in sorted({s.label for s in studies})}
+        print(f"--limit {limit}: {len(studies)} studies drawn per class in proportion (seed {seed}): {counts}")
     if unknown:
         print(f"skipped rows with labels unknown to the model: {unknown}")
     summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(config))
