@@ -190,6 +190,25 @@ def test_a_vit_classifier_gives_non_empty_maps(server, skin_file, tmp_path, meth
     assert sitk.GetArrayFromImage(read_nrrd(image, tmp_path)).max() > 0
 
 
+def test_a_torchscript_classifier_offers_only_the_methods_it_supports(server, skin_file):
+    client, app, _ = server
+    from monai.networks.nets import DenseNet121
+
+    original = app.models["toy2d"].runtime.pair.classifier
+    twin = DenseNet121(spatial_dims=2, in_channels=3, out_channels=3)
+    twin.load_state_dict(original.state_dict())
+    app.models["toy2d"].runtime.pair.classifier = torch.jit.script(twin.eval())
+    try:
+        task = app.infer_tasks()["toy2d_segx"]
+        assert task.methods == ("occlusion", "integrated_gradients")
+        refused = post_infer(client, "toy2d_segx", skin_file, params={"method": "gradcam"})
+        assert refused.status_code == 400 and "integrated_gradients" in refused.json()["detail"]
+        default = post_infer(client, "toy2d_segx", skin_file, output="json")
+        assert default.status_code == 200 and default.json()["method"] == "integrated_gradients"
+    finally:
+        app.models["toy2d"].runtime.pair.classifier = original
+
+
 def test_segmentation_task_with_stock_plugin_params(server, skin_file, tmp_path):
     client, _, _ = server
     response = post_infer(client, "toy2d_segmentation", skin_file, params={"result_extension": ".nrrd", "result_dtype": "uint8"})

@@ -10,6 +10,7 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from segx import METHODS, VARIANTS
+from segx.explainers import INPUT_METHODS, default_method, is_scripted
 from segx.export import save_volume
 
 from .runtime import ModelRuntime, run_in_torch_thread
@@ -51,15 +52,24 @@ class _SegXTask(InferTask):
         ``(result file or None, JSON)``."""
         return run_in_torch_thread(self.respond, request)
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The explanation methods this model supports (no CAM without forward hooks)."""
+        return INPUT_METHODS if is_scripted(self.runtime.pair.classifier) else METHODS
+
     def check(self, request: dict) -> None:
         """Refuse bad params before any work (``ValueError`` with the reason)."""
-        method = _param(request, "method", "gradcam")
+        method = _param(request, "method", default_method(self.runtime.pair.classifier))
         if method not in METHODS:
-            raise ValueError(f"unknown explanation method {method!r}; choose one of {METHODS}")
+            raise ValueError(f"unknown explanation method {method!r}; choose one of {self.methods}")
+        if method not in self.methods:
+            raise ValueError(f"explanation method {method!r} needs forward hooks, which {self.runtime.name}'s TorchScript classifier "
+                             f"does not support; choose one of {self.methods}")  # fmt: skip
 
     def _result(self, request: dict):
         self.check(request)
-        return self.runtime.explain(request["image"], _param(request, "method", "gradcam"), float(_param(request, "margin_mm", 0.0)))
+        method = _param(request, "method", default_method(self.runtime.pair.classifier))
+        return self.runtime.explain(request["image"], method, float(_param(request, "margin_mm", 0.0)))
 
 
 class ClassificationTask(_SegXTask):
@@ -101,7 +111,7 @@ class SegXTask(_SegXTask):
         super().__init__(
             runtime,
             description,
-            config={"class": "", "method": "gradcam", "variant": runtime.pair.certainty_variant, "layer": "segx"},
+            config={"class": "", "method": default_method(runtime.pair.classifier), "variant": runtime.pair.certainty_variant, "layer": "segx"},
         )
 
     def check(self, request: dict) -> None:
