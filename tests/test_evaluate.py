@@ -133,3 +133,10 @@ def test_limit_draws_a_seeded_class_stratified_subset():
     assert len(subset) == 15 and labels.count(1) == 1 and labels.count(0) == 9 and labels.count(2) == 5
     assert [s.image_id for s in subset] == [s.image_id for s in studies if s in subset]  # original order
     assert subset == stratified_subset(studies, 15, seed=1) and subset != stratified_subset(studies, 15, seed=2)
+
+
+def test_calibrating_on_the_test_split_is_refused(tmp_path, capsys):
+    from segx.cli import main
+
+    assert main(["calibrate", "--model", "demo2d", "--data", str(tmp_path), "--split", "test"]) == 2
+    assert "test split" in capsys.readouterr().err

@@ -66,9 +66,19 @@ def test_topk_overlap_ties_prefer_lower_index():
 
 
 def test_topk_overlap_all_zero_map():
-    # All-zero 2x2 map, 25% -> 1 voxel, tie -> flat 0. G = {0} -> perfect overlap.
+    # All-zero 2x2 map: no voxel has positive relevance, so T is empty (zeros are not
+    # evidence; the old rule took flat 0 and scored a perfect overlap with G = {0}).
     result = topk_overlap(np.zeros((2, 2)), mask_from_flat((2, 2), [0]), percent=25.0)
-    assert result == pytest.approx({"iou": 1.0, "dice": 1.0, "precision": 1.0})
+    assert result == {"iou": 0.0, "dice": 0.0, "precision": 0.0}
+
+
+def test_topk_keeps_only_positive_voxels_when_fewer_than_k():
+    # 50 % of 8 = 4 voxels, but only flat 5 and 6 are positive: T = {5, 6}; G = {5, 6, 7}
+    # -> IoU 2/3, Dice 2*2/(2+3) = 0.8, precision 1 (zero-filled, T would add flat 0, 1).
+    explanation = np.zeros(8)
+    explanation[[5, 6]] = [0.2, 0.9]
+    result = topk_overlap(explanation.reshape(2, 4), mask_from_flat((2, 4), [5, 6, 7]), percent=50.0)
+    assert result == pytest.approx({"iou": 2 / 3, "dice": 0.8, "precision": 1.0})
 
 
 def test_topk_overlap_empty_mask():
@@ -239,13 +249,21 @@ def test_risk_coverage_curve_hand_case():
     np.testing.assert_allclose(risk, [0.0, 0.5, 1 / 3, 0.5])
 
 
-def test_risk_coverage_curve_ties_keep_input_order():
-    # All certainties equal -> order stays wrong, ok, ok -> risk [1, 1/2, 1/3].
-    coverage, risk = risk_coverage_curve(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0, 1, 1]))
-    np.testing.assert_allclose(coverage, [1 / 3, 2 / 3, 1.0])
-    np.testing.assert_allclose(risk, [1.0, 0.5, 1 / 3])
-    # AURC = (1 + 1/2 + 1/3) / 3 = 11/18.
-    assert aurc([0.5, 0.5, 0.5], [0, 1, 1]) == pytest.approx(11 / 18)
+def test_risk_coverage_curve_does_not_depend_on_the_order_of_ties():
+    # All certainties equal: a threshold accepts all three or none -> risk 1/3 everywhere,
+    # AURC 1/3, whatever the input order (the old curve gave 11/18 for wrong-first and
+    # 1/9 for wrong-last).
+    for correct in ([0, 1, 1], [1, 0, 1], [1, 1, 0]):
+        coverage, risk = risk_coverage_curve(torch.tensor([0.5, 0.5, 0.5]), torch.tensor(correct))
+        np.testing.assert_allclose(coverage, [1 / 3, 2 / 3, 1.0])
+        np.testing.assert_allclose(risk, [1 / 3, 1 / 3, 1 / 3])
+        assert aurc([0.5, 0.5, 0.5], correct) == pytest.approx(1 / 3)
+    # Ties within a larger set: certainties 0.9, 0.5, 0.5, 0.1 with correct 1, 0, 1, 0:
+    # groups end at 1 (risk 0), 3 (1 wrong of 3), 4 (2 of 4) -> AURC = (0 + 1/3 + 1/3 + 1/2) / 4.
+    assert aurc([0.9, 0.5, 0.5, 0.1], [1, 0, 1, 0]) == pytest.approx((0 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    assert aurc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx((0 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    # E-AURC subtracts the oracle without ties: correct 1, 1, then wrong -> (0 + 0 + 1/3 + 1/2) / 4.
+    assert eaurc([0.9, 0.5, 0.5, 0.1], [1, 0, 1, 0]) == pytest.approx((1 / 3 + 1 / 3 + 1 / 2) / 4 - (1 / 3 + 1 / 2) / 4)
 
 
 def test_aurc_eaurc_certainty_auroc_hand_case():
@@ -319,7 +337,8 @@ def test_dice_of_two_masks():
     prediction = mask_from_flat((2, 3), [0, 1, 2])
     truth = mask_from_flat((2, 3), [1, 2, 3, 4])
     assert dice(prediction, truth) == pytest.approx(4 / 7)
-    assert dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) == 0.0  # both empty
+    assert dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) == 1.0  # both empty: they agree (MONAI, ignore_empty=False)
+    assert dice(np.zeros((2, 3)), truth) == 0.0
     with pytest.raises(ValueError, match="shape"):
         dice(prediction, np.zeros((3, 2)))
 

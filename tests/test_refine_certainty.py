@@ -36,7 +36,9 @@ def test_top_k_mask_breaks_ties_by_lower_index():
     # 34 % of 6 = 2.04 -> 3 elements; 30 % -> 1.8 -> 2: the two lowest indices among the ties
     assert top_k_mask(values, 30).flatten().tolist() == [False, True, True, False, False, False]
     constant = torch.zeros(2, 2, 2)
-    assert top_k_mask(constant, 25).flatten().tolist() == [True, True] + [False] * 6
+    assert not top_k_mask(constant, 25).any()  # zeros are no evidence: nothing is selected
+    sparse = torch.tensor([0.0, 0.0, 0.4, 0.0, 0.0, 0.0])
+    assert top_k_mask(sparse, 50).flatten().tolist() == [False, False, True, False, False, False]  # 3 asked, 1 positive
 
 
 def test_expand_region_respects_anisotropic_spacing():

@@ -120,10 +120,13 @@ def topk_overlap(explanation, ground_truth, percent: float = 5.0) -> dict:
 
 def dice(prediction, ground_truth) -> float:
     """Dice of two masks (voxels ``> 0``) of the same shape: ``2 |P & G| / (|P| + |G|)``,
-    0.0 when both are empty."""
+    computed by MONAI (``monai.metrics.compute_dice`` with ``ignore_empty=False``): 1.0
+    when both are empty (they agree), 0.0 when only one is."""
+    from monai.metrics import compute_dice
+
     predicted, region = _values_and_mask(prediction, ground_truth, ("prediction", "ground_truth"))
-    predicted = predicted > 0
-    return _ratio(2 * np.count_nonzero(predicted & region), np.count_nonzero(predicted) + np.count_nonzero(region))
+    as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]  # noqa: E731
+    return float(compute_dice(as_batch(predicted > 0), as_batch(region), include_background=True, ignore_empty=False))
 
 
 def pointing_game(explanation, ground_truth) -> float:
@@ -219,11 +222,13 @@ def pixel_auroc(explanation, ground_truth) -> float:
 
 
 def risk_coverage_curve(certainty, correct) -> tuple[np.ndarray, np.ndarray]:
-    """Selective-prediction risk-coverage curve.
+    """Selective-prediction risk-coverage curve, invariant to the order of tied cases.
 
-    Cases are sorted by certainty, descending and stable (ties keep input
-    order). For ``i = 1..N``: ``coverage_i = i / N`` and ``risk_i`` = number
-    of wrong cases (``correct <= 0``) among the first ``i``, divided by ``i``.
+    Cases are sorted by certainty, descending. A threshold can only accept all cases of
+    equal certainty or none (as fd-shifts' curve adds a point only where the certainty
+    changes), so for ``i = 1..N``: ``coverage_i = i / N`` and ``risk_i`` = number of wrong
+    cases (``correct <= 0``) among the cases with certainty >= that of case ``i``, divided
+    by their number (the risk at the end of ``i``'s group of ties).
 
     Args:
         certainty: shape ``(N,)``.
@@ -233,9 +238,12 @@ def risk_coverage_curve(certainty, correct) -> tuple[np.ndarray, np.ndarray]:
         ``(coverage, risk)``, two float64 arrays of shape ``(N,)``.
     """
     values, right = _certainty_and_correct(certainty, correct)
-    wrong_sorted = ~right[_descending_order(values)]
+    order = _descending_order(values)
     counts = np.arange(1, values.size + 1, dtype=np.float64)
-    return counts / values.size, np.cumsum(wrong_sorted) / counts
+    risk = np.cumsum(~right[order]) / counts
+    sorted_values = values[order]
+    group_end = np.searchsorted(-sorted_values, -sorted_values, side="right") - 1  # last index of each case's ties
+    return counts / values.size, risk[group_end]
 
 
 def aurc(certainty, correct) -> float:
@@ -259,7 +267,10 @@ def eaurc(certainty, correct) -> float:
         correct: shape ``(N,)``, correct where ``> 0``.
     """
     _, right = _certainty_and_correct(certainty, correct)
-    return aurc(certainty, correct) - aurc(right.astype(np.float64), right)
+    n_right = int(right.sum())
+    counts = np.arange(1, right.size + 1, dtype=np.float64)
+    oracle = (np.maximum(counts - n_right, 0) / counts).mean()  # every correct case first, no ties
+    return aurc(certainty, correct) - float(oracle)
 
 
 def certainty_auroc(certainty, correct) -> float:

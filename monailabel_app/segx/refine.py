@@ -29,9 +29,12 @@ def top_k_count(percent: float, n: int) -> int:
 def top_k_mask(explanation: torch.Tensor | np.ndarray, percent: float) -> torch.Tensor:
     """Binarise a map by keeping its top ``percent`` % elements.
 
-    Rule: exactly ``ceil(percent / 100 * N)`` elements are selected (``N`` = number of
-    elements), highest values first; ties are broken by the lower flat (C-order) index,
-    so the selection is reproducible on every platform.
+    Rule: ``ceil(percent / 100 * N)`` elements are selected (``N`` = number of elements),
+    highest values first; ties are broken by the lower flat (C-order) index, so the
+    selection is reproducible on every platform. Elements without positive relevance
+    (``<= 0``) are never selected: a map with fewer positive elements than that keeps only
+    those (a zero is no evidence, and filling up with the lowest-index zeros would bias
+    overlap scores).
 
     Args:
         explanation: map of shape ``(H, W)`` or ``(D, H, W)``.
@@ -51,7 +54,7 @@ def top_k_mask(explanation: torch.Tensor | np.ndarray, percent: float) -> torch.
     mask = flat > threshold
     ties = torch.nonzero(flat == threshold).flatten()  # ascending flat indices
     mask[ties[: keep - int(mask.sum())]] = True
-    return mask.reshape(values.shape)
+    return (mask & (flat > 0)).reshape(values.shape)
 
 
 def distance_to_region_mm(region: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
