@@ -108,7 +108,7 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
     kept = yaml.safe_load(printed[printed.index("{") :])
     section = yaml.safe_load((models / "demo2d.yaml").read_text())["certainty"]
     assert kept["variant"] == section["variant"] == section["combination"]["variant"] == "topk_inside"
-    assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--split", "test"]) == 2
+    assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--split", "nosuchsplit"]) == 2
     assert "no study with a known label" in capsys.readouterr().err
 
 
