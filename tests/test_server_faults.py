@@ -6,14 +6,13 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import requests
 import torch
-from conftest import APP_DIR, write_models
+from conftest import write_models
 from PIL import Image as PILImage
 from segx.demo import running_server
 from segx.phantoms import generate
