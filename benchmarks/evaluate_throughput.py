@@ -97,7 +97,7 @@ def _studies(args) -> tuple[ModelPair, list[Study], str, object]:
         keep = tempfile.TemporaryDirectory()
         args.model, args.data = "demo2d", keep.name
         generate(keep.name, 2, args.limit, seed=args.seed, split="test", progress=False)
-    pair, _ = load_model_pair(model_config_file(args.model))
+    pair = load_model_pair(model_config_file(args.model))
     layout = RECIPES["ham10000"].layout if Path(args.data).resolve() == SHARED_HAM.resolve() else Layout()
     studies, _ = find_studies(pair.class_names, args.data, layout, "test", args.limit)
     return pair, studies, args.model, keep

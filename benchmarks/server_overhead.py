@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
         cases[0].files = write_images_2d(images, repeats + 1, rng)
         cases[1].files = write_images_3d(images, repeats + 1, rng)
         for case in cases:
-            case.pair = load_model_pair(case.config_file)[0]
+            case.pair = load_model_pair(case.config_file)
 
         start = time.perf_counter()
         log_file = tmp / "server.log"

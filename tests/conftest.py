@@ -70,6 +70,35 @@ def write_toy_models(folder: Path) -> Path:
     return folder
 
 
+def write_vit_model(models: Path) -> None:
+    """``vit2d``: a MONAI ``ViT`` classifier (returns ``(logits, hidden_states)``, 4 x 4 patch
+    grid and a class token) with the toy TorchScript segmenter."""
+    from monai.networks.nets import ViT
+
+    vit_args = {"in_channels": 3, "img_size": [64, 64], "patch_size": 16, "spatial_dims": 2, "classification": True,
+                "num_classes": 3, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4}  # fmt: skip
+    torch.manual_seed(6)
+    torch.save(ViT(**vit_args).state_dict(), models / "vit2d_classifier.pt")
+    config = yaml.safe_load((models / "toy2d.yaml").read_text())
+    config["classifier"] = {"network": "ViT", "args": vit_args, "weights": "vit2d_classifier.pt",
+                            "input": {"channels": 3, "spatial_size": [64, 64], "intensity": "divide255"}}  # fmt: skip
+    (models / "vit2d.yaml").write_text(yaml.safe_dump(config))
+
+
+def write_swin_model(models: Path) -> None:
+    """``swin3d``: a :class:`segx.networks.SwinClassifier` (SwinUNETR's encoder + a head,
+    random weights) on 64^3 inputs with the toy TorchScript segmenter."""
+    from segx.networks import SwinClassifier
+
+    swin_args = {"in_channels": 1, "num_classes": 2, "spatial_dims": 3, "feature_size": 12, "num_heads": [1, 2, 3, 6], "window_size": 4}
+    torch.manual_seed(7)
+    torch.save(SwinClassifier(**swin_args).state_dict(), models / "swin3d_classifier.pt")
+    config = yaml.safe_load((models / "toy3d.yaml").read_text())
+    config["classifier"] = {"network": "segx.networks.SwinClassifier", "args": swin_args, "weights": "swin3d_classifier.pt",
+                            "input": {"channels": 1, "spatial_size": [64, 64, 64], "intensity": [0, 1]}}  # fmt: skip
+    (models / "swin3d.yaml").write_text(yaml.safe_dump(config))
+
+
 def square_rgb(height: int, width: int, box: tuple) -> np.ndarray:
     """uint8 RGB ``(H, W, 3)``: dark skin, a bright square ``box = (r0, r1, c0, c1)``."""
     image = np.full((height, width, 3), 50, dtype=np.uint8)

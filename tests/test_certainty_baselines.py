@@ -100,7 +100,8 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
     assert summary["n"] == 16 and section["n_validation"] == 16
     assert section["variant"] == summary["variant"] and summary["auroc"][summary["variant"]] == max(summary["auroc"].values())
     assert section["combination"]["variant"] == summary["combination"]["variant"] and section["combination"]["split"] == "val"
-    pair, config = load_model_pair(models / "demo2d.yaml")
+    pair = load_model_pair(models / "demo2d.yaml")
+    config = pair.config
     assert pair.certainty_variant == summary["variant"] and pair.levels.variant == summary["variant"]
     assert Combination.from_config(config).weights == summary["combination"]["weights"]
     assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--variant", "topk_inside"]) == 0

@@ -59,7 +59,8 @@ def edit_config(model_dir, change):
 
 
 def test_network_with_state_dict(model_dir):
-    pair, config = load_model_pair(model_dir / "organ3d.yaml")
+    pair = load_model_pair(model_dir / "organ3d.yaml")
+    config = pair.config
     assert pair.class_names == ["healthy", "tumour"] and pair.spatial_dims == 3
     assert pair.segment_names == {1: "liver", 2: "spleen"}
     assert pair.region_of(1) == [1] and pair.region_of(0) == [1, 2]
@@ -85,7 +86,7 @@ def test_torchscript_and_bundle(model_dir):
         config["classifier"] = {"bundle": "classifier_bundle", "input": config["classifier"]["input"]}
         config["segmenter"] = {"torchscript": "segmenter.ts", "labels": {1: "liver", 2: "spleen"}}
 
-    pair, _ = load_model_pair(edit_config(model_dir, use_both))
+    pair = load_model_pair(edit_config(model_dir, use_both))
     x = torch.rand(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(pair.segmenter(x), segmenter(x))
@@ -131,10 +132,14 @@ def test_cli_writes_float32_maps_with_the_source_geometry(model_dir, capsys):
     image_path = model_dir / "ct.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 24, 16), dtype=np.float32), rotated), str(image_path))
     out = model_dir / "out"
-    assert main(["explain", str(image_path), "--config", str(model_dir / "organ3d.yaml"), "--out", str(out)]) == 0
+    arguments = ["explain", str(image_path), "--config", str(model_dir / "organ3d.yaml"), "--out", str(out)]
+    assert main(arguments) == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["probabilities"]) == {"healthy", "tumour"}
     assert 0.0 <= summary["segu"]["value"] <= 1.0 and summary["segu"]["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["segmentation.nrrd", "segx_healthy.nrrd", "segx_tumour.nrrd"]  # the default layers only
+    assert main(arguments + ["--layers", "explanation", "mask"]) == 0
+    assert {"explanation_healthy.nrrd", "mask_tumour.nrrd"} <= {p.name for p in out.iterdir()}
     source = sitk.ReadImage(str(image_path))
     for name, pixel in [("segx_tumour.nrrd", sitk.sitkFloat32), ("explanation_healthy.nrrd", sitk.sitkFloat32), ("segmentation.nrrd", sitk.sitkUInt8)]:
         written = sitk.ReadImage(str(out / name))
@@ -157,6 +162,10 @@ def test_cli_explains_with_a_built_in_model_by_name(tmp_path, capsys):
     assert main(["explain", str(tmp_path / "skin.png"), "--model", "ham10000"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["predicted"] in summary["probabilities"] and len(summary["probabilities"]) == 7
-    assert summary["segu"]["variant"] == "region_margin" and set(summary["certainty"][summary["predicted"]]) == set(VARIANTS)
+    assert summary["segu"]["variant"] == "region_margin" and list(summary["certainty"]) == [summary["predicted"]]  # the default variant only
+    assert summary["certainty"][summary["predicted"]] == {"region_margin": pytest.approx(summary["segu"]["value"], abs=1e-6)}
+    assert main(["explain", str(tmp_path / "skin.png"), "--model", "ham10000", "--variants", *VARIANTS]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["certainty"][summary["predicted"]]) == set(VARIANTS) and len(summary["certainty"]) == 7
     assert main(["explain", str(tmp_path / "skin.png"), "--model", "no_such_model"]) == 2
     assert "built-in models are" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_training_writes_a_loadable_calibrated_configuration(tmp_path):
     assert config["certainty"]["n_validation"] == 8 and config["certainty"]["variant"] == calibration["variant"]
     assert calibration["auroc"][calibration["variant"]] == max(calibration["auroc"].values())
     assert config["certainty"]["combination"]["variant"] == calibration["combination"]["variant"]
-    pair, _ = load_model_pair(tmp_path / "models" / "demo2d.yaml")
+    pair = load_model_pair(tmp_path / "models" / "demo2d.yaml")
     assert pair.class_names == ["nevus", "melanoma"] and pair.levels is not None
     losses = log["classifier"]["losses"]
     assert len(losses) == 12 and losses[-1] < losses[0]

@@ -97,7 +97,8 @@ def test_jsrt_folder_works_with_a_mask_dir():
 def test_ham10000_recipe_trains_on_the_folder_as_it_is(tmp_path):
     log = train("ham10000", SHARED_DATA / "ham10000", tmp_path, limit=16)
     assert log["n_train"] == 16 and log["n_val"] == 16 and len(log["classifier"]["losses"]) == RECIPES["ham10000"].epochs
-    pair, config = load_model_pair(tmp_path / "ham10000.yaml")
+    pair = load_model_pair(tmp_path / "ham10000.yaml")
+    config = pair.config
     assert pair.class_names == HAM_CLASSES and pair.certainty_variant == log["calibration"]["variant"]
     card = (tmp_path / "ham10000_model_card.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "--limit 16" in card and "16 train studies" in card
@@ -106,7 +107,7 @@ def test_ham10000_recipe_trains_on_the_folder_as_it_is(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "jsrt").is_dir(), reason="../shared/data/jsrt is not present on this machine")
 def test_jsrt_recipe_reads_index_labels_and_lung_masks(tmp_path):
     log = train("jsrt", SHARED_DATA / "jsrt", tmp_path, limit=6)
-    pair, _ = load_model_pair(tmp_path / "jsrt.yaml")
+    pair = load_model_pair(tmp_path / "jsrt.yaml")
     assert pair.class_names == ["no_nodule", "nodule"] and pair.segment_names == {1: "lungs"}
     assert log["segmenter"]["val_scores"][-1] > 0.3, "lung masks (0/255 PNG) were read as foreground"
 

@@ -311,6 +311,21 @@ def test_vit_classifiers_get_non_empty_maps_from_every_kind_of_method(spatial_di
         assert out.logits.shape == (3,) and out.maps.shape[0] == 3 and bool((out.maps.flatten(1).amax(1) > 0).all()), method
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_swin_encoder_classifiers_get_non_empty_maps_with_the_default_method(spatial_dims):
+    """SwinUNETR's encoder + a head: the CAM target is its last stage (channels-first), not
+    the patch embedding's convolution (the last Conv of the model)."""
+    from segx.explainers import default_method, explain_classes, find_target_layer
+    from segx.networks import SwinClassifier
+
+    torch.manual_seed(0)
+    swin = SwinClassifier(1, 2, spatial_dims=spatial_dims, feature_size=12, num_heads=(1, 2, 3, 6), window_size=4).eval()
+    assert find_target_layer(swin)[0] == "swinViT.layers4.0"
+    out = explain_classes(swin, torch.randn(1, 1, *[64] * spatial_dims), [0, 1], default_method(swin))
+    assert out.method == "gradcam" and out.maps.shape == (2, *[2] * spatial_dims)
+    assert bool((out.maps.flatten(1).amax(1) > 0).all())
+
+
 def test_logits_are_taken_from_tuple_and_dict_outputs():
     from segx.config import logits_only
 

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import yaml
-from conftest import APP_DIR, AFFINE_3D, organ_volume, square_rgb, write_studies
+from conftest import APP_DIR, AFFINE_3D, organ_volume, square_rgb, write_studies, write_vit_model
 from PIL import Image as PILImage
 
 from segx import explain
@@ -63,21 +63,6 @@ def write_trainable_segmenter_model(models):
         "input": {"channels": 3, "spatial_size": [48, 48], "intensity": "divide255"},
     }
     (models / "seg2d.yaml").write_text(yaml.safe_dump(config))
-
-
-def write_vit_model(models):
-    """``vit2d``: a MONAI ``ViT`` classifier (returns ``(logits, hidden_states)``, 4 x 4 patch
-    grid and a class token) with the toy TorchScript segmenter."""
-    from monai.networks.nets import ViT
-
-    vit_args = {"in_channels": 3, "img_size": [64, 64], "patch_size": 16, "spatial_dims": 2, "classification": True,
-                "num_classes": 3, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 4}  # fmt: skip
-    torch.manual_seed(6)
-    torch.save(ViT(**vit_args).state_dict(), models / "vit2d_classifier.pt")
-    config = yaml.safe_load((models / "toy2d.yaml").read_text())
-    config["classifier"] = {"network": "ViT", "args": vit_args, "weights": "vit2d_classifier.pt",
-                            "input": {"channels": 3, "spatial_size": [64, 64], "intensity": "divide255"}}  # fmt: skip
-    (models / "vit2d.yaml").write_text(yaml.safe_dump(config))
 
 
 def post_infer(client, model, path=None, content=None, filename=None, params=None, output="all"):

@@ -14,7 +14,7 @@ import requests
 import SimpleITK as sitk
 import torch
 import yaml
-from conftest import write_studies
+from conftest import write_studies, write_swin_model, write_vit_model
 from monailabel.client import MONAILabelClient
 
 from segx.demo import running_server
@@ -53,6 +53,8 @@ def live(toy_models, tmp_path_factory):
     models = tmp_path_factory.mktemp("live_models")
     shutil.copytree(toy_models, models, dirs_exist_ok=True)
     write_bundle_pair(models)
+    write_vit_model(models)
+    write_swin_model(models)
     studies = write_studies(tmp_path_factory.mktemp("live_studies"))
     with running_server(studies, "all", tmp_path_factory.mktemp("log") / "server.log", models_dir=models) as server:
         yield server.url, studies
@@ -92,6 +94,22 @@ def test_bundle_pair_served_through_a_config_file_only(live, tmp_path):
     reply = response.json()
     assert reply["method"] == "gradcam", "EfficientNetBN's head is not pool + linear: real gradients"
     assert set(reply["probabilities"]) == {"nevus", "melanoma"}
+
+
+@pytest.mark.parametrize("model, image_id", [("vit2d", "skin0"), ("swin3d", "ct1")])
+def test_transformer_classifiers_give_non_empty_maps_with_their_default_method(live, tmp_path, model, image_id):
+    """MONAI's ViT (tokens on the patch grid) and SwinUNETR's encoder with a head (its last
+    stage), through the official client with no method named: ``/info`` offers Grad-CAM
+    and the raw map it returns is not all zero."""
+    url, studies = live
+    client = MONAILabelClient(url, tmpdir=str(tmp_path))
+    assert client.info()["models"][f"{model}_segx"]["config"]["method"] == "gradcam"
+    result_file, params = client.infer(f"{model}_segx", image_id, {"layer": "explanation"})
+    params = json.loads(params) if isinstance(params, (str, bytes)) else params
+    assert params["method"] == "gradcam"
+    explanation = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    assert explanation.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(studies / f"{image_id}{'.png' if model == 'vit2d' else '.nii.gz'}"))).shape[:explanation.ndim]
+    assert explanation.max() > 0
 
 
 def test_bad_requests_are_4xx_and_the_server_keeps_serving(live):

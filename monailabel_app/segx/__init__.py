@@ -2,15 +2,17 @@
 segmentation model (SegX), and a certainty score from how far the unrefined explanation
 strays from that region (SegU). Imports neither monailabel nor slicer.
 
-    from segx import ModelPair, Preprocessing, explain
-    result = explain(pair, "image.nii.gz")
+    from segx import explain, load_model_pair
+    result = explain(load_model_pair("pair.yaml"), "image.nii.gz")
 """
 
 from .certainty import VARIANTS, Certainty, LevelThresholds, calibrate_levels, save_levels, segu
+from .config import load_model_pair
 from .engine import SegXResult, explain
 from .explainers import METHODS, explain_classes, find_target_layer
 from .imageio import Image, as_image, read_image
-from .pair import ModelPair, Preprocessing
+from .pair import ModelPair
+from .preprocessing import Preprocessing
 from .refine import expand_region, segx_map, top_k_mask
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __all__ = [
     "explain",
     "explain_classes",
     "find_target_layer",
+    "load_model_pair",
     "read_image",
     "save_levels",
     "segu",

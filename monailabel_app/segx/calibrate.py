@@ -33,7 +33,7 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
         raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
     if split == "test":
         raise ValueError("calibrating on the test split would let the test set choose the thresholds it is then judged by; use the val split")
-    pair, _ = load_model_pair(config_file)
+    pair = load_model_pair(config_file)
     studies, _ = find_studies(pair.class_names, data, layout, split, limit, seed)
     records = study_records(pair, studies, [], device, mc_samples=0, desc=f"calibrating on {split}")
     correct = np.array([r["correct"] for r in records], dtype=bool)

@@ -12,19 +12,23 @@ from .explainers import METHODS
 from .training import RECIPES
 
 
+#: ``segx explain --layers`` name -> :meth:`SegXResult.map_of` layer (gzip NRRD files).
+CLI_LAYERS = {"segx": "segx", "explanation": "explanation_normalised", "mask": "mask", "segmentation": "segmentation"}
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .config import load_model_pair, model_config_file
     from .engine import explain
     from .export import save_volume
 
-    pair, _ = load_model_pair(model_config_file(args.config))
+    pair = load_model_pair(model_config_file(args.config))
     result = explain(
         pair,
         args.image,
         classes=args.classes,
         method=args.method,
         margin_mm=args.margin_mm,
-        variants=sorted(VARIANTS),
+        variants=args.variants,
         device=args.device,
     )
     summary = {
@@ -41,11 +45,13 @@ def _explain(args: argparse.Namespace) -> int:
     }
     if args.out:
         out = Path(args.out)
-        files = [save_volume(out / "segmentation.nrrd", result.segmentation, result.affine, dtype="uint8")]
-        for c in result.classes:
-            name = result.class_names[c]
-            files.append(save_volume(out / f"explanation_{name}.nrrd", result.map_of("explanation_normalised", c), result.affine))
-            files.append(save_volume(out / f"segx_{name}.nrrd", result.map_of("segx", c), result.affine))
+        files = []
+        if "segmentation" in args.layers:
+            files.append(save_volume(out / "segmentation.nrrd", result.segmentation, result.affine, dtype="uint8"))
+        for layer in (name for name in CLI_LAYERS if name != "segmentation" and name in args.layers):
+            for c in result.classes:
+                file = out / f"{layer}_{result.class_names[c]}.nrrd"
+                files.append(save_volume(file, result.map_of(CLI_LAYERS[layer], c), result.affine))
         summary["files"] = [str(f) for f in files]
     print(json.dumps(summary, indent=2))
     return 0
@@ -126,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="gradcam", choices=METHODS)
     explain.add_argument("--margin-mm", type=float, default=0.0, help="grow the clinical region by this margin")
     explain.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    explain.add_argument("--out", help="folder for float32 NRRD maps and the label map")
+    explain.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="SegU variants for every explained class (default: the model's own, for the predicted class)")
+    explain.add_argument("--out", help="folder for the layers, gzip NRRD (float32 maps per class, uint8 label map)")
+    explain.add_argument("--layers", nargs="+", choices=list(CLI_LAYERS), default=["segx", "segmentation"], help="layers written to --out (default: segx segmentation)")
     explain.set_defaults(run=_explain)
 
     phantoms = commands.add_parser("phantoms", help="generate phantom studies with a spurious marker")

@@ -12,8 +12,12 @@ or a MONAI bundle folder. Relative paths are resolved against the config file's 
       args: {spatial_dims: 2, in_channels: 3, out_channels: 2}
       weights: demo2d_classifier.pt     # state_dict
       # torchscript: classifier.ts      # ... or a TorchScript file
-      # bundle: my_bundle/              # ... or a MONAI bundle folder
+      # bundle: my_bundle/              # ... or a MONAI bundle folder (without input:
+      #                                 #     its own preprocessing, inferer, postprocessing)
       input: {channels: 3, spatial_size: [128, 128], intensity: divide255}
+      # 3D: input: {channels: 1, orientation: RAS, spacing: [1.5, 1.5, 2.0],
+      #             intensity: [-57, 164], spatial_size: [96, 96, 96], resize: pad_crop}
+      # output_key: 0                   # which entry of a tuple/dict output is the logits
       target_layer: class_layers.relu   # optional, auto-detected
     segmenter:
       network: UNet
@@ -22,6 +26,7 @@ or a MONAI bundle folder. Relative paths are resolved against the config file's 
       output: logits                    # logits | probabilities | label
       labels: {1: lesion}               # label value -> name
       input: {channels: 3, intensity: divide255}
+      # input: {..., inferer: sliding_window, roi_size: [96, 96, 96], overlap: 0.25}
     region_labels: {malignant: [1]}     # optional; default: every foreground label
     certainty: {variant: mass_inside, low: 0.3, high: 0.6, ...}   # optional, calibrated
 """
@@ -37,7 +42,8 @@ import torch
 from torch import nn
 
 from .certainty import DEFAULT_VARIANT, VARIANTS, load_levels
-from .pair import ModelPair, Preprocessing
+from .pair import ModelPair
+from .preprocessing import BundlePipeline, Preprocessing, read_bundle
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -108,21 +114,23 @@ def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: 
         raise ConfigError(f"{config_file}: {field}: weights {weights} do not fit the network: {error}") from error
 
 
-def _bundle_network(folder: Path, config_file: Path, field: str) -> nn.Module:
-    from monai.bundle import ConfigParser
+def _bundle(folder: Path, config_file: Path, field: str):
+    """A bundle's parsed inference configuration (see :func:`segx.preprocessing.read_bundle`)."""
+    try:
+        return read_bundle(folder)[0]
+    except FileNotFoundError as error:
+        raise ConfigError(f"{config_file}: {field}: {error}") from error
 
-    configs = [folder / "configs" / f"inference{s}" for s in CONFIG_SUFFIXES]
-    found = [c for c in configs if c.exists()]
-    if not found:
-        raise ConfigError(f"{config_file}: {field}: bundle {folder} has no configs/inference.json or .yaml")
+
+def _bundle_network(folder: Path, config_file: Path, field: str) -> nn.Module:
+    """A bundle's ``network_def`` with ``models/model.pt``, or its ``models/model.ts``."""
+    parser = _bundle(folder, config_file, field)
     scripted = folder / "models" / "model.ts"
     weights = folder / "models" / "model.pt"
     if not weights.exists() and scripted.exists():
         return torch.jit.load(str(scripted), map_location="cpu")
     if not weights.exists():
         raise MissingWeightsError(config_file, field, weights)
-    parser = ConfigParser()
-    parser.read_config(str(found[0]))
     try:
         network = parser.get_parsed_content("network_def")
     except Exception as error:
@@ -187,8 +195,12 @@ def logits_only(network: nn.Module, key: int | str | None, n_classes: int) -> nn
     return network
 
 
-def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessing:
+def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessing | BundlePipeline:
+    """The network's ``input:`` as MONAI transforms; for a bundle without ``input:``, the
+    bundle's own preprocessing, inferer and postprocessing."""
     try:
+        if "bundle" in section and "input" not in section:
+            return BundlePipeline(_bundle(config_file.parent / section["bundle"], config_file, field), section["bundle"])
         return Preprocessing(**section.get("input", {}))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{config_file}: {field}.input: {error}") from error
@@ -228,11 +240,11 @@ def model_config_file(name_or_path: str | Path) -> Path:
     raise ConfigError(f"no model configuration {str(name_or_path)!r}: not a file, and the built-in models are {names}")
 
 
-def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
+def load_model_pair(path: str | Path) -> ModelPair:
     """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
 
     Returns:
-        ``(pair, config)`` with the parsed config dict.
+        the pair; ``pair.config`` is the parsed configuration dict.
 
     Raises:
         ConfigError: naming the file and the field; :class:`MissingWeightsError` when a
@@ -254,6 +266,8 @@ def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
     except TypeError as error:
         raise ConfigError(f"{config_file}: certainty: {error}") from error
     labels = segmenter_section.get("labels", {1: "region"})
+    segmenter_input = _preprocessing(segmenter_section, config_file, "segmenter")
+    default_output = segmenter_input.output if isinstance(segmenter_input, BundlePipeline) else "logits"
     try:
         pair = ModelPair(
             classifier=logits_only(load_network(classifier_section, config_file, "classifier"), classifier_section.get("output_key"), len(classes)),
@@ -261,17 +275,18 @@ def load_model_pair(path: str | Path) -> tuple[ModelPair, dict]:
             class_names=classes,
             spatial_dims=int(config.get("spatial_dims", 2)),
             multi_label=bool(config.get("multi_label", False)),
-            segmenter_output=segmenter_section.get("output", "logits"),
+            segmenter_output=segmenter_section.get("output", default_output),
             segment_names={int(k): str(v) for k, v in labels.items()},
             region_labels={k: [int(v) for v in vs] for k, vs in config.get("region_labels", {}).items()},
             classifier_input=_preprocessing(classifier_section, config_file, "classifier"),
-            segmenter_input=_preprocessing(segmenter_section, config_file, "segmenter"),
+            segmenter_input=segmenter_input,
             target_layer=classifier_section.get("target_layer"),
             certainty_variant=variant,
             levels=levels,
+            config=config,
         )
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{config_file}: {error}") from error
-    return pair, config
+    return pair

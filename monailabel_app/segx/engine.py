@@ -129,21 +129,25 @@ def runner_up(probabilities: np.ndarray, class_index: int) -> int:
 
 
 def _segment_all(pair: ModelPair, images: list[Image], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Segmenter on each image -> ``(probabilities (L, *S), labels (*S))`` on its grid; one
-    batched forward when the preprocessed inputs share a shape."""
-    xs = [pair.segmenter_input(image.array).to(device) for image in images]
+    """Segmenter on each image -> ``(probabilities (L, *S), labels (*S))`` on its grid,
+    through the segmenter's pipeline (its inferer, then every preprocessing step undone);
+    one batched forward when the preprocessed inputs share a shape."""
+    pipeline = pair.segmenter_input
+    prepared = [pipeline.prepare(image.array, image.affine) for image in images]
+    xs = [p.as_tensor()[None].to(device) for p in prepared]
     if len({tuple(x.shape) for x in xs}) == 1:
-        outputs = list(pair.segmenter(torch.cat(xs)))
+        outputs = list(pipeline.run(pair.segmenter, torch.cat(xs)))
     else:
-        outputs = [pair.segmenter(x)[0] for x in xs]
-    return [_segmenter_output(pair, output.float(), image.spatial_shape) for output, image in zip(outputs, images)]
+        outputs = [pipeline.run(pair.segmenter, x)[0] for x in xs]
+    nearest = pair.segmenter_output == "label"
+    return [_segmenter_output(pair, pipeline.postprocess(output.float(), p, nearest)) for output, p in zip(outputs, prepared)]
 
 
-def _segmenter_output(pair: ModelPair, output: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One segmenter output ``(L, *s)`` -> ``(probabilities (L, *S), labels (*S))`` on the
-    image grid ``S``. For a label-map segmenter ``probabilities`` is the one-hot map."""
+def _segmenter_output(pair: ModelPair, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One segmenter output on the image grid ``(L, *S)`` -> ``(probabilities (L, *S),
+    labels (*S))``. For a label-map segmenter ``probabilities`` is the one-hot map."""
     if pair.segmenter_output == "label":
-        labels = resample_labels(output[0], size)
+        labels = output[0].round().long()
         n_labels = max(int(labels.max()) + 1, max(pair.segment_names, default=0) + 1)
         probabilities = torch.nn.functional.one_hot(labels, n_labels).movedim(-1, 0).float()
         return probabilities, labels
@@ -152,7 +156,6 @@ def _segmenter_output(pair: ModelPair, output: torch.Tensor, size: Sequence[int]
         probabilities = torch.stack([1 - foreground, foreground])
     else:
         probabilities = output if pair.segmenter_output == "probabilities" else output.softmax(0)
-    probabilities = resample(probabilities, size)
     return probabilities, _argmax_channels(probabilities)
 
 
@@ -176,14 +179,6 @@ def _argmax_channels(probabilities: torch.Tensor) -> torch.Tensor:
         labels[better] = label
         best = torch.maximum(best, probabilities[label])
     return labels
-
-
-def resample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a label map ``(*s)`` to ``(*size)``, int64."""
-    if tuple(labels.shape) == tuple(size):
-        return labels.round().long()
-    resized = torch.nn.functional.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest-exact")
-    return resized[0, 0].round().long()
 
 
 def explain(
@@ -267,7 +262,8 @@ def explain_many(
 
     tick = time.perf_counter()
     with amp:
-        xs = [pair.classifier_input(image.array).to(device) for image in images]
+        prepared = [pair.classifier_input.prepare(image.array, image.affine) for image in images]
+        xs = [p.as_tensor()[None].float().to(device) for p in prepared]
         logits, maps, used = _classify_explain(pair, xs, indices, method)
     logits = logits.double()  # float64 probabilities keep saturated classes apart for ranking (AUROC)
     if not bool(torch.isfinite(logits).all()):
@@ -275,7 +271,7 @@ def explain_many(
     all_probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(1)
     explained = []
     needs_runner_up = bool(set(variants + [pair.certainty_variant]) & set(NEEDS_RUNNER_UP)) and len(pair.class_names) > 1
-    for x, image, probabilities, image_maps in zip(xs, images, all_probabilities, maps):
+    for x, p, probabilities, image_maps in zip(xs, prepared, all_probabilities, maps):
         predicted, image_indices = int(probabilities.argmax()), list(indices)
         image_maps = image_maps.float()
         needed = [predicted] + ([runner_up(probabilities.detach().cpu().numpy(), predicted)] if needs_runner_up else [])
@@ -284,7 +280,8 @@ def explain_many(
             with amp:
                 extra = explain_classes(pair.classifier, x, missing, method, pair.target_layer).maps.float()
             image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + missing
-        explained.append((probabilities, predicted, image_indices, resample(image_maps, image.spatial_shape)))
+        on_input = resample(image_maps, x.shape[2:])  # the explainer's grid -> the network input's
+        explained.append((probabilities, predicted, image_indices, pair.classifier_input.restore(on_input, p).float()))
     timings["classify_explain"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

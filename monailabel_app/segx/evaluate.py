@@ -72,7 +72,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     ``mc_samples=0`` skips both sampling baselines) and, when the study has a mask,
     segmentation Dice and per method raw vs SegX interpretability metrics."""
     predicted, probabilities = result.predicted, result.probabilities
-    x = pair.classifier_input(image.array).to(device) if mc_samples else None
+    x = pair.classifier_input(image.array, image.affine).to(device) if mc_samples else None
     record = {
         "image_id": study.image_id,
         "label": pair.class_names[study.label],
@@ -306,7 +306,8 @@ def main(model: str, data: str, out: str, methods: list[str], device: str, split
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
     from .config import load_model_pair, model_config_file
 
-    pair, config = load_model_pair(model_config_file(model))
+    pair = load_model_pair(model_config_file(model))
+    config = pair.config
     studies, unknown = find_studies(pair.class_names, data, Layout(**layout), split, limit, seed)
     if limit:
         counts = {pair.class_names[c]: sum(s.label == c for s in studies) for c in sorted({s.label for s in studies})}

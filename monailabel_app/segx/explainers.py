@@ -82,7 +82,8 @@ def find_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, n
     """Resolve the CAM target layer: ``name`` if given, else the known layer for MONAI's
     DenseNet / ResNet / SEResNet / EfficientNetBN, else the first norm of the last block of
     a transformer (a ``blocks`` list, as MONAI's ``ViT``: its tokens are laid out on the
-    patch grid, see :func:`tokens_to_grid`), else the last Conv2d/Conv3d.
+    patch grid, see :func:`tokens_to_grid`), else the last stage of a Swin encoder, else the
+    last Conv2d/Conv3d.
 
     Returns:
         ``(dotted_name, module)``.
@@ -93,7 +94,7 @@ def find_target_layer(model: nn.Module, name: str | None = None) -> tuple[str, n
             f"use one of {INPUT_METHODS}"
         )
     modules = dict(model.named_modules())
-    name = name or DEFAULT_TARGET_LAYERS.get(type(model).__name__) or _last_transformer_block(model)
+    name = name or DEFAULT_TARGET_LAYERS.get(type(model).__name__) or _last_transformer_block(model) or _last_swin_stage(modules)
     if name is None:
         convs = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
         if not convs:
@@ -111,6 +112,13 @@ def _last_transformer_block(model: nn.Module) -> str | None:
         return None
     last = f"blocks.{len(blocks) - 1}"
     return f"{last}.norm1" if hasattr(blocks[-1], "norm1") else last
+
+
+def _last_swin_stage(modules: dict[str, nn.Module]) -> str | None:
+    """The last stage of a MONAI Swin transformer (SwinUNETR's encoder, e.g. in
+    :class:`segx.networks.SwinClassifier`): its output is channels-first ``(B, Ch, *s)``."""
+    stages = [name for name, module in modules.items() if type(module).__name__ == "BasicLayer" and "swin" in type(module).__module__]
+    return stages[-1] if stages else None
 
 
 def tokens_to_grid(tokens: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:

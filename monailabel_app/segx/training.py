@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .datasets import Layout, Study, find_studies
 from .imageio import read_image
 from .metrics import dice, one_vs_rest_auroc
-from .pair import Preprocessing
+from .preprocessing import Preprocessing
 
 
 @dataclass
@@ -138,9 +138,9 @@ def _load(studies: list[Study], recipe: Recipe, desc: str) -> tuple[torch.Tensor
     for study in tqdm(studies, desc=desc, leave=False):
         if study.mask is None:
             raise ValueError(f"no mask for {study.image_id!r} (needed to train the segmenter)")
-        image = read_image(study.image).array
-        images.append(classifier_input(image)[0])
-        segmenter_images.append(segmenter_input(image)[0])
+        image = read_image(study.image)
+        images.append(classifier_input(image.array, image.affine)[0])
+        segmenter_images.append(segmenter_input(image.array, image.affine)[0])
         mask = read_image(study.mask).array[:1]
         if recipe.spatial_dims == 2:
             mask = (mask > 127).float() if float(mask.max()) > 1 else mask

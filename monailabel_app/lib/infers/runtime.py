@@ -93,7 +93,8 @@ class ModelRuntime:
         run_in_torch_thread(self._load)
 
     def _load(self) -> None:
-        pair, self.config = load_model_pair(self.config_file)
+        pair = load_model_pair(self.config_file)
+        self.config = pair.config
         self.pair = pair.to(self.device)
         self._watched = [self.config_file, *weight_files(self.config_file)]
         self._stamp = _files_stamp(self._watched)

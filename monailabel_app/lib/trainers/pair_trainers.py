@@ -29,17 +29,18 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Events
 from monai.handlers import ConfusionMatrix, from_engine
 from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
-from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, Lambdad, LoadImaged, Resized
+from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, Lambdad, LoadImaged
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from segx.config import load_network
-from segx.pair import Preprocessing
+from segx.preprocessing import Preprocessing
 
 from ..infers.runtime import ModelRuntime
 
@@ -169,8 +170,9 @@ class _PairTrainer(BasicTrainTask):
         return torch.optim.AdamW(context.network.parameters(), lr=float(context.request.get("learning_rate", 1e-4)))
 
     def _preprocess(self, image) -> torch.Tensor:
-        """Loaded image ``(C, *S)`` -> network input without batch axis ``(C_in, *size)``."""
-        return self.preprocessing(torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image))[0]
+        """Loaded image (MetaTensor ``(C, *S)`` with its affine) -> network input without
+        batch axis ``(C_in, *size)``, through the same pipeline as inference."""
+        return self.preprocessing(image.as_tensor(), np.asarray(image.affine))[0]
 
     def _image_transforms(self):
         return [LoadImaged(keys="image", ensure_channel_first=True, image_only=True), Lambdad(keys="image", func=self._preprocess)]
@@ -195,9 +197,7 @@ class SegmenterTrainer(_PairTrainer):
         return DiceCELoss(to_onehot_y=True, softmax=True)
 
     def train_pre_transforms(self, context: Context):
-        label = [LoadImaged(keys="label", ensure_channel_first=True, image_only=True)]
-        if self.preprocessing.spatial_size is not None:
-            label.append(Resized(keys="label", spatial_size=tuple(self.preprocessing.spatial_size), mode="nearest"))
+        label = [LoadImaged(keys="label", ensure_channel_first=True, image_only=True)] + self.preprocessing.label_transforms("label")
         return self._image_transforms() + label + [EnsureTyped(keys=("image", "label"), track_meta=False)]
 
     def train_post_transforms(self, context: Context):

@@ -1,0 +1,226 @@
+"""A research group's 3D bundle at clinical size: ``segx explain`` vs the bundle's own inference.
+
+The CT is ``../shared/data/ct3d/example_ct.nii.gz`` resampled to 0.8 x 0.8 x 1.5 mm
+(458 x 379 x 224 voxels; a phantom of that size when the data are absent). The segmenter is
+a MONAI bundle written as the model zoo's CT bundles are (Orientationd RAS, Spacingd
+1.5 x 1.5 x 2, ScaleIntensityRanged -57..164, SlidingWindowInferer 96^3, Activationsd,
+Invertd, AsDiscreted, SaveImaged; a MONAI UNet of the spleen bundle's size with seeded
+weights: speed and agreement do not depend on training). The classifier is a 3D ResNet-18
+on the CT at 3 mm.
+
+- reference: ``monai.bundle.run`` of the bundle (load, preprocess, sliding window,
+  postprocess, write the label map) plus the classifier's forward on its own MONAI
+  preprocessing, in one process;
+- segx: ``segx explain CT --config pair.yaml --out DIR`` (both networks, Grad-CAM,
+  SegX, the default SegU variant, the default layers written as gzip NRRD).
+
+Each side runs in a fresh process (rounds interleaved); the ratios are of medians of wall
+time and of peak resident memory (``ru_maxrss``, which includes ~0.5 GB of Python + torch).
+
+    .venv/bin/python benchmarks/clinical_volume.py [--quick] [--threads 2]
+
+Last line: ``RESULT {json}`` with ``time_ratio``, ``rss_ratio``, ``dice_vs_bundle``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import add_timing_arguments, checked_repeats, cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_CT = ROOT.parent / "shared" / "data" / "ct3d" / "example_ct.nii.gz"
+CLINICAL_SPACING = (0.8, 0.8, 1.5)
+WINDOW = (-57.0, 164.0)
+UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch"}
+RESNET = {"spatial_dims": 3, "n_input_channels": 1, "num_classes": 2}
+CLASSIFIER_INPUT = {"channels": 1, "orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "intensity": list(WINDOW), "spatial_size": [128, 112, 112]}
+
+
+def bundle_config() -> dict:
+    """``configs/inference.json`` of the segmenter bundle (the model zoo's layout)."""
+
+    def keyed(target: str, **options) -> dict:
+        return {"_target_": target, "keys": options.pop("keys", "image"), **options}
+
+    return {
+        "imports": ["$import glob"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/*.nii.gz')))",
+        "device": "$torch.device('cpu')",
+        "network_def": {"_target_": "UNet", **UNET},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            keyed("LoadImaged"), keyed("EnsureChannelFirstd"), keyed("Orientationd", axcodes="RAS"),
+            keyed("Spacingd", pixdim=[1.5, 1.5, 2.0], mode="bilinear"),
+            keyed("ScaleIntensityRanged", a_min=WINDOW[0], a_max=WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+            keyed("EnsureTyped"),
+        ]},  # fmt: skip
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 1, "overlap": 0.25},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            keyed("Activationsd", keys="pred", softmax=True),
+            keyed("Invertd", keys="pred", transform="@preprocessing", orig_keys="image", nearest_interp=False, to_tensor=True),
+            keyed("AsDiscreted", keys="pred", argmax=True),
+            keyed("SaveImaged", keys="pred", output_dir="@output_dir", output_postfix="seg", output_dtype="$np.uint8", resample=False, separate_folder=False),
+        ]},  # fmt: skip
+        "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'", "load_dict": {"model": "@network"}}],
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader", "network": "@network",
+                      "inferer": "@inferer", "postprocessing": "@postprocessing", "val_handlers": "@handlers", "amp": False},  # fmt: skip
+        "initialize": [],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def prepare(folder: Path, seed: int) -> None:
+    """The clinical CT in ``bundle/data/ct.nii.gz``, the bundle, the classifier weights and
+    ``pair.yaml``."""
+    import nibabel as nib
+    import torch
+    import yaml
+    from monai.networks.nets import UNet, resnet18
+    from monai.transforms import Spacing
+
+    bundle = folder / "bundle"
+    for sub in ("configs", "models", "data"):
+        (bundle / sub).mkdir(parents=True)
+    if SOURCE_CT.exists():
+        source = nib.load(SOURCE_CT)
+        volume, affine = np.asarray(source.dataobj, dtype=np.float32), source.affine
+    else:  # no shared data: a phantom body at 3 mm of the same extent
+        from segx.phantoms import phantom_3d
+
+        volume, affine = phantom_3d(np.random.default_rng(seed), 1, False).image, np.diag([3.0, 3.0, 3.0, 1.0])
+    from monai.data import MetaTensor
+
+    resampled = Spacing(pixdim=CLINICAL_SPACING, mode="bilinear")(MetaTensor(volume[None], affine=torch.as_tensor(affine)))
+    nib.save(nib.Nifti1Image(resampled[0].numpy().astype(np.int16), resampled.affine.numpy()), str(bundle / "data" / "ct.nii.gz"))
+    (bundle / "configs" / "inference.json").write_text(json.dumps(bundle_config(), indent=1))
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0", "name": "clinical_unet"}))
+    torch.manual_seed(seed)
+    torch.save(UNet(**UNET).state_dict(), bundle / "models" / "model.pt")
+    torch.save(resnet18(**RESNET).state_dict(), folder / "classifier.pt")
+    pair = {
+        "spatial_dims": 3,
+        "classes": ["normal", "lesion"],
+        "classifier": {"network": "resnet18", "args": RESNET, "weights": "classifier.pt", "input": CLASSIFIER_INPUT},
+        "segmenter": {"bundle": "bundle", "labels": {1: "organ"}},
+    }
+    (folder / "pair.yaml").write_text(yaml.safe_dump(pair))
+
+
+def run_reference(folder: Path) -> None:
+    """The bundle's own inference + the classifier's forward (one process)."""
+    import torch
+    from monai.bundle import run
+    from monai.networks.nets import resnet18
+
+    from segx.preprocessing import Preprocessing
+    from segx.imageio import read_image
+
+    bundle = folder / "bundle"
+    run(run_id="run", config_file=str(bundle / "configs" / "inference.json"), meta_file=str(bundle / "configs" / "metadata.json"), bundle_root=str(bundle))
+    classifier = resnet18(**RESNET)
+    classifier.load_state_dict(torch.load(folder / "classifier.pt", weights_only=True))
+    image = read_image(bundle / "data" / "ct.nii.gz")
+    with torch.no_grad():
+        classifier.eval()(Preprocessing(**CLASSIFIER_INPUT)(image.array, image.affine)).softmax(1)
+
+
+def run_segx(folder: Path) -> None:
+    from segx.cli import main
+
+    (folder / "segx_out").mkdir(exist_ok=True)
+    with open(folder / "segx_summary.json", "w") as stream:
+        sys.stdout, saved = stream, sys.stdout
+        try:
+            code = main(["explain", str(folder / "bundle" / "data" / "ct.nii.gz"), "--config", str(folder / "pair.yaml"), "--out", str(folder / "segx_out")])
+        finally:
+            sys.stdout = saved
+    if code != 0:
+        raise SystemExit(code)
+
+
+def measured(role: str, folder: Path, threads: int) -> dict:
+    """Run one side in a fresh process: ``{"seconds", "peak_rss_mb"}``."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--role", role, "--folder", str(folder), "--threads", str(threads)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def dice_vs_bundle(folder: Path) -> float:
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    reference = np.asarray(nib.load(folder / "bundle" / "eval" / "ct_seg.nii.gz").dataobj) == 1
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "segx_out" / "segmentation.nrrd"))).transpose() == 1
+    return float(2 * np.logical_and(reference, ours).sum() / max(reference.sum() + ours.sum(), 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_timing_arguments(parser, "torch threads of each side", "3 rounds instead of 7")
+    parser.add_argument("--role", choices=("reference", "segx"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.role:
+        start = time.perf_counter()
+        (run_reference if args.role == "reference" else run_segx)(Path(args.folder))
+        seconds = time.perf_counter() - start
+        print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    repeats = checked_repeats(parser, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        prepare(folder, args.seed)
+        import nibabel as nib
+
+        shape = nib.load(folder / "bundle" / "data" / "ct.nii.gz").shape
+        rounds = {"reference": [], "segx": []}
+        for round_index in range(repeats):
+            for role in ("reference", "segx") if round_index % 2 == 0 else ("segx", "reference"):
+                rounds[role].append(measured(role, folder, args.threads))
+                print(f"round {round_index + 1}/{repeats} {role}: {rounds[role][-1]}", file=sys.stderr)
+        dice = dice_vs_bundle(folder)
+        summary = json.loads((folder / "segx_summary.json").read_text())
+    medians = {role: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak_rss_mb")} for role, runs in rounds.items()}
+    result = {
+        "benchmark": "clinical_volume",
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "repeats": repeats,
+        "shape": list(shape),
+        "source": SOURCE_CT.name if SOURCE_CT.exists() else "phantom",
+        "reference_seconds": round(medians["reference"]["seconds"], 2),
+        "segx_seconds": round(medians["segx"]["seconds"], 2),
+        "reference_peak_rss_mb": round(medians["reference"]["peak_rss_mb"]),
+        "segx_peak_rss_mb": round(medians["segx"]["peak_rss_mb"]),
+        "time_ratio": round(medians["segx"]["seconds"] / medians["reference"]["seconds"], 3),
+        "rss_ratio": round(medians["segx"]["peak_rss_mb"] / medians["reference"]["peak_rss_mb"], 3),
+        "dice_vs_bundle": round(dice, 4),
+        "segx_timings_s": summary["timings_s"],
+    }
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
