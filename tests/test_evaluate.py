@@ -4,11 +4,13 @@ real data sets in ../shared/data."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import APP_DIR
 
 from segx.cli import main
 from segx.config import load_model_pair
@@ -50,6 +52,21 @@ def test_evaluate_on_phantoms(tmp_path, capsys):
     assert summary["accuracy"] == pytest.approx(accuracy)
     for name in ("report.md", "iou.png", "risk_coverage.png", "examples.png"):
         assert (out / name).stat().st_size > 0
+
+    # SegU from the occlusion maps too, not Grad-CAM's under another name
+    variant = summary["segu_variant"]
+    from_occlusion = np.array([float(r[f"segu_{variant}_occlusion"]) for r in rows])
+    from_gradcam = np.array([float(r[f"segu_{variant}"]) for r in rows])
+    assert summary[f"segu_{variant}_occlusion_auroc"] is not None and not np.allclose(from_occlusion, from_gradcam)
+
+    # provenance: who ran what on which weights
+    origin = summary["provenance"]
+    weights = APP_DIR / "model_configs" / "weights"
+    assert origin["weights_sha256"]["demo2d_classifier.pt"] == hashlib.sha256((weights / "demo2d_classifier.pt").read_bytes()).hexdigest()
+    assert origin["class_counts"] == {"nevus": sum(r["label"] == "nevus" for r in rows), "melanoma": sum(r["label"] == "melanoma" for r in rows)}
+    assert origin["selection"]["methods"] == ["gradcam", "occlusion"] and origin["bootstrap"] == {"resamples": 1000, "seed": 0}
+    report = (out / "report.md").read_text()
+    assert origin["weights_sha256"]["demo2d_segmenter.pt"] in report and "Definitions" in report and "segu_" + variant + "_occlusion" in report
 
 
 def test_selection_and_errors(tmp_path):

@@ -276,6 +276,32 @@ def test_segu_scoring_and_lowest_certainty_strategy(server):
     assert all(s["weights"] == digest for s in scores.values())
 
 
+def test_a_model_that_breaks_during_scoring_does_not_stop_the_others(server):
+    """Start-up scoring runs every model over every image: one network raising (here a
+    RuntimeError naming a server path) is recorded for that model, scrubbed, and the next
+    model is still scored."""
+    from types import SimpleNamespace
+
+    from lib.activelearning.segu import SegUScoring
+
+    _, app, _ = server
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("shape mismatch in /srv/models/broken/net.py")
+
+    broken = SimpleNamespace(weights_digest="broken-1", pair=app.models["toy2d"].runtime.pair, explain=explode)
+    scoring = SegUScoring({"broken": broken, "toy2d": app.models["toy2d"].runtime})
+    datastore = app.datastore()
+    counts = scoring({}, datastore)
+    n_images = len(datastore.get_unlabeled_images())
+    assert counts["failed"] >= n_images  # every image failed for the broken model ...
+    for image_id in datastore.get_unlabeled_images():
+        scores = datastore.get_image_info(image_id)["segu"]
+        assert scores["broken"]["error"] == "RuntimeError: shape mismatch in net.py"
+        assert "certainty" in scores["toy2d"] or "error" in scores["toy2d"]  # ... and toy2d was still scored after it
+    assert any("certainty" in datastore.get_image_info(i)["segu"]["toy2d"] for i in datastore.get_unlabeled_images())
+
+
 def test_two_annotators_are_not_given_the_same_image(server):
     client, app, _ = server
 

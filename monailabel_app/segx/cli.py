@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     evaluate = commands.add_parser("evaluate", help="accuracy, Dice, raw vs SegX and SegU figures on a labelled dataset")
     _add_dataset_arguments(evaluate, None)
-    evaluate.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "layercam"], choices=METHODS, help="explanation methods compared raw vs SegX (Grad-CAM always first)")
+    evaluate.add_argument("--methods", nargs="+", default=["gradcam", "gradcam++", "layercam"], choices=METHODS, help="explanation methods compared raw vs SegX; the first one's maps give every SegU variant, each further one its SegU in the default variant")
     evaluate.add_argument("--mc-samples", type=int, default=10, help="forward passes of the MC dropout baseline (0: no MC dropout and no TTA baseline)")
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(run=_evaluate)

@@ -200,7 +200,8 @@ def explain(
     Args:
         pair: the classifier + segmenter description.
         image: file path (NIfTI, NRRD, MHA, PNG, JPEG, DICOM), or array/tensor ``(C, *S)``
-            or ``S`` (one channel), ``S`` = ``(H, W)`` or ``(D, H, W)``.
+            or ``S`` (one channel). Files keep their voxel index order (MONAI's readers:
+            ``(W, H)`` for pictures, ``(X, Y, Z)`` for volumes); arrays their own.
         classes: classes to explain (names or indices); default all classes.
         method: an explanation method of :data:`segx.explainers.METHODS`.
         spacing: voxel size in mm for array input (files carry their own).

@@ -18,6 +18,7 @@ from . import baselines
 from .certainty import VARIANTS, Combination
 from .datasets import Layout, Study, find_studies
 from .engine import SegXResult, explain, explain_many
+from .explainers import default_method
 from .imageio import Image, read_image
 from .metrics import aurc, certainty_auroc, dice, eaurc, one_vs_rest_auroc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
@@ -32,9 +33,18 @@ INTERPRETABILITY = {
 BASELINES = ("msp", "negative_entropy", "mc_dropout", "tta")
 EXAMPLES = 8
 BATCH_SIZE = 16
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+DEFINITIONS = [
+    "top-5 % IoU / Dice / precision: the 5 % of voxels with the highest positive relevance (ties to the lower index) against the mask",
+    "pointing game: 1 if the map's maximum lies in the mask; relevance mass accuracy: share of the positive relevance inside the mask",
+    "certainty AUROC: how well a score ranks correct above wrong predictions; AURC: area under the risk-coverage curve "
+    "(ties accepted together); E-AURC: AURC minus that of a perfect ranking",
+    f"[a, b]: 95 % percentile bootstrap interval over studies, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}",
+]
 
 
-def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(values, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
     """(mean, 2.5 % and 97.5 % percentiles of the mean over bootstrap resamples of ``values``)."""
     values = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
@@ -42,22 +52,26 @@ def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0) -> tuple[float,
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def certainty_scores(combined: bool) -> list[str]:
-    """Names of the certainty columns: every SegU variant, SegU+MSP when the model has a
-    fitted combination, then the baselines."""
-    return [f"segu_{v}" for v in sorted(VARIANTS)] + (["segu_msp"] if combined else []) + list(BASELINES)
+def certainty_scores(combined: bool, variant: str, methods: list[str]) -> list[str]:
+    """Names of the certainty columns: every SegU variant (from the first method's maps),
+    the default ``variant`` from each further method's maps (``segu_<variant>_<method>``),
+    SegU+MSP when the model has a fitted combination, then the baselines."""
+    per_method = [f"segu_{variant}_{m}" for m in methods[1:]]
+    return [f"segu_{v}" for v in sorted(VARIANTS)] + per_method + (["segu_msp"] if combined else []) + list(BASELINES)
 
 
 def study_records(pair: ModelPair, studies: list[Study], methods: list[str], device: str = "cpu", mc_samples: int = 10,
                   combination: Combination | None = None, batch_size: int = BATCH_SIZE, desc: str = "evaluating") -> list[dict]:  # fmt: skip
     """Per-study figures (see :func:`study_record`) of every study, with a progress bar;
-    Grad-CAM and the segmenter run on ``batch_size`` studies at a time."""
+    the first method (default: the classifier's default) and the segmenter run on
+    ``batch_size`` studies at a time."""
+    first = methods[0] if methods else default_method(pair.classifier)
     records = []
     with tqdm(total=len(studies), desc=desc) as progress:
         for start in range(0, len(studies), batch_size):
             chunk = studies[start : start + batch_size]
             images = [read_image(study.image) for study in chunk]
-            results = explain_many(pair, images, device=device)
+            results = explain_many(pair, images, method=first, device=device)
             for study, image, result in zip(chunk, images, results):
                 records.append(study_record(pair, study, image, result, methods, device, mc_samples, combination))
             progress.update(len(chunk))
@@ -66,11 +80,12 @@ def study_records(pair: ModelPair, studies: list[Study], methods: list[str], dev
 
 def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
                  mc_samples: int = 10, combination: Combination | None = None) -> dict:  # fmt: skip
-    """Figures of one study given its image and its Grad-CAM :class:`SegXResult`
-    (all classes): prediction, class probabilities, certainties (SegU in every variant,
-    SegU+MSP, MSP, negative entropy, MC dropout with ``mc_samples`` passes and TTA;
-    ``mc_samples=0`` skips both sampling baselines) and, when the study has a mask,
-    segmentation Dice and per method raw vs SegX interpretability metrics."""
+    """Figures of one study given its image and its :class:`SegXResult` from the first of
+    ``methods`` (all classes): prediction, class probabilities, certainties (SegU in every
+    variant, SegU's default variant from each further method's maps, SegU+MSP, MSP,
+    negative entropy, MC dropout with ``mc_samples`` passes and TTA; ``mc_samples=0`` skips
+    both sampling baselines) and, when the study has a mask, segmentation Dice and per
+    method raw vs SegX interpretability metrics."""
     predicted, probabilities = result.predicted, result.probabilities
     x = pair.classifier_input(image.array, image.affine).to(device) if mc_samples else None
     record = {
@@ -87,13 +102,16 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     }
     if combination is not None:
         record["segu_msp"] = combination(record["msp"], record[f"segu_{combination.variant}"])
+    per_method = {methods[0]: result} if methods else {}
+    for method in methods[1:]:
+        per_method[method] = explain(pair, image, classes=[predicted], method=method, device=device)
+        record[f"segu_{pair.certainty_variant}_{method}"] = per_method[method].certainty_of(predicted, pair.certainty_variant).value
     if study.mask is None:
         return record
     truth = read_image(study.mask).array[0] > 0
     region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
     record["dice"] = dice(region, truth)
-    for method in methods:
-        current = result if method == "gradcam" else explain(pair, image, classes=[predicted], method=method, device=device)
+    for method, current in per_method.items():
         k = current.classes.index(predicted)
         for kind, layer in (("raw", current.explanation[k]), ("segx", current.segx[k])):
             overlap = topk_overlap(layer, truth, 5.0)
@@ -104,7 +122,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     return record
 
 
-def auroc_difference_ci(better, baseline, correct, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def auroc_difference_ci(better, baseline, correct, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
     """(AUROC(better) - AUROC(baseline), 95 % bootstrap CI) for correct vs wrong, resampling
     studies (paired: both scores on the same resample); resamples with one outcome only are
     dropped."""
@@ -166,9 +184,36 @@ def _certainty(records: list[dict], names: list[str]) -> dict:
     return summary
 
 
+def provenance(config_file: Path, studies: list[Study], class_names: list[str], **selection) -> dict:
+    """What a reader needs to reproduce a report: the command, the configuration and the
+    SHA-256 of its weight files, library versions, the bootstrap, the study selection
+    (``split``, ``limit``, ``seed``...) and the class counts."""
+    import hashlib
+    import platform
+    import shlex
+    import sys
+
+    import monai
+
+    from . import __version__
+    from .config import weight_files
+
+    digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in weight_files(config_file) if f.is_file()}
+    return {
+        "command": shlex.join(["segx", *sys.argv[1:]]),
+        "config": str(config_file),
+        "weights_sha256": digests,
+        "versions": {"segx": __version__, "torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version()},
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+        "selection": selection,
+        "class_counts": {name: sum(s.label == c for s in studies) for c, name in enumerate(class_names)},
+    }
+
+
 def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: list[str], device: str = "cpu",
-             mc_samples: int = 10, combination: Combination | None = None) -> dict:  # fmt: skip
-    """Run every study, write ``metrics.csv``, ``report.md`` and figures; return the summary."""
+             mc_samples: int = 10, combination: Combination | None = None, origin: dict | None = None) -> dict:  # fmt: skip
+    """Run every study, write ``metrics.csv``, ``report.md`` and figures; return the summary
+    (with ``origin``, the :func:`provenance`, when given)."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +222,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
         writer = csv.DictWriter(stream, fieldnames=sorted({k for r in records for k in r}, key=lambda k: (k != "image_id", k)))
         writer.writeheader()
         writer.writerows(records)
-    scores = certainty_scores(combination is not None)
+    scores = certainty_scores(combination is not None, pair.certainty_variant, methods)
     summary = _classification(records, pair.class_names)
     with_masks = [r for r in records if "dice" in r]
     if with_masks:
@@ -186,9 +231,11 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     summary["segu_variant"] = pair.certainty_variant
     summary["segu_auroc"] = summary[f"segu_{pair.certainty_variant}_auroc"]
     summary["seconds"] = round(time.perf_counter() - start, 1)
+    if origin is not None:
+        summary["provenance"] = origin
     _figures(out, records, methods, summary, scores)
     if with_masks:
-        _example_grid(out / "examples.png", pair, studies, records, device)
+        _example_grid(out / "examples.png", pair, studies, records, methods[0] if methods else default_method(pair.classifier), device)
     (out / "report.md").write_text(_report(summary, methods, scores, pair.class_names, bool(with_masks)))
     return summary
 
@@ -234,9 +281,9 @@ def _display(volume: torch.Tensor, index: int | None) -> np.ndarray:
     return plane.cpu().numpy()
 
 
-def _example_grid(path: Path, pair: ModelPair, studies: list[Study], records: list[dict], device: str) -> None:
-    """Rows of image | raw Grad-CAM | SegX | ground truth for the least and the most certain
-    studies with a mask (default SegU variant)."""
+def _example_grid(path: Path, pair: ModelPair, studies: list[Study], records: list[dict], method: str, device: str) -> None:
+    """Rows of image | raw map of ``method`` | SegX | ground truth for the least and the
+    most certain studies with a mask (default SegU variant)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,15 +297,15 @@ def _example_grid(path: Path, pair: ModelPair, studies: list[Study], records: li
         image = read_image(studies[i].image).array
         truth = read_image(studies[i].mask).array > 0
         index = int(truth[0].reshape(-1, truth.shape[-1]).sum(0).argmax()) if truth.dim() == 4 else None
-        result = explain(pair, studies[i].image, classes=[records[i]["predicted"]], device=device)
+        result = explain(pair, studies[i].image, classes=[records[i]["predicted"]], method=method, device=device)
         k = result.classes.index(result.predicted)
         background = _display(image, index)
-        panels = [(None, "image"), (result.explanation[k], "raw Grad-CAM"), (result.segx[k], "SegX"), (truth.float()[0], "ground truth")]
+        panels = [(None, "image"), (result.explanation[k], f"raw {method}"), (result.segx[k], "SegX"), (truth.float()[0], "ground truth")]
         for axis, (overlay, title) in zip(row, panels):
             axis.imshow(background, cmap="gray")
             if overlay is not None:
                 values = _display(overlay[None], index)
-                shown = values if title == "raw Grad-CAM" else np.ma.masked_where(values <= 0, values)  # zero outside the region: transparent
+                shown = values if title.startswith("raw") else np.ma.masked_where(values <= 0, values)  # zero outside the region: transparent
                 axis.imshow(shown, cmap="autumn" if title == "ground truth" else "jet", alpha=0.5, vmin=0, vmax=1)
             axis.set_title(title, fontsize=8)
             axis.axis("off")
@@ -276,7 +323,14 @@ def _report(summary: dict, methods: list[str], scores: list[str], class_names: l
     def ci(pair):
         return f"[{fmt(pair[0])}, {fmt(pair[1])}]"
 
-    lines = ["# segx evaluate", "", f"n = {summary['n']}, accuracy {fmt(summary['accuracy'])}, balanced accuracy "
+    lines = ["# segx evaluate", ""]
+    origin = summary.get("provenance")
+    if origin:
+        versions = ", ".join(f"{k} {v}" for k, v in origin["versions"].items())
+        lines += [f"`{origin['command']}`", "", f"- configuration: `{origin['config']}`",
+                  *[f"- `{name}` SHA-256 `{digest}`" for name, digest in origin["weights_sha256"].items()],
+                  f"- {versions}", f"- studies: {origin['selection']}; per class {origin['class_counts']}", ""]  # fmt: skip
+    lines += [f"n = {summary['n']}, accuracy {fmt(summary['accuracy'])}, balanced accuracy "
              f"{fmt(summary['balanced_accuracy'])}, macro AUROC {fmt(summary['auroc_macro'])}", "",
              "| class | AUROC (one vs rest) |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {fmt(value)} |" for name, value in summary["auroc_per_class"].items()]
@@ -297,7 +351,7 @@ def _report(summary: dict, methods: list[str], scores: list[str], class_names: l
     for name in scores:
         difference = summary.get(f"{name}_minus_msp_auroc_ci")
         lines.append(f"| {name} | {fmt(summary[f'{name}_auroc'])} | {ci(difference) if difference else ''} | {fmt(summary[f'{name}_aurc'])} | {fmt(summary[f'{name}_eaurc'])} |")
-    lines += ["", "![risk-coverage](risk_coverage.png)", ""]
+    lines += ["", "![risk-coverage](risk_coverage.png)", "", "Definitions:", ""] + [f"- {line}" for line in DEFINITIONS] + [""]
     return "\n".join(lines)
 
 
@@ -306,15 +360,16 @@ def main(model: str, data: str, out: str, methods: list[str], device: str, split
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
     from .config import load_model_pair, model_config_file
 
-    pair = load_model_pair(model_config_file(model))
-    config = pair.config
+    config_file = model_config_file(model).resolve()
+    pair = load_model_pair(config_file)
     studies, unknown = find_studies(pair.class_names, data, Layout(**layout), split, limit, seed)
     if limit:
         counts = {pair.class_names[c]: sum(s.label == c for s in studies) for c in sorted({s.label for s in studies})}
         print(f"--limit {limit}: {len(studies)} studies drawn per class in proportion (seed {seed}): {counts}")
     if unknown:
         print(f"skipped rows with labels unknown to the model: {unknown}")
-    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(config))
+    origin = provenance(config_file, studies, pair.class_names, data=str(data), split=split, limit=limit, seed=seed, methods=methods)
+    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin)
     summary["unknown_labels"] = unknown
     print(f"report: {Path(out) / 'report.md'}")
     print("EVAL " + json.dumps(summary))

@@ -7,20 +7,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: RAS -> LPS (ITK's world frame): x and y change sign.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
 
 def save_volume(path: str | Path, array: torch.Tensor | np.ndarray, affine: np.ndarray, dtype=np.float32) -> Path:
     """Write a map ``S`` (``(H, W)`` or ``(D, H, W)``, MONAI axis order) to NRRD / NIfTI /
     MHA with the voxel-to-RAS ``affine`` of its source image, so that it overlays the
     source exactly in 3D Slicer. Heatmaps stay float32; label maps pass ``dtype=np.uint8``.
-    NRRD and MHA are gzip-compressed: a 512x512x300 SegX map (zero outside the region)
-    shrinks from 315 MB to 15 MB and is written faster than raw (1.5 s vs 3.9 s here)."""
-    from monai.data import ITKWriter
+    NRRD and MHA are gzip-compressed (level 1; ``.nii.gz`` by its name).
 
-    data = np.asarray(array.detach().cpu() if torch.is_tensor(array) else array).astype(dtype)
-    writer = ITKWriter(output_dtype=dtype)
-    writer.set_data_array(data, channel_dim=None)
-    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    Written with SimpleITK directly rather than MONAI's ``ITKWriter`` (the same geometry
+    conversion, RAS affine -> LPS direction/origin): a 455 x 376 x 223 float32 map takes
+    0.9-1.4 s instead of 5.0 s here (``ITKWriter`` copies and reorients the array first).
+    """
+    import SimpleITK as sitk
+    from monai.data.utils import to_affine_nd
+
+    data = np.asarray(array.detach().cpu() if torch.is_tensor(array) else array).astype(dtype, copy=False)
+    spatial = data.ndim
+    image = sitk.GetImageFromArray(data.transpose())  # SimpleITK reads numpy arrays in reversed (z, y, x) order
+    world = _RAS_TO_LPS @ to_affine_nd(3, np.asarray(affine, dtype=float))[:3]  # a 2D image's 3x3 affine -> 4x4
+    columns = world[:spatial, :spatial]
+    spacing = np.linalg.norm(columns, axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in world[:spatial, 3]])
+    image.SetDirection([float(d) for d in (columns / spacing).flatten()])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer.write(str(path), verbose=False, compression=path.suffix in (".nrrd", ".mha"))
+    sitk.WriteImage(image, str(path), True, 1)
     return path

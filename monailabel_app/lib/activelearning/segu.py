@@ -16,7 +16,10 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from segx.explainers import default_method
+
 from ..infers.runtime import ModelRuntime
+from ..security import public
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,10 @@ class SegUScoring(ScoringMethod):
                     counts["skipped"] += 1
                     continue
                 try:
-                    result = runtime.explain(datastore.get_image_uri(image_id), "gradcam", 0.0)
-                except ValueError as error:  # e.g. a 2D image for a 3D model
-                    scores[name] = {"error": str(error), "weights": runtime.weights_digest}
+                    result = runtime.explain(datastore.get_image_uri(image_id), default_method(runtime.pair.classifier), 0.0)
+                except Exception as error:  # a 2D image for a 3D model, or a model that breaks: the others go on
+                    logger.warning(f"SegU scoring: {name} on {image_id}: {type(error).__name__}: {error}")
+                    scores[name] = {"error": public(f"{type(error).__name__}: {error}"), "weights": runtime.weights_digest}
                     counts["failed"] += 1
                     continue
                 scores[name] = {
