@@ -76,6 +76,24 @@ INFERENCE = {
 }
 
 
+CLASSIFIER_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 8, "block_config": [2, 2]}
+CLASSIFIER_BUNDLE = {
+    "network_def": {"_target_": "DenseNet", **CLASSIFIER_ARGS},
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [3.0, 3.0, 3.0], "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": WINDOW[0], "a_max": WINDOW[1], "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "Resized", "keys": "image", "spatial_size": [32, 32, 40], "mode": "trilinear"},
+        ],
+    },
+    "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
+}
+
+
 def lps_storage(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The same physical image stored with its first two axes running to L and P."""
     flipped = affine.copy()
@@ -118,15 +136,19 @@ def bundle(tmp_path_factory):
     reference = {name: np.asarray(nib.load(folder / "eval" / f"{name}_seg.nii.gz").dataobj) for name in ("ras", "lps")}
 
     torch.manual_seed(0)
-    classifier = DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=8, block_config=(2, 2))
+    classifier = DenseNet(**CLASSIFIER_ARGS)
     torch.save(classifier.state_dict(), folder / "classifier.pt")
+    (folder / "classifier_bundle" / "configs").mkdir(parents=True)
+    (folder / "classifier_bundle" / "models").mkdir()
+    (folder / "classifier_bundle" / "configs" / "inference.json").write_text(json.dumps(CLASSIFIER_BUNDLE))
+    torch.save(classifier.state_dict(), folder / "classifier_bundle" / "models" / "model.pt")
     config = {
         "name": "bundle_test",
         "spatial_dims": 3,
         "classes": ["cyst", "tumour"],
         "classifier": {
             "network": "DenseNet",
-            "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 8, "block_config": [2, 2]},
+            "args": CLASSIFIER_ARGS,
             "weights": "classifier.pt",
             "input": {"channels": 1, "orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "intensity": list(WINDOW), "spatial_size": [32, 32, 40], "resize": "pad_crop"},
         },
@@ -186,3 +208,29 @@ def test_an_input_section_without_orientation_gets_lps_wrong(bundle, tmp_path):
     unoriented = explain_file(tmp_path / "unoriented.yaml", image).segmentation.numpy()
     assert dice(oriented == 1, reference["lps"] == 1) >= 0.98
     assert dice(unoriented == 1, reference["lps"] == 1) < 0.8
+
+
+def test_a_classifier_bundle_reads_the_image_through_its_own_preprocessing(bundle, tmp_path):
+    """The classifier as a bundle (no ``input:``): its probabilities equal the bundle's own
+    preprocessing (loader included) + network, and its Grad-CAM map lands on the same
+    anatomy whether the CT is stored RAS or LPS."""
+    from monai.bundle import ConfigParser
+
+    folder, _ = bundle
+    config = yaml.safe_load((folder / "pair.yaml").read_text())
+    config["classifier"] = {"bundle": "classifier_bundle"}
+    (folder / "classifier_bundle_pair.yaml").write_text(yaml.safe_dump(config))
+    parser = ConfigParser()
+    parser.read_config(str(folder / "classifier_bundle" / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(folder / "classifier_bundle" / "models" / "model.pt", weights_only=True))
+    results = {}
+    for storage in ("ras", "lps"):
+        image = folder / "data" / f"{storage}.nii.gz"
+        results[storage] = explain_file(folder / "classifier_bundle_pair.yaml", image)
+        with torch.no_grad():
+            reference = network.eval()(parser.get_parsed_content("preprocessing")({"image": str(image)})["image"][None]).softmax(1)[0]
+        np.testing.assert_allclose(results[storage].probabilities, reference.numpy(), atol=1e-5)
+    ras_map = results["ras"].explanation_normalised[0].numpy()
+    assert ras_map.shape == results["ras"].segmentation.shape and ras_map.std() > 0.05
+    np.testing.assert_allclose(results["lps"].explanation_normalised[0].numpy()[::-1, ::-1], ras_map, atol=1e-3)

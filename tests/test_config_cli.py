@@ -137,9 +137,9 @@ def test_cli_writes_float32_maps_with_the_source_geometry(model_dir, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["probabilities"]) == {"healthy", "tumour"}
     assert 0.0 <= summary["segu"]["value"] <= 1.0 and summary["segu"]["reason"]
-    assert sorted(p.name for p in out.iterdir()) == ["segmentation.nrrd", "segx_healthy.nrrd", "segx_tumour.nrrd"]  # the default layers only
-    assert main(arguments + ["--layers", "explanation", "mask"]) == 0
-    assert {"explanation_healthy.nrrd", "mask_tumour.nrrd"} <= {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in out.iterdir()) == ["segmentation.nrrd", f"segx_{summary['predicted']}.nrrd"]  # the default layers only
+    assert main(arguments + ["--layers", "segx", "explanation", "mask", "--classes", "healthy", "tumour"]) == 0
+    assert {"segx_tumour.nrrd", "explanation_healthy.nrrd", "mask_tumour.nrrd"} <= {p.name for p in out.iterdir()}
     source = sitk.ReadImage(str(image_path))
     for name, pixel in [("segx_tumour.nrrd", sitk.sitkFloat32), ("explanation_healthy.nrrd", sitk.sitkFloat32), ("segmentation.nrrd", sitk.sitkUInt8)]:
         written = sitk.ReadImage(str(out / name))

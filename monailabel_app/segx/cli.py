@@ -48,8 +48,9 @@ def _explain(args: argparse.Namespace) -> int:
         files = []
         if "segmentation" in args.layers:
             files.append(save_volume(out / "segmentation.nrrd", result.segmentation, result.affine, dtype="uint8"))
+        written = [pair.class_index(c) for c in args.classes] if args.classes else [result.predicted]
         for layer in (name for name in CLI_LAYERS if name != "segmentation" and name in args.layers):
-            for c in result.classes:
+            for c in written:
                 file = out / f"{layer}_{result.class_names[c]}.nrrd"
                 files.append(save_volume(file, result.map_of(CLI_LAYERS[layer], c), result.affine))
         summary["files"] = [str(f) for f in files]
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="explain one image with a model configuration")
     explain.add_argument("image", help="NIfTI, NRRD, MHA, PNG, JPEG or DICOM file")
     explain.add_argument("--config", "--model", dest="config", required=True, help="model configuration file (YAML or JSON) or built-in model name")
-    explain.add_argument("--classes", nargs="+", help="classes to explain (names or indices; default all)")
+    explain.add_argument("--classes", nargs="+", help="classes whose maps are written (names or indices; default the predicted class)")
     explain.add_argument("--method", default="gradcam", choices=METHODS)
     explain.add_argument("--margin-mm", type=float, default=0.0, help="grow the clinical region by this margin")
     explain.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
