@@ -59,6 +59,12 @@ def test_evaluate_on_phantoms(tmp_path, capsys):
     from_gradcam = np.array([float(r[f"segu_{variant}"]) for r in rows])
     assert summary[f"segu_{variant}_occlusion_auroc"] is not None and not np.allclose(from_occlusion, from_gradcam)
 
+    # the evidence section: region-only controls beside SegX, ROAD, the randomisation check
+    for key in ("iou_control_uniform", "iou_control_edge", "road_segx_gradcam", "road_raw_occlusion", "road_control_random", "randcorr_raw_gradcam", "randcorr_segx_gradcam"):
+        assert summary[key] is not None and len(summary[f"{key}_ci"]) == 2, key
+    assert summary["iou_control_uniform"] == pytest.approx(np.mean([float(r["iou_control_uniform"]) for r in rows]))
+    assert "Does the map carry the classifier's evidence" in (out / "report.md").read_text()
+
     # provenance: who ran what on which weights
     origin = summary["provenance"]
     weights = APP_DIR / "model_configs" / "weights"

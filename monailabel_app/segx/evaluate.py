@@ -8,13 +8,15 @@ from __future__ import annotations
 import csv
 import json
 import time
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import baselines
+from . import baselines, faithfulness
 from .certainty import VARIANTS, Combination
 from .datasets import Layout, Study, find_studies
 from .engine import SegXResult, explain, explain_many
@@ -61,11 +63,13 @@ def certainty_scores(combined: bool, variant: str, methods: list[str]) -> list[s
 
 
 def study_records(pair: ModelPair, studies: list[Study], methods: list[str], device: str = "cpu", mc_samples: int = 10,
-                  combination: Combination | None = None, batch_size: int = BATCH_SIZE, desc: str = "evaluating") -> list[dict]:  # fmt: skip
+                  combination: Combination | None = None, batch_size: int = BATCH_SIZE, desc: str = "evaluating",
+                  evidence: bool = False) -> list[dict]:  # fmt: skip
     """Per-study figures (see :func:`study_record`) of every study, with a progress bar;
     the first method (default: the classifier's default) and the segmenter run on
     ``batch_size`` studies at a time."""
     first = methods[0] if methods else default_method(pair.classifier)
+    randomised = replace(pair, classifier=faithfulness.randomised_classifier(pair.classifier)) if evidence else None
     records = []
     with tqdm(total=len(studies), desc=desc) as progress:
         for start in range(0, len(studies), batch_size):
@@ -73,19 +77,21 @@ def study_records(pair: ModelPair, studies: list[Study], methods: list[str], dev
             images = [read_image(study.image) for study in chunk]
             results = explain_many(pair, images, method=first, device=device)
             for study, image, result in zip(chunk, images, results):
-                records.append(study_record(pair, study, image, result, methods, device, mc_samples, combination))
+                records.append(study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised))
             progress.update(len(chunk))
     return records
 
 
 def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
-                 mc_samples: int = 10, combination: Combination | None = None) -> dict:  # fmt: skip
+                 mc_samples: int = 10, combination: Combination | None = None, randomised: ModelPair | None = None) -> dict:  # fmt: skip
     """Figures of one study given its image and its :class:`SegXResult` from the first of
     ``methods`` (all classes): prediction, class probabilities, certainties (SegU in every
     variant, SegU's default variant from each further method's maps, SegU+MSP, MSP,
     negative entropy, MC dropout with ``mc_samples`` passes and TTA; ``mc_samples=0`` skips
     both sampling baselines) and, when the study has a mask, segmentation Dice and per
-    method raw vs SegX interpretability metrics."""
+    method raw vs SegX interpretability metrics (with the region-only controls of
+    :func:`segx.faithfulness.control_maps` beside them). Given ``randomised`` (the pair with
+    a re-drawn classifier), also the evidence figures of :func:`evidence_record`."""
     predicted, probabilities = result.predicted, result.probabilities
     x = pair.classifier_input(image.array, image.affine).to(device) if mc_samples else None
     record = {
@@ -106,19 +112,44 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     for method in methods[1:]:
         per_method[method] = explain(pair, image, classes=[predicted], method=method, device=device)
         record[f"segu_{pair.certainty_variant}_{method}"] = per_method[method].certainty_of(predicted, pair.certainty_variant).value
+    region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
+    controls = faithfulness.control_maps(region, image.spacing, seed=zlib.crc32(study.image_id.encode())) if randomised is not None else {}
+    if randomised is not None:
+        record.update(evidence_record(pair, randomised, image, predicted, per_method, controls, device))
     if study.mask is None:
         return record
     truth = read_image(study.mask).array[0] > 0
-    region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
     record["dice"] = dice(region, truth)
+    layers = [(f"control_{name}", control) for name, control in controls.items()]
     for method, current in per_method.items():
         k = current.classes.index(predicted)
-        for kind, layer in (("raw", current.explanation[k]), ("segx", current.segx[k])):
-            overlap = topk_overlap(layer, truth, 5.0)
-            for metric in ("iou", "dice", "precision"):
-                record[f"{metric}_{kind}_{method}"] = overlap[metric]
-            record[f"pointing_{kind}_{method}"] = pointing_game(layer, truth)
-            record[f"mass_{kind}_{method}"] = relevance_mass_accuracy(layer, truth)
+        layers += [(f"raw_{method}", current.explanation[k]), (f"segx_{method}", current.segx[k])]
+    for name, layer in layers:
+        overlap = topk_overlap(layer, truth, 5.0)
+        for metric in ("iou", "dice", "precision"):
+            record[f"{metric}_{name}"] = overlap[metric]
+        record[f"pointing_{name}"] = pointing_game(layer, truth)
+        record[f"mass_{name}"] = relevance_mass_accuracy(layer, truth)
+    return record
+
+
+def evidence_record(pair: ModelPair, randomised: ModelPair, image: Image, predicted: int, per_method: dict[str, SegXResult],
+                    controls: dict[str, torch.Tensor], device: str = "cpu") -> dict:  # fmt: skip
+    """Figures only a map carrying the classifier's evidence can win: ROAD (LeRF - MoRF) of
+    the raw map, the SegX map and each region-only control (2D; None in 3D), and the rank
+    correlation of each method's raw and SegX maps with those of the randomised classifier
+    (the same segmenter, so SegX's correlation shows how much the region alone decides)."""
+    maps = {f"control_{name}": control for name, control in controls.items()}
+    record = {}
+    for method, current in per_method.items():
+        k = current.classes.index(predicted)
+        maps[f"raw_{method}"], maps[f"segx_{method}"] = current.explanation[k], current.segx[k]
+        twin = explain(randomised, image, classes=[predicted], method=method, device=device)
+        j = twin.classes.index(predicted)
+        record[f"randcorr_raw_{method}"] = faithfulness.rank_correlation(current.explanation[k], twin.explanation[j])
+        record[f"randcorr_segx_{method}"] = faithfulness.rank_correlation(current.segx[k], twin.segx[j])
+    scores = faithfulness.road_score(pair, image, maps, predicted)
+    record.update({f"road_{name}": None if scores is None else scores[name] for name in maps})
     return record
 
 
@@ -164,6 +195,26 @@ def _interpretability(records: list[dict], methods: list[str]) -> dict:
                 summary[f"{metric}_{kind}_{method}"] = float(np.mean(values))
                 summary[f"{metric}_{kind}_{method}_ci"] = bootstrap_ci(values)[1:]
             summary[f"{metric}_diff_{method}_ci"] = bootstrap_ci(np.subtract(segx, raw))[1:]
+    for name in (f"control_{c}" for c in faithfulness.CONTROLS if f"iou_control_{c}" in records[0]):
+        for metric in INTERPRETABILITY:
+            values = [r[f"{metric}_{name}"] for r in records]
+            summary[f"{metric}_{name}"], summary[f"{metric}_{name}_ci"] = float(np.mean(values)), bootstrap_ci(values)[1:]
+    return summary
+
+
+def _evidence(records: list[dict], methods: list[str]) -> dict:
+    """Means and CIs of ROAD (raw, SegX, each control) and of the randomisation rank
+    correlations; paired CIs of SegX's ROAD minus each control's."""
+    summary = {}
+    names = [f"road_{kind}_{m}" for m in methods for kind in ("raw", "segx")] + [f"road_control_{c}" for c in faithfulness.CONTROLS]
+    names += [f"randcorr_{kind}_{m}" for m in methods for kind in ("raw", "segx")]
+    for name in names:
+        values = [r[name] for r in records if r.get(name) is not None]
+        summary[name], summary[f"{name}_ci"] = (float(np.mean(values)), bootstrap_ci(values)[1:]) if values else (None, None)
+    for method in methods:
+        for control in faithfulness.CONTROLS:
+            paired = [(r[f"road_segx_{method}"], r[f"road_control_{control}"]) for r in records if r.get(f"road_segx_{method}") is not None]
+            summary[f"road_segx_minus_{control}_{method}_ci"] = bootstrap_ci(np.subtract(*zip(*paired)))[1:] if paired else None
     return summary
 
 
@@ -211,13 +262,15 @@ def provenance(config_file: Path, studies: list[Study], class_names: list[str], 
 
 
 def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: list[str], device: str = "cpu",
-             mc_samples: int = 10, combination: Combination | None = None, origin: dict | None = None) -> dict:  # fmt: skip
+             mc_samples: int = 10, combination: Combination | None = None, origin: dict | None = None,
+             evidence: bool = True) -> dict:  # fmt: skip
     """Run every study, write ``metrics.csv``, ``report.md`` and figures; return the summary
-    (with ``origin``, the :func:`provenance`, when given)."""
+    (with ``origin``, the :func:`provenance`, when given; with ``evidence``, the controls,
+    ROAD and randomisation figures of :func:`evidence_record`)."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = study_records(pair, studies, methods, device, mc_samples, combination)
+    records = study_records(pair, studies, methods, device, mc_samples, combination, evidence=evidence)
     with open(out / "metrics.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=sorted({k for r in records for k in r}, key=lambda k: (k != "image_id", k)))
         writer.writeheader()
@@ -228,6 +281,8 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     if with_masks:
         summary.update(_interpretability(with_masks, methods))
     summary.update(_certainty(records, scores))
+    if evidence:
+        summary.update(_evidence(records, methods))
     summary["segu_variant"] = pair.certainty_variant
     summary["segu_auroc"] = summary[f"segu_{pair.certainty_variant}_auroc"]
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -236,7 +291,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     _figures(out, records, methods, summary, scores)
     if with_masks:
         _example_grid(out / "examples.png", pair, studies, records, methods[0] if methods else default_method(pair.classifier), device)
-    (out / "report.md").write_text(_report(summary, methods, scores, pair.class_names, bool(with_masks)))
+    (out / "report.md").write_text(_report(summary, methods, scores, pair.class_names, bool(with_masks), evidence))
     return summary
 
 
@@ -316,7 +371,7 @@ def _example_grid(path: Path, pair: ModelPair, studies: list[Study], records: li
     plt.close(fig)
 
 
-def _report(summary: dict, methods: list[str], scores: list[str], class_names: list[str], with_masks: bool) -> str:
+def _report(summary: dict, methods: list[str], scores: list[str], class_names: list[str], with_masks: bool, evidence: bool) -> str:
     def fmt(value):
         return "n/a" if value is None else f"{value:.3f}"
 
@@ -337,6 +392,8 @@ def _report(summary: dict, methods: list[str], scores: list[str], class_names: l
     lines += ["", "Confusion matrix (rows: truth, columns: prediction)", "", "| | " + " | ".join(class_names) + " |", "|---" * (len(class_names) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(class_names, summary["confusion_matrix"])]
     lines.append("")
+    if evidence:
+        lines += _evidence_lines(summary, methods, with_masks, fmt, ci)
     if with_masks:
         lines += [f"Segmentation Dice {fmt(summary['dice'])} {ci(summary['dice_ci'])}", "",
                   "Interpretability, raw explanation vs SegX, against the ground-truth mask (mean [95 % bootstrap CI]):", "",
@@ -355,8 +412,34 @@ def _report(summary: dict, methods: list[str], scores: list[str], class_names: l
     return "\n".join(lines)
 
 
+def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci) -> list[str]:
+    """The report's first section: each map beside the region-only controls."""
+
+    def cell(key):
+        value = summary.get(key)
+        return "n/a" if value is None else f"{fmt(value)} {ci(summary[f'{key}_ci'])}"
+
+    lines = ["## Does the map carry the classifier's evidence, or only the region?", "",
+             "Controls know the predicted region and nothing of the classifier (uniform, random and distance-to-edge "
+             "inside it). A figure SegX reaches that the controls reach too measures the segmenter. ROAD (LeRF - MoRF, "
+             "noisy linear imputation) and the rank correlation with the maps of a randomised classifier can only be won "
+             "by a map that follows the classifier (ROAD: higher is better; correlation: lower is better).", "",
+             "| map | top-5 % IoU | pointing game | relevance mass | ROAD | rank corr. with randomised classifier |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [(f"raw {m}", f"raw_{m}") for m in methods] + [(f"SegX {m}", f"segx_{m}") for m in methods]
+    rows += [(f"control: {c} x region", f"control_{c}") for c in faithfulness.CONTROLS]
+    for title, key in rows:
+        overlap = [cell(f"{metric}_{key}") if with_masks else "n/a" for metric in ("iou", "pointing", "mass")]
+        lines.append(f"| {title} | " + " | ".join(overlap) + f" | {cell(f'road_{key}')} | {cell(f'randcorr_{key}') if not key.startswith('control') else ''} |")
+    for m in methods:
+        differences = [f"{c} {ci(summary[f'road_segx_minus_{c}_{m}_ci'])}" for c in faithfulness.CONTROLS if summary.get(f"road_segx_minus_{c}_{m}_ci")]
+        if differences:
+            lines.append(f"\nROAD of SegX {m} minus control (paired 95 % CI): " + "; ".join(differences))
+    return lines + [""]
+
+
 def main(model: str, data: str, out: str, methods: list[str], device: str, split: str | None = None, limit: int | None = None,
-         mc_samples: int = 10, seed: int = 0, **layout) -> int:  # fmt: skip
+         mc_samples: int = 10, seed: int = 0, evidence: bool = True, **layout) -> int:  # fmt: skip
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
     from .config import load_model_pair, model_config_file
 
@@ -369,7 +452,7 @@ def main(model: str, data: str, out: str, methods: list[str], device: str, split
     if unknown:
         print(f"skipped rows with labels unknown to the model: {unknown}")
     origin = provenance(config_file, studies, pair.class_names, data=str(data), split=split, limit=limit, seed=seed, methods=methods)
-    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin)
+    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin, evidence)
     summary["unknown_labels"] = unknown
     print(f"report: {Path(out) / 'report.md'}")
     print("EVAL " + json.dumps(summary))
