@@ -121,7 +121,6 @@ def test_ham10000_recipe_trains_on_the_folder_as_it_is(tmp_path):
     log = train("ham10000", SHARED_DATA / "ham10000", tmp_path, limit=16)
     assert log["n_train"] == 16 and log["n_val"] == 16 and len(log["classifier"]["losses"]) == RECIPES["ham10000"].epochs
     pair = load_model_pair(tmp_path / "ham10000.yaml")
-    config = pair.config
     assert pair.class_names == HAM_CLASSES and pair.certainty_variant == log["calibration"]["variant"]
     card = (tmp_path / "ham10000_model_card.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "--limit 16" in card and "16 train studies" in card

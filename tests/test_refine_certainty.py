@@ -140,19 +140,38 @@ def test_segu_bad_inputs():
         segu(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 2), "mass_inside")
 
 
-def test_calibrate_levels_hand_computed():
-    certainty = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-    correct = [False, False, True, False, True, True, True, True, True, True]
+def test_calibrate_levels_claim_only_what_the_validation_set_shows():
+    """Clopper-Pearson bounds, worked out by hand: n of n correct has the lower bound
+    0.025 ** (1 / n), which reaches 0.9 from n = 36 on (35: 0.8999, 36: 0.9026)."""
+    from scipy.stats import beta
+
+    assert 0.025 ** (1 / 35) < 0.9 < 0.025 ** (1 / 36)
+    wrong = [round(0.01 * i, 2) for i in range(1, 21)]  # 0.01 .. 0.20, all wrong
+    right = [round(0.50 + 0.01 * i, 2) for i in range(40)]  # 0.50 .. 0.89, all correct
+    certainty, correct = wrong + right, [False] * 20 + [True] * 40
     levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.5)
-    # >= 0.5: 6/6 correct; >= 0.4: 6/7 = 0.857 < 0.9 -> high = 0.5
-    assert levels.high == 0.5
-    # below 0.5: 1/4 correct <= 0.5 -> low = 0.5 (largest t <= high)
-    assert levels.low == 0.5
-    assert [levels.level(v) for v in (0.49, 0.5, 0.99)] == ["low", "high", "high"]
-    levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.25)
-    assert levels.low == 0.5  # 1/4 = 0.25 <= 0.25
-    levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.2)
-    assert levels.low == 0.3  # below 0.5: 1/4 > 0.2; below 0.4: 1/3 > 0.2; below 0.3: 0/2
+    # >= 0.50: 40 of 40 correct, bound 0.912; >= 0.20 (the next smaller value): 40 of 41, bound below 0.9
+    assert beta.ppf(0.025, 40, 2) < 0.9 and levels.high == 0.50
+    # below 0.50: 0 of 20 correct, upper bound 1 - 0.025 ** (1 / 20) = 0.168 <= 0.5; 0.50 is the largest t <= high
+    assert levels.low == 0.50
+    assert [levels.level(v) for v in (0.2, 0.499, 0.5, 0.9)] == ["low", "low", "high", "high"]
+    # 30 of 30 correct is 100 % but its bound is 0.025 ** (1 / 30) = 0.884: no "high" (the old rule gave 0.50)
+    fewer = calibrate_levels(wrong + right[:30], [False] * 20 + [True] * 30, "mass_inside")
+    # with no "high" to stay under, "low" is the largest t whose lower set is still bad enough:
+    # below 0.58 are 8 of 28 correct (upper bound 0.487), below 0.59 9 of 29 (0.508)
+    assert beta.ppf(0.975, 9, 20) <= 0.5 < beta.ppf(0.975, 10, 20)
+    assert fewer.high is None and fewer.low == 0.58
+    assert [fewer.level(v) for v in (0.1, 0.7)] == ["low", "medium"]
+
+
+def test_too_few_validation_studies_earn_no_level():
+    """22 of 22 correct: the lower bound 0.025 ** (1 / 22) = 0.846 never reaches 0.9, and
+    no 10 studies are wrong enough for "low": no threshold, so no level is ever shown."""
+    levels = calibrate_levels([0.1 * i for i in range(22)], [True] * 22, "mass_inside")
+    assert levels.high is None and levels.low is None
+    assert load_levels({"certainty": {**vars(levels)}}) is None
+    few = calibrate_levels([0.1, 0.2, 0.9], [False, False, True], "mass_inside", min_support=10)
+    assert few.high is None and few.low is None
     with pytest.raises(ValueError, match="equal length"):
         calibrate_levels([0.1], [True, False], "mass_inside")
 
@@ -162,7 +181,8 @@ def test_save_levels_keeps_the_model_configuration(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"
     config = {"name": "demo", "classes": ["a", "b"]}
     path.write_text(json.dumps(config) if suffix == ".json" else yaml.safe_dump(config))
-    levels = calibrate_levels([0.1, 0.9, 0.8, 0.2], [False, True, True, False], "topk_inside")
+    levels = calibrate_levels([0.01 * i for i in range(60)], [False] * 20 + [True] * 40, "topk_inside")
+    assert levels.low is not None and levels.high is not None
     save_levels(path, levels)
     loaded = json.loads(path.read_text()) if suffix == ".json" else yaml.safe_load(path.read_text())
     assert loaded["name"] == "demo" and loaded["classes"] == ["a", "b"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .certainty import DEFAULT_VARIANT, VARIANTS, calibrate_levels, fit_combination, save_levels
+from .certainty import DEFAULT_VARIANT, VARIANTS, LevelThresholds, calibrate_levels, fit_combination, save_levels
 from .config import load_model_pair
 from .datasets import Layout, find_studies
 from .evaluate import study_records
@@ -53,5 +53,16 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
     combination = combinations[best]
     save_levels(config_file, levels, combination={"variant": combination.variant, "weights": combination.weights, "split": split})
     return {"split": split, "n": len(records), "accuracy": float(correct.mean()), "auroc": alone, "variant": variant,
-            "levels": {"low": levels.low, "high": levels.high}, "msp_auroc": separation(msp),
+            "levels": _levels_summary(levels), "msp_auroc": separation(msp),
             "combination": {"variant": best, "weights": combination.weights, "auroc": together[best]}}  # fmt: skip
+
+
+def _levels_summary(levels: LevelThresholds) -> dict:
+    """The thresholds, and for each one not earned a sentence saying why it is not shown."""
+    summary: dict = {"low": levels.low, "high": levels.high}
+    bound = f"{levels.confidence:.0%} Clopper-Pearson bound, at least {levels.min_support} studies"
+    if levels.high is None:
+        summary["high_not_earned"] = f"no certainty threshold has an accuracy above it whose lower {bound} reaches {levels.high_accuracy}"
+    if levels.low is None:
+        summary["low_not_earned"] = f"no certainty threshold has an accuracy below it whose upper {bound} stays under {levels.low_accuracy}"
+    return summary

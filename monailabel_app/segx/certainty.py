@@ -159,20 +159,33 @@ def segu(explanation: torch.Tensor, region: torch.Tensor, variant: str = DEFAULT
 
 @dataclass
 class LevelThresholds:
-    """Certainty levels: ``high`` if value >= ``high``, ``medium`` if >= ``low``, else
-    ``low``. Calibrated on validation data by :func:`calibrate_levels`."""
+    """Certainty levels calibrated on validation data by :func:`calibrate_levels`:
+    ``high`` if value >= ``high``, ``low`` if value < ``low``, else ``medium``. A threshold
+    that no validation evidence earned is None: that level is never shown."""
 
     variant: str
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     high_accuracy: float
     low_accuracy: float
     n_validation: int
+    min_support: int = 10
+    confidence: float = 0.95
 
     def level(self, value: float) -> str:
-        if value >= self.high:
+        if self.high is not None and value >= self.high:
             return "high"
-        return "medium" if value >= self.low else "low"
+        if self.low is not None and value < self.low:
+            return "low"
+        return "medium"
+
+
+def _accuracy_bounds(correct: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of the accuracy of ``correct``."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(correct.sum()), int(correct.size)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)
 
 
 def calibrate_levels(
@@ -181,14 +194,18 @@ def calibrate_levels(
     variant: str,
     high_accuracy: float = 0.9,
     low_accuracy: float = 0.5,
+    min_support: int = 10,
+    confidence: float = 0.95,
 ) -> LevelThresholds:
-    """Choose level thresholds on a labelled validation set.
+    """Choose level thresholds on a labelled validation set, claiming only what it shows.
 
-    ``high`` is the smallest certainty ``t`` such that predictions with certainty >= ``t``
-    are correct at a rate >= ``high_accuracy``; ``low`` is the largest ``t <= high`` such
-    that predictions with certainty < ``t`` are correct at a rate <= ``low_accuracy``.
-    When no threshold reaches a target, that level is empty (``high`` = 1 + eps is
-    replaced by the maximum certainty + 1e-9; ``low`` = 0).
+    ``high`` is the smallest certainty ``t`` such that at least ``min_support`` predictions
+    have certainty >= ``t`` and the lower Clopper-Pearson bound (``confidence``) of their
+    accuracy is >= ``high_accuracy``; ``low`` is the largest ``t`` (<= ``high``) such that at
+    least ``min_support`` predictions lie below ``t`` and the upper bound of their accuracy
+    is <= ``low_accuracy``. When no threshold qualifies, that threshold is None: 22
+    validation studies, say, can never earn a "high" at 90 % (22 of 22 correct gives a
+    lower bound of 0.85).
     """
     values = np.asarray(certainty, dtype=float)
     hits = np.asarray(correct, dtype=bool)
@@ -197,18 +214,19 @@ def calibrate_levels(
     if not np.isfinite(values).all():
         raise ValueError("certainty contains NaN or Inf")
     candidates = np.unique(values)
-    high = float(values.max() + 1e-9)
+    high = None
     for t in candidates:
-        if hits[values >= t].mean() >= high_accuracy:
+        above = hits[values >= t]
+        if above.size >= min_support and _accuracy_bounds(above, confidence)[0] >= high_accuracy:
             high = float(t)
             break
-    low = 0.0
-    for t in candidates[candidates <= high][::-1]:
+    low = None
+    for t in candidates[candidates <= (high if high is not None else np.inf)][::-1]:
         below = hits[values < t]
-        if below.size and below.mean() <= low_accuracy:
+        if below.size >= min_support and _accuracy_bounds(below, confidence)[1] <= low_accuracy:
             low = float(t)
             break
-    return LevelThresholds(variant, low, high, high_accuracy, low_accuracy, int(values.size))
+    return LevelThresholds(variant, low, high, high_accuracy, low_accuracy, int(values.size), min_support, confidence)
 
 
 def save_levels(config_path: str | Path, thresholds: LevelThresholds, **more) -> None:
@@ -237,8 +255,8 @@ def save_levels(config_path: str | Path, thresholds: LevelThresholds, **more) ->
 def load_levels(config: dict) -> LevelThresholds | None:
     """Thresholds from a model configuration's ``certainty`` section, or None."""
     section = config.get("certainty")
-    if not section:
-        return None
+    if not section or (section.get("low") is None and section.get("high") is None):
+        return None  # nothing calibrated, or no level earned: show no level at all
     return LevelThresholds(**{k: section[k] for k in LevelThresholds.__dataclass_fields__ if k in section})
 
 
