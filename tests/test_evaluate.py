@@ -64,6 +64,8 @@ def test_evaluate_on_phantoms(tmp_path, capsys):
         assert summary[key] is not None and len(summary[f"{key}_ci"]) == 2, key
     assert summary["iou_control_uniform"] == pytest.approx(np.mean([float(r["iou_control_uniform"]) for r in rows]))
     assert "Does the map carry the classifier's evidence" in (out / "report.md").read_text()
+    # demo2d's DenseNet: stem /4, two transitions /2 each: 128 x 128 -> an 8 x 8 Grad-CAM grid; occlusion: 8 x 8 patches in 2D
+    assert summary["grid_gradcam"] == ["8 x 8 of 128 x 128"] and summary["grid_occlusion"] == ["8 x 8 of 128 x 128"]
 
     # provenance: who ran what on which weights
     origin = summary["provenance"]

@@ -47,6 +47,9 @@ class SegXResult:
         spacing, affine: geometry of ``S``.
         timings: seconds per stage.
         top_percent: k of the top-k % rule used by ``topk_inside``.
+        explanation_grid: the explainer's own grid (the CAM target layer's, or the
+            network input's for input attributions) and the network input's size: how
+            coarse the evidence is before it is resampled to ``S``.
     """
 
     class_names: list[str]
@@ -67,6 +70,7 @@ class SegXResult:
     affine: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     top_percent: float = 5.0
+    explanation_grid: dict = field(default_factory=dict)
     _distances: dict = field(default_factory=dict, repr=False)
 
     def certainty_of(self, class_index: int, variant: str) -> Certainty:
@@ -282,7 +286,8 @@ def explain_many(
                 extra = explain_classes(pair.classifier, x, missing, method, pair.target_layer).maps.float()
             image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + missing
         on_input = resample(image_maps, x.shape[2:])  # the explainer's grid -> the network input's
-        explained.append((probabilities, predicted, image_indices, pair.classifier_input.restore(on_input, p).float()))
+        grid = {"maps": list(image_maps.shape[1:]), "input": list(x.shape[2:])}
+        explained.append((probabilities, predicted, image_indices, pair.classifier_input.restore(on_input, p).float(), grid))
     timings["classify_explain"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -291,7 +296,7 @@ def explain_many(
     timings["segment"] = time.perf_counter() - tick
 
     results = []
-    for image, (probabilities, predicted, image_indices, raw), (region_probabilities, segmentation) in zip(images, explained, segmented):
+    for image, (probabilities, predicted, image_indices, raw, grid), (region_probabilities, segmentation) in zip(images, explained, segmented):
         tick = time.perf_counter()
         regions: dict[tuple, torch.Tensor] = {}  # classes sharing segmenter labels share a region
         for c in image_indices:
@@ -319,6 +324,7 @@ def explain_many(
             affine=image.affine,
             timings=dict(timings),
             top_percent=top_percent,
+            explanation_grid=grid,
         )
         result.timings["refine"] = time.perf_counter() - tick
         tick = time.perf_counter()

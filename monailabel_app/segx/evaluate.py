@@ -144,6 +144,7 @@ def evidence_record(pair: ModelPair, randomised: ModelPair, image: Image, predic
     for method, current in per_method.items():
         k = current.classes.index(predicted)
         maps[f"raw_{method}"], maps[f"segx_{method}"] = current.explanation[k], current.segx[k]
+        record[f"grid_{method}"] = " x ".join(map(str, current.explanation_grid["maps"])) + " of " + " x ".join(map(str, current.explanation_grid["input"]))
         twin = explain(randomised, image, classes=[predicted], method=method, device=device)
         j = twin.classes.index(predicted)
         record[f"randcorr_raw_{method}"] = faithfulness.rank_correlation(current.explanation[k], twin.explanation[j])
@@ -205,7 +206,7 @@ def _interpretability(records: list[dict], methods: list[str]) -> dict:
 def _evidence(records: list[dict], methods: list[str]) -> dict:
     """Means and CIs of ROAD (raw, SegX, each control) and of the randomisation rank
     correlations; paired CIs of SegX's ROAD minus each control's."""
-    summary = {}
+    summary = {f"grid_{m}": sorted({r[f"grid_{m}"] for r in records}) for m in methods}
     names = [f"road_{kind}_{m}" for m in methods for kind in ("raw", "segx")] + [f"road_control_{c}" for c in faithfulness.CONTROLS]
     names += [f"randcorr_{kind}_{m}" for m in methods for kind in ("raw", "segx")]
     for name in names:
@@ -424,6 +425,8 @@ def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci
              "inside it). A figure SegX reaches that the controls reach too measures the segmenter. ROAD (LeRF - MoRF, "
              "noisy linear imputation) and the rank correlation with the maps of a randomised classifier can only be won "
              "by a map that follows the classifier (ROAD: higher is better; correlation: lower is better).", "",
+             "Explanation grid (cells of the map before resampling, of the network input): "
+             + "; ".join(f"{m}: {', '.join(summary[f'grid_{m}'])}" for m in methods), "",
              "| map | top-5 % IoU | pointing game | relevance mass | ROAD | rank corr. with randomised classifier |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     rows = [(f"raw {m}", f"raw_{m}") for m in methods] + [(f"SegX {m}", f"segx_{m}") for m in methods]
