@@ -47,44 +47,6 @@ RESNET = {"spatial_dims": 3, "n_input_channels": 1, "num_classes": 2}
 CLASSIFIER_INPUT = {"channels": 1, "orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "intensity": list(WINDOW), "spatial_size": [128, 112, 112]}
 
 
-def bundle_config() -> dict:
-    """``configs/inference.json`` of the segmenter bundle (the model zoo's layout)."""
-
-    def keyed(target: str, **options) -> dict:
-        return {"_target_": target, "keys": options.pop("keys", "image"), **options}
-
-    return {
-        "imports": ["$import glob"],
-        "bundle_root": ".",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/*.nii.gz')))",
-        "device": "$torch.device('cpu')",
-        "network_def": {"_target_": "UNet", **UNET},
-        "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            keyed("LoadImaged"), keyed("EnsureChannelFirstd"), keyed("Orientationd", axcodes="RAS"),
-            keyed("Spacingd", pixdim=[1.5, 1.5, 2.0], mode="bilinear"),
-            keyed("ScaleIntensityRanged", a_min=WINDOW[0], a_max=WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
-            keyed("EnsureTyped"),
-        ]},  # fmt: skip
-        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 1, "overlap": 0.25},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            keyed("Activationsd", keys="pred", softmax=True),
-            keyed("Invertd", keys="pred", transform="@preprocessing", orig_keys="image", nearest_interp=False, to_tensor=True),
-            keyed("AsDiscreted", keys="pred", argmax=True),
-            keyed("SaveImaged", keys="pred", output_dir="@output_dir", output_postfix="seg", output_dtype="$np.uint8", resample=False, separate_folder=False),
-        ]},  # fmt: skip
-        "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'", "load_dict": {"model": "@network"}}],
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader", "network": "@network",
-                      "inferer": "@inferer", "postprocessing": "@postprocessing", "val_handlers": "@handlers", "amp": False},  # fmt: skip
-        "initialize": [],
-        "run": ["$@evaluator.run()"],
-    }
-
-
 def prepare(folder: Path, seed: int) -> None:
     """The clinical CT in ``bundle/data/ct.nii.gz``, the bundle, the classifier weights and
     ``pair.yaml``."""
@@ -108,7 +70,10 @@ def prepare(folder: Path, seed: int) -> None:
 
     resampled = Spacing(pixdim=CLINICAL_SPACING, mode="bilinear")(MetaTensor(volume[None], affine=torch.as_tensor(affine)))
     nib.save(nib.Nifti1Image(resampled[0].numpy().astype(np.int16), resampled.affine.numpy()), str(bundle / "data" / "ct.nii.gz"))
-    (bundle / "configs" / "inference.json").write_text(json.dumps(bundle_config(), indent=1))
+    from bundle_networks import zoo_inference  # the model zoo's CT bundle layout, shared with tests/test_bundles.py
+
+    inference = zoo_inference({"_target_": "UNet", **UNET}, [1.5, 1.5, 2.0], WINDOW, [96, 96, 96])
+    (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
     (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0", "name": "clinical_unet"}))
     torch.manual_seed(seed)
     torch.save(UNet(**UNET).state_dict(), bundle / "models" / "model.pt")
@@ -178,7 +143,7 @@ def main() -> None:
     parser.add_argument("--role", choices=("reference", "segx"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "monailabel_app"))
+    sys.path[:0] = [str(ROOT / "monailabel_app"), str(ROOT / "tests")]
     import torch
 
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """A research group's MONAI bundle through segx, against MONAI's own bundle pipeline.
 
-The bundle is written here the way MONAI's model-zoo bundles are (spleen_ct_segmentation's
-``configs/inference.json``: LoadImaged, EnsureChannelFirstd, Orientationd RAS, Spacingd,
+The bundle is written the way MONAI's model-zoo bundles are (``bundle_networks.zoo_inference``,
+after spleen_ct_segmentation's ``configs/inference.json``: LoadImaged, EnsureChannelFirstd, Orientationd RAS, Spacingd,
 ScaleIntensityRanged, SlidingWindowInferer, Activationsd, Invertd, AsDiscreted,
 SaveImaged, run by a SupervisedEvaluator). Its network (``bundle_networks.RampThreshold``)
 is a known function of the preprocessed intensity and of position along the first axis,
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from bundle_networks import zoo_inference, zoo_preprocessing
 
 from segx import explain
 from segx.config import load_model_pair
@@ -28,68 +29,13 @@ WINDOW = (-57.0, 164.0)
 PIXDIM = (2.0, 2.0, 2.0)
 ROI = (32, 32, 32)
 
-INFERENCE = {
-    "imports": ["$import glob"],
-    "bundle_root": ".",
-    "output_dir": "$@bundle_root + '/eval'",
-    "dataset_dir": "$@bundle_root + '/data'",
-    "datalist": "$list(sorted(glob.glob(@dataset_dir + '/*.nii.gz')))",
-    "device": "$torch.device('cpu')",
-    "network_def": {"_target_": "bundle_networks.RampThreshold"},
-    "network": "$@network_def.to(@device)",
-    "preprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": list(PIXDIM), "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": WINDOW[0], "a_max": WINDOW[1], "b_min": 0.0, "b_max": 1.0, "clip": True},
-            {"_target_": "EnsureTyped", "keys": "image"},
-        ],
-    },
-    "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
-    "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(ROI), "sw_batch_size": 2, "overlap": 0.25},
-    "postprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image", "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg", "output_dtype": "$np.uint8", "resample": False, "separate_folder": False},
-        ],
-    },
-    "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'", "load_dict": {"model": "@network"}}],
-    "evaluator": {
-        "_target_": "SupervisedEvaluator",
-        "device": "@device",
-        "val_data_loader": "@dataloader",
-        "network": "@network",
-        "inferer": "@inferer",
-        "postprocessing": "@postprocessing",
-        "val_handlers": "@handlers",
-        "amp": False,
-    },
-    "initialize": [],
-    "run": ["$@evaluator.run()"],
-}
+INFERENCE = zoo_inference({"_target_": "bundle_networks.RampThreshold"}, PIXDIM, WINDOW, ROI, sw_batch_size=2)
 
 
 CLASSIFIER_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 8, "block_config": [2, 2]}
 CLASSIFIER_BUNDLE = {
     "network_def": {"_target_": "DenseNet", **CLASSIFIER_ARGS},
-    "preprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [3.0, 3.0, 3.0], "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": WINDOW[0], "a_max": WINDOW[1], "b_min": 0.0, "b_max": 1.0, "clip": True},
-            {"_target_": "Resized", "keys": "image", "spatial_size": [32, 32, 40], "mode": "trilinear"},
-        ],
-    },
+    "preprocessing": zoo_preprocessing((3.0, 3.0, 3.0), WINDOW, [{"_target_": "Resized", "keys": "image", "spatial_size": [32, 32, 40], "mode": "trilinear"}]),
     "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]},
 }
 

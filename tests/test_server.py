@@ -450,7 +450,9 @@ def test_shipped_real_data_models_explain_real_images(server, tmp_path, model, r
     segx_map = sitk.GetArrayFromImage(read_nrrd(image, tmp_path))
     truth = np.asarray(PILImage.open(SHARED_DATA / mask)) > 127
     assert segx_map.shape == truth.shape and segx_map.dtype == np.float32
-    assert params["segu"]["variant"] == "region_margin" and params["segu"]["level"] in ("low", "medium", "high")
+    assert params["segu"]["variant"] == "region_margin"
+    # jsrt's 22 validation studies earn no level (Clopper-Pearson): shown as not calibrated
+    assert params["segu"]["level"] is None if model == "jsrt" else params["segu"]["level"] in ("low", "medium", "high")
     region = sitk.GetArrayFromImage(read_nrrd(split_multipart(post_infer(client, f"{model}_segx", SHARED_DATA / relative, params={"layer": "mask"}))[1], tmp_path)) > 0
     assert np.all(segx_map[~region] == 0)
     assert 2 * (region & truth).sum() / (region.sum() + truth.sum()) > 0.8, "the shipped segmenter finds the lesion / lungs"
