@@ -212,6 +212,7 @@ def _evidence(records: list[dict], methods: list[str]) -> dict:
     for name in names:
         values = [r[name] for r in records if r.get(name) is not None]
         summary[name], summary[f"{name}_ci"] = (float(np.mean(values)), bootstrap_ci(values)[1:]) if values else (None, None)
+        summary[f"{name}_n"] = len(values)  # the correlation is undefined for a constant map
     for method in methods:
         for control in faithfulness.CONTROLS:
             paired = [(r[f"road_segx_{method}"], r[f"road_control_{control}"]) for r in records if r.get(f"road_segx_{method}") is not None]
@@ -424,7 +425,8 @@ def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci
              "Controls know the predicted region and nothing of the classifier (uniform, random and distance-to-edge "
              "inside it). A figure SegX reaches that the controls reach too measures the segmenter. ROAD (LeRF - MoRF, "
              "noisy linear imputation) and the rank correlation with the maps of a randomised classifier can only be won "
-             "by a map that follows the classifier (ROAD: higher is better; correlation: lower is better).", "",
+             "by a map that follows the classifier (ROAD: higher is better; correlation: lower is better; n: studies "
+             "where both maps vary, the randomised classifier's map is often all zero).", "",
              "Explanation grid (cells of the map before resampling, of the network input): "
              + "; ".join(f"{m}: {', '.join(summary[f'grid_{m}'])}" for m in methods), "",
              "| map | top-5 % IoU | pointing game | relevance mass | ROAD | rank corr. with randomised classifier |",
@@ -433,7 +435,8 @@ def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci
     rows += [(f"control: {c} x region", f"control_{c}") for c in faithfulness.CONTROLS]
     for title, key in rows:
         overlap = [cell(f"{metric}_{key}") if with_masks else "n/a" for metric in ("iou", "pointing", "mass")]
-        lines.append(f"| {title} | " + " | ".join(overlap) + f" | {cell(f'road_{key}')} | {cell(f'randcorr_{key}') if not key.startswith('control') else ''} |")
+        correlation = "" if key.startswith("control") else f"{cell(f'randcorr_{key}')} (n = {summary.get(f'randcorr_{key}_n', 0)})"
+        lines.append(f"| {title} | " + " | ".join(overlap) + f" | {cell(f'road_{key}')} | {correlation} |")
     for m in methods:
         differences = [f"{c} {ci(summary[f'road_segx_minus_{c}_{m}_ci'])}" for c in faithfulness.CONTROLS if summary.get(f"road_segx_minus_{c}_{m}_ci")]
         if differences:

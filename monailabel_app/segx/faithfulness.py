@@ -104,11 +104,12 @@ def randomised_classifier(classifier: nn.Module, seed: int = 0) -> nn.Module:
     return twin.eval()
 
 
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps of one shape (0 when either is constant)."""
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Spearman rank correlation of two maps of one shape; None when either is constant
+    (a randomised classifier's Grad-CAM is often all zero: no ranking to compare)."""
     from scipy.stats import spearmanr
 
     x, y = a.detach().cpu().flatten().numpy(), b.detach().cpu().flatten().numpy()
     if x.std() == 0 or y.std() == 0:
-        return 0.0
+        return None
     return float(spearmanr(x, y).statistic)
