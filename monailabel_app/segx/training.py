@@ -314,10 +314,15 @@ def model_card(recipe: Recipe, log: dict, limit: int | None = None) -> str:
         f"| accuracy of the final pair | {calibration['accuracy']:.3f} |",
         f"| max softmax probability: AUROC correct vs wrong | {calibration['msp_auroc']:.3f} |",
         *[f"| SegU `{v}`: AUROC correct vs wrong | {a:.3f} |" for v, a in calibration["auroc"].items()],
-        f"| chosen SegU variant / levels low, high | `{calibration['variant']}` / {calibration['levels']['low']:.3f}, {calibration['levels']['high']:.3f} |",
+        f"| chosen SegU variant / levels low, high | `{calibration['variant']}` / {_threshold(calibration['levels']['low'])}, {_threshold(calibration['levels']['high'])} |",
         f"| SegU (`{calibration['combination']['variant']}`) + MSP, in-sample AUROC | {calibration['combination']['auroc']:.3f} |",
         "",
         "Test-split figures: `segx evaluate` (see docs/RESULTS.md). Not a medical device: for research and education.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _threshold(value: float | None) -> str:
+    """A level threshold for the model card (None: the validation split did not earn it)."""
+    return "not earned" if value is None else f"{value:.3f}"
