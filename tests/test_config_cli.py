@@ -60,7 +60,7 @@ def edit_config(model_dir, change):
 
 def test_network_with_state_dict(model_dir):
     pair = load_model_pair(model_dir / "organ3d.yaml")
-    config = pair.config
+    assert pair.config["classes"] == ["healthy", "tumour"]  # the parsed file travels with the pair
     assert pair.class_names == ["healthy", "tumour"] and pair.spatial_dims == 3
     assert pair.segment_names == {1: "liver", 2: "spleen"}
     assert pair.region_of(1) == [1] and pair.region_of(0) == [1, 2]
