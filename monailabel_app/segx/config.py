@@ -117,7 +117,7 @@ def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: 
 def _bundle(folder: Path, config_file: Path, field: str):
     """A bundle's parsed inference configuration (see :func:`segx.preprocessing.read_bundle`)."""
     try:
-        return read_bundle(folder)[0]
+        return read_bundle(folder)
     except FileNotFoundError as error:
         raise ConfigError(f"{config_file}: {field}: {error}") from error
 

@@ -113,8 +113,9 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
         per_method[method] = explain(pair, image, classes=[predicted], method=method, device=device)
         record[f"segu_{pair.certainty_variant}_{method}"] = per_method[method].certainty_of(predicted, pair.certainty_variant).value
     region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
-    controls = faithfulness.control_maps(region, image.spacing, seed=zlib.crc32(study.image_id.encode())) if randomised is not None else {}
+    controls = {}
     if randomised is not None:
+        controls = faithfulness.control_maps(region, image.spacing, seed=zlib.crc32(study.image_id.encode()))
         record.update(evidence_record(pair, randomised, image, predicted, per_method, controls, device))
     if study.mask is None:
         return record

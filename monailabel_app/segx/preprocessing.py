@@ -254,7 +254,7 @@ def _output_kind(post: list) -> str:
     return kind
 
 
-def read_bundle(folder: Path) -> tuple[Any, Path]:
+def read_bundle(folder: Path) -> Any:
     """A bundle's inference configuration, parsed (``configs/inference.{json,yaml,yml}``;
     ``bundle_root`` set to the folder, as ``monai.bundle.run`` does).
 
@@ -270,4 +270,4 @@ def read_bundle(folder: Path) -> tuple[Any, Path]:
     parser = ConfigParser()
     parser.read_config(str(found[0]))
     parser["bundle_root"] = str(folder)
-    return parser, found[0]
+    return parser
