@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
+from lib.dicomweb import dicomweb_datastore  # noqa: E402
 from lib.endpoints import install_activelearning_route, install_infer_route  # noqa: E402
 from lib.security import install_gate, public  # noqa: E402
 from segx.headers import DEFAULT_MAX_VOXELS  # noqa: E402
@@ -102,6 +103,15 @@ class SegXApp(MONAILabelApp):
             read = getattr(datastore, name)
             setattr(datastore, name, lambda *args, _read=read: {k: v for k, v in _read(*args).items() if k != "path"})
         return datastore
+
+    def init_remote_datastore(self):
+        """A DICOMweb URL as ``--studies``: our DICOMweb datastore (checked series, results
+        stored back as DICOM; see ``lib/dicomweb.py``). Other remote kinds: MONAI Label's."""
+        from monailabel.config import settings
+
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        return dicomweb_datastore(self.studies)
 
     def info(self):
         info = super().info()

@@ -30,6 +30,7 @@ from monailabel.interfaces.exception import MONAILabelException
 
 from segx.headers import check_image_file
 
+from .dicomweb import SegXDicomWebDatastore
 from .infers.runtime import ModelUnavailable
 from .security import public
 
@@ -48,7 +49,7 @@ def _upload_size(upload: UploadFile) -> int:
 #: The params a SegX task reads (``lib.infers.tasks``); every other key is dropped, above all
 #: those with which MONAI Label's own pipeline reads or writes files (``image``, ``label``,
 #: ``save_label``, ``label_tag``, ``session``, ``device``, ...).
-INFER_PARAMS = ("class", "method", "variant", "layer", "margin_mm", "result_extension")
+INFER_PARAMS = ("class", "method", "variant", "layer", "margin_mm", "result_extension", "store_dicom")
 
 
 def _checked_params(params: str) -> dict:
@@ -68,6 +69,9 @@ def _checked_params(params: str) -> dict:
         if key == "margin_mm":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
                 raise HTTPException(status_code=400, detail=f"margin_mm must be a number of millimetres from 0 to 100, got {value!r}")
+        elif key == "store_dicom":
+            if not isinstance(value, bool):
+                raise HTTPException(status_code=400, detail=f"store_dicom must be true or false, got {value!r}")
         elif key == "class":
             if isinstance(value, bool) or not isinstance(value, (str, int)):
                 raise HTTPException(status_code=400, detail=f"class must be a class name or index, got {value!r}")
@@ -89,6 +93,23 @@ def _save_upload(upload: UploadFile) -> str:
     with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as stream:
         shutil.copyfileobj(upload.file, stream)
     return stream.name
+
+
+def _store_dicom(segx_app, model: str, image_id: str, image_path: str, params: dict, result: dict) -> None:
+    """With a DICOMweb datastore, store a SegX task's result in the PACS (SEG, Parametric
+    Maps, SR in the source study; ``store_dicom: false`` skips it) and add their UIDs to
+    the reply (``dicom``)."""
+    datastore = segx_app.datastore()
+    task = segx_app.infer_tasks()[model]
+    if not isinstance(datastore, SegXDicomWebDatastore) or not hasattr(task, "dicom_objects") or not params.get("store_dicom", True):
+        return
+    objects = task.dicom_objects({"image": image_path, **params}, datastore.series(image_id))
+    datastore.store(objects.values())
+    reply = result.setdefault("params", {})
+    reply["dicom"] = {
+        "study": str(objects["seg"].StudyInstanceUID),
+        **{name: {"series": str(o.SeriesInstanceUID), "instance": str(o.SOPInstanceUID)} for name, o in objects.items()},
+    }
 
 
 def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> None:
@@ -156,6 +177,8 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
             image_path = uploaded or (session.image if session_id else segx_app.datastore().get_image_uri(image))
             check_image_file(image_path, max_voxels)
             result = segx_app.infer({"model": model, "image": image_path, **request_params})
+            if image and not (file or session_id):
+                _store_dicom(segx_app, model, image, image_path, request_params, result)
             return send_response(segx_app.datastore(), result, output, background_tasks)
         except ModelUnavailable as error:
             raise HTTPException(status_code=503, detail=str(error)) from error

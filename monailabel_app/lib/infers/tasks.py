@@ -125,17 +125,37 @@ class SegXTask(_SegXTask):
         if _param(request, "class", None) is not None:
             self.runtime.pair.class_index(_param(request, "class", None))
 
-    def respond(self, request):
+    def _chosen(self, request: dict):
+        """The (cached) result with the requested class index, SegU variant, the
+        predicted class's certainty and its level (None when not calibrated)."""
         pair = self.runtime.pair
         variant = _param(request, "variant", pair.certainty_variant)
-        layer = _param(request, "layer", "segx")
         requested = _param(request, "class", None)
         result = self._result(request)
         class_index = pair.class_index(requested) if requested is not None else result.predicted
+        certainty = result.certainty_of(result.predicted, variant)
+        level = pair.levels.level(certainty.value) if pair.levels and pair.levels.variant == variant else None
+        return result, class_index, variant, certainty, level
+
+    def dicom_objects(self, request: dict, series) -> dict:
+        """SEG, Parametric Maps and SR of the request's result on its source DICOM
+        ``series`` (see :func:`segx.dicom.result_objects`); the networks run only when the
+        result is not cached."""
+        from segx import __version__
+        from segx.dicom import Provenance, result_objects
+
+        def build():
+            result, class_index, variant, _, level = self._chosen(request)
+            provenance = Provenance(self.runtime.name, self.runtime.weights_digest, __version__)
+            return result_objects(result, class_index, series, provenance, variant, level)
+
+        return run_in_torch_thread(build)
+
+    def respond(self, request):
+        layer = _param(request, "layer", "segx")
+        result, class_index, variant, predicted_certainty, level = self._chosen(request)
         layer_map = result.map_of("explanation_normalised" if layer == "explanation" else layer, class_index)
         path = _write(layer_map, result.affine, request, np.uint8 if layer == "mask" else np.float32)
-        predicted_certainty = result.certainty_of(result.predicted, variant)
-        level = pair.levels.level(predicted_certainty.value) if pair.levels and pair.levels.variant == variant else None
         return path, {
             "label_names": result.class_names,
             "probabilities": {n: float(p) for n, p in zip(result.class_names, result.probabilities)},

@@ -1,0 +1,112 @@
+"""A PACS as the datastore: MONAI Label's DICOMweb datastore, with series checked before
+they are explained and SegX results stored back as DICOM (SEG, Parametric Map, SR).
+
+``monailabel start_server --studies http://HOST:8042/dicom-web`` makes MONAI Label use its
+``DICOMWebDatastore``; :func:`dicomweb_datastore` builds ours instead, from the same
+settings (``MONAI_LABEL_DICOMWEB_*``, ``MONAI_LABEL_QIDO/WADO/STOW_PREFIX``), without the
+dcmqi download MONAI Label does on start (we write DICOM with highdicom, and the download
+fails where the server has no internet).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
+from monailabel.datastore.utils.dicom import dicom_web_download_series
+
+from segx.dicom import Series, read_series
+from segx.export import save_volume
+
+logger = logging.getLogger(__name__)
+
+#: Modalities of the objects SegX writes back; never listed as images to explain.
+DERIVED_MODALITIES = ("SEG", "SR", "RTSTRUCT", "PR", "KO")
+
+
+class SegXDicomWebDatastore(DICOMWebDatastore):
+    """MONAI Label's DICOMweb datastore, except:
+
+    - :meth:`get_image_uri` refuses a series that is not one volume (``ValueError`` naming
+      the problem: missing slices, mixed orientations, ...) and converts it with
+      :func:`segx.dicom.read_series` (the geometry of the series, RAS affine);
+    - :meth:`list_images` leaves out derived objects (SEG, SR, and SegX's Parametric Maps,
+      which carry the source modality);
+    - :meth:`store` sends objects to the PACS by STOW-RS.
+    """
+
+    _series_cache_size = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._series: "OrderedDict[str, Series]" = OrderedDict()
+        self._series_lock = threading.Lock()
+
+    def list_images(self):
+        from pydicom.dataset import Dataset
+
+        from segx.dicom import MANUFACTURER
+
+        found = self._client.search_for_series(search_filters=self._search_filter, fields=["Manufacturer", "SeriesDescription"])
+        series = [Dataset.from_json(ds) for ds in found]
+        return [
+            str(ds.SeriesInstanceUID)
+            for ds in series
+            if ds.get("Modality") not in DERIVED_MODALITIES
+            and not (ds.get("Manufacturer") == MANUFACTURER and str(ds.get("SeriesDescription", "")).startswith("SegX "))
+        ]
+
+    def series(self, image_id: str) -> Series:
+        """The checked series of ``image_id`` (a SeriesInstanceUID), downloaded once."""
+        with self._series_lock:
+            if image_id in self._series:
+                self._series.move_to_end(image_id)
+                return self._series[image_id]
+        folder = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        if not os.path.isdir(folder) or not os.listdir(folder):
+            dicom_web_download_series(None, image_id, folder, self._client, self._fetch_by_frame)
+        series = read_series(folder)
+        with self._series_lock:
+            self._series[image_id] = series
+            while len(self._series) > self._series_cache_size:
+                self._series.popitem(last=False)
+        return series
+
+    def get_image_uri(self, image_id: str) -> str:
+        """A NIfTI file of the series' volume (written once, in the cache folder)."""
+        path = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if not os.path.exists(path):
+            series = self.series(image_id)
+            save_volume(path + ".part.nii.gz", series.volume, series.affine)
+            os.replace(path + ".part.nii.gz", path)
+        return path
+
+    def store(self, datasets) -> None:
+        """Send ``datasets`` (pydicom) to the PACS by STOW-RS."""
+        self._client.store_instances(list(datasets))
+
+
+def dicomweb_datastore(url: str) -> SegXDicomWebDatastore:
+    """Our DICOMweb datastore for ``url``, configured as MONAI Label configures its own."""
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    username = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
+    password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
+    client = DICOMwebClientX(
+        url=url,
+        session=create_session_from_user_pass(username, password) if username and password else None,
+        qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+        wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+        stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+    )
+    cache = (settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+    return SegXDicomWebDatastore(
+        client=client,
+        search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+        cache_path=cache or None,
+        fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+    )

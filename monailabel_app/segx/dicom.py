@@ -1,0 +1,399 @@
+"""DICOM in and out: image series <-> volumes, and SegX results as DICOM objects.
+
+- :func:`write_series` writes a volume as a CT or MR image series (one single-frame
+  instance per slice, the volume's geometry in ImagePositionPatient /
+  ImageOrientationPatient / PixelSpacing, values through RescaleSlope/Intercept).
+- :func:`read_series` reads a series back into a volume after checking that it *is* one
+  volume (one orientation, equally spaced slices, pixel data, single frames); a series that
+  is not is refused with a :class:`BadSeries` naming the problem.
+- :func:`result_objects` turns a :class:`~segx.engine.SegXResult` into a DICOM SEG (the
+  clinical region), Parametric Maps (SegX and raw maps, float32) and a Comprehensive 3D SR
+  (TID 1500 measurement report: prediction, probabilities, SegU certainty, level, reason),
+  all written with highdicom, referencing the source series and identifying the model.
+
+Axis order: volumes are ``(X, Y, Z)`` = MONAI's voxel index order ``(i, j, k)`` with a
+voxel-to-RAS affine; a DICOM frame is ``(rows, columns)`` = ``volume[:, :, k].T`` (the
+column index runs along ``i``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: RAS <-> LPS (DICOM's patient frame): x and y change sign (its own inverse).
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Private coding scheme of SegX's own concepts (DICOM reserves "99" prefixes for them).
+SCHEME = "99SEGX"
+MANUFACTURER = "SegX-Slicer"
+
+#: SOP classes of the image series that :func:`write_series` writes.
+_IMAGE_STORAGE = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+
+
+class BadSeries(ValueError):
+    """A DICOM series that is not one volume (missing slices, mixed orientations, ...)."""
+
+
+def _ds(value: float) -> str:
+    """A decimal string (DICOM DS, at most 16 characters)."""
+    text = f"{value:.10g}"
+    return text if len(text) <= 16 else f"{value:.8e}"
+
+
+def write_series(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    folder: str | Path,
+    modality: str = "CT",
+    patient_id: str = "SEGX-DEMO",
+    patient_name: str = "SegX^Demo",
+    study_uid: str | None = None,
+    series_description: str = "",
+) -> list[Path]:
+    """Write ``volume`` ``(X, Y, Z)`` with its voxel-to-RAS ``affine`` as a ``modality``
+    (``CT`` or ``MR``) series, one file per slice ``k`` (``slice_KKKK.dcm``).
+
+    Values are stored as int16 with RescaleSlope/Intercept: integers in the int16 range
+    exactly (slope 1), anything else linearly over the full int16 range.
+
+    Returns:
+        the files written, in slice order.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    if modality not in _IMAGE_STORAGE:
+        raise ValueError(f"modality must be one of {sorted(_IMAGE_STORAGE)}, got {modality!r}")
+    volume = np.asarray(volume, dtype=np.float64)
+    if volume.ndim != 3:
+        raise ValueError(f"a series holds a 3D volume (X, Y, Z), got shape {volume.shape}")
+    low, high = float(volume.min()), float(volume.max())
+    if np.array_equal(volume, np.round(volume)) and low >= -32768 and high <= 32767:
+        slope, intercept = 1.0, 0.0
+    else:
+        slope = (high - low) / 65535 if high > low else 1.0
+        intercept = low + 32768 * slope
+    stored = np.clip(np.round((volume - intercept) / slope), -32768, 32767).astype(np.int16)
+
+    lps = _RAS_LPS @ np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    orientation = np.concatenate([lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]])
+    study_uid = study_uid or generate_uid()
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    now = datetime.datetime.now()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = _IMAGE_STORAGE[modality]
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = modality, 1, k + 1, 1
+        ds.SeriesDescription = series_description
+        ds.Manufacturer, ds.PositionReferenceIndicator = MANUFACTURER, ""
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        if modality == "CT":
+            ds.KVP = ""
+        else:  # MR Image module: type 1 and 2 attributes
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "3D"
+            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
+        ds.ImagePositionPatient = [_ds(v) for v in lps[:3, 3] + k * lps[:3, 2]]
+        ds.ImageOrientationPatient = [_ds(v) for v in orientation]
+        ds.PixelSpacing = [_ds(spacing[1]), _ds(spacing[0])]  # (between rows, between columns)
+        ds.SliceThickness = _ds(spacing[2])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(intercept)
+        if modality == "CT":
+            ds.RescaleType = "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        file = folder / f"slice_{k:04d}.dcm"
+        pydicom.dcmwrite(str(file), ds, write_like_original=False)
+        files.append(file)
+    return files
+
+
+@dataclass
+class Series:
+    """A DICOM image series read as one volume.
+
+    Attributes:
+        datasets: the instances in slice order (increasing position along the normal).
+        volume: float32 ``(X, Y, Z)`` (modality LUT applied: CT in HU).
+        affine: 4x4 voxel-to-RAS.
+    """
+
+    datasets: list
+    volume: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.datasets[0].StudyInstanceUID)
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.datasets[0].SeriesInstanceUID)
+
+
+def _name(ds) -> str:
+    return f"instance {getattr(ds, 'InstanceNumber', '?')}"
+
+
+def read_series(folder: str | Path) -> Series:
+    """Read the DICOM files of one series in ``folder`` as one volume.
+
+    Raises:
+        BadSeries: naming the problem: not DICOM, no pixel data, multi-frame instances
+            (localisers, enhanced objects), several series, mixed orientations or pixel
+            grids, duplicate or missing slices, unequal slice spacing.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixel_data_handlers.util import apply_modality_lut
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    if not files:
+        raise BadSeries("the series has no files")
+    datasets = []
+    for number, file in enumerate(files, 1):
+        try:
+            datasets.append(pydicom.dcmread(str(file)))
+        except (InvalidDicomError, OSError, ValueError) as error:
+            raise BadSeries(f"file {number} of the series is not readable DICOM ({type(error).__name__})") from None
+    for ds in datasets:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise BadSeries(f"{_name(ds)} holds {frames} frames (a localiser or an enhanced multi-frame object): "
+                            "a volume needs a series of single-frame slices")  # fmt: skip
+        if "PixelData" not in ds:
+            raise BadSeries(f"{_name(ds)} has no pixel data")
+        missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns") if k not in ds]
+        if missing:
+            raise BadSeries(f"{_name(ds)} lacks {', '.join(missing)}: its place in the volume is unknown")
+        if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
+            raise BadSeries(f"{_name(ds)} is a colour image: only greyscale series are read")
+    if len({str(ds.SeriesInstanceUID) for ds in datasets}) > 1:
+        raise BadSeries("the folder holds several series")
+    orientations = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+    if np.abs(orientations - orientations[0]).max() > 1e-4:
+        count = len(np.unique(np.round(orientations, 4), axis=0))
+        raise BadSeries(f"the slices have {count} different orientations (ImageOrientationPatient): a localiser or "
+                        "another series is mixed in")  # fmt: skip
+    grids = {(int(ds.Rows), int(ds.Columns), *(round(float(v), 4) for v in ds.PixelSpacing)) for ds in datasets}
+    if len(grids) > 1:
+        raise BadSeries(f"the slices have {len(grids)} different sizes or pixel spacings")
+    row, column = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row, column)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    order = np.argsort(positions @ normal, kind="stable")
+    datasets, positions = [datasets[i] for i in order], positions[order]
+    along = positions @ normal
+    gaps = np.diff(along)
+    if len(gaps) and gaps.min() < 1e-3:
+        raise BadSeries("two slices share one position (duplicate instances)")
+    if len(gaps):
+        typical = float(np.median(gaps))
+        tolerance = max(0.01, 0.01 * typical)
+        if gaps.max() > 1.5 * typical:
+            where = int(np.argmax(gaps))
+            raise BadSeries(f"missing slices: {gaps[where]:.3g} mm between slices {where + 1} and {where + 2} where the others "
+                            f"are {typical:.3g} mm apart (about {round(gaps[where] / typical) - 1} missing)")  # fmt: skip
+        if np.abs(gaps - typical).max() > tolerance:
+            raise BadSeries(f"inconsistent slice spacing: gaps from {gaps.min():.4g} to {gaps.max():.4g} mm")
+        step = (positions[-1] - positions[0]) / len(gaps)
+    else:
+        step = normal * float(getattr(datasets[0], "SliceThickness", 1.0) or 1.0)
+    row_spacing, column_spacing = (float(v) for v in datasets[0].PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * column_spacing, column * row_spacing, step, positions[0]
+    try:
+        frames = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in datasets])
+    except Exception as error:  # pixel data handlers raise many types (codec missing, short data)
+        raise BadSeries(f"the pixel data cannot be decoded ({type(error).__name__}: {error})") from None
+    return Series(datasets, np.ascontiguousarray(frames.transpose(2, 1, 0)), _RAS_LPS @ lps)
+
+
+@dataclass
+class Provenance:
+    """Who made a result: written into every object so an auditor can tell the model."""
+
+    model: str
+    weights_digest: str
+    version: str
+
+    @property
+    def software_versions(self) -> list[str]:
+        return [f"segx {self.version}", f"weights sha256 {self.weights_digest[:48]}"]
+
+    @property
+    def algorithm_version(self) -> str:
+        return f"segx {self.version} weights {self.weights_digest[:16]}"
+
+
+def _frames(volume) -> np.ndarray:
+    """``(X, Y, Z)`` tensor/array -> ``(Z, rows, columns)`` frames of the source slices."""
+    array = np.asarray(volume.detach().cpu() if hasattr(volume, "detach") else volume)
+    return np.ascontiguousarray(array.transpose(2, 1, 0))
+
+
+def _code(value: str, meaning: str):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value[:16], SCHEME, meaning[:64])
+
+
+def result_objects(result, class_index: int, series: Series, provenance: Provenance, variant: str, level: str | None) -> dict:
+    """The DICOM objects of one SegX result on a source ``series`` (the result's grid must
+    be the series volume's).
+
+    Returns:
+        ``{"seg": Segmentation, "segx": ParametricMap, "explanation": ParametricMap,
+        "sr": Comprehensive3DSR}`` (pydicom datasets), all in the source study.
+    """
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    shape = tuple(result.segmentation.shape)
+    if shape != series.volume.shape:
+        raise ValueError(f"the result's grid {shape} is not the series volume's {series.volume.shape}")
+    k = result.classes.index(class_index)
+    label = result.class_names[class_index]
+    region_names = [result.segment_names.get(v, str(v)) for v in sorted(set(result.segment_names)) if v > 0]
+    common = dict(
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=provenance.model[:64],
+        software_versions=provenance.software_versions,
+        device_serial_number=provenance.weights_digest[:16],
+    )
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"SegX {provenance.model}"[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=provenance.algorithm_version,
+    )
+    region = (_frames(result.clinical_mask[k]) >= 0.5).astype(np.uint8)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=f"clinical region of {label}"[:64],
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=_code("REGION", f"SegX clinical region ({', '.join(region_names)})"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=series.datasets,
+        pixel_array=region,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=generate_uid(),
+        series_number=9101,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        omit_empty_frames=bool(region.any()),
+        series_description=f"SegX region ({provenance.model})"[:64],
+        **common,
+    )
+    maps_series = generate_uid()
+    maps = {}
+    for number, (layer, values, meaning) in enumerate(
+        (("segx", result.segx[k], "SegX map"), ("explanation", result.explanation_normalised[k], "raw explanation map")), 1
+    ):
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label=layer.upper()[:16],
+            lut_explanation=f"{meaning} of {label} ({result.method}), 0-1"[:64],
+            unit=codes.UCUM.NoUnits,
+            value_range=(0.0, 1.0),
+            slope=1.0,
+            intercept=0.0,
+        )
+        maps[layer] = hd.pm.ParametricMap(
+            source_images=series.datasets,
+            pixel_array=_frames(values).astype(np.float32),
+            series_instance_uid=maps_series,
+            series_number=9102,
+            sop_instance_uid=generate_uid(),
+            instance_number=number,
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            window_center=0.5,
+            window_width=1.0,
+            content_label=layer.upper()[:16],
+            content_description=f"{meaning} of {label} by {result.method}"[:64],
+            series_description=f"SegX maps ({provenance.model}, {result.method})"[:64],
+            **common,
+        )
+        maps[layer].Laterality = ""  # General Series, type 2C: the source's body part may be paired
+    certainty = result.certainty_of(result.predicted, variant)
+    sr_algorithm = hd.sr.AlgorithmIdentification(
+        name=f"SegX {provenance.model}"[:64],
+        version=provenance.algorithm_version,
+        parameters=[f"method={result.method}", f"variant={variant}"],
+    )
+    measurements = [hd.sr.Measurement(name=_code("SEGU", "SegU certainty"), value=float(certainty.value), unit=codes.UCUM.NoUnits, algorithm_id=sr_algorithm)]
+    measurements += [
+        hd.sr.Measurement(name=_code(f"P{c}", f"Probability of {name}"), value=float(p), unit=codes.UCUM.NoUnits, algorithm_id=sr_algorithm)
+        for c, (name, p) in enumerate(zip(result.class_names, result.probabilities))
+    ]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(_code("PREDICTED", "Predicted class"), _code(f"CLASS{result.predicted}", result.predicted_label)),
+        hd.sr.QualitativeEvaluation(_code("LEVEL", "SegU certainty level"), _code(level or "NOTCALIBRATED", level or "not calibrated")),
+    ]
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="SegX clinical region"),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=1,
+            source_series=hd.sr.SourceSeriesForSegmentation(series.series_uid),
+        ),
+        finding_type=_code("SEGX", f"SegX explanation of {result.predicted_label}"),
+        algorithm_id=sr_algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+    reason = hd.sr.TextContentItem(
+        name=_code("REASON", "SegU reason"), value=(certainty.reason or "none")[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    group[0].ContentSequence.append(reason)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name=f"SegX {provenance.model}"[:64], manufacturer_name=MANUFACTURER, model_name=provenance.model[:64]
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=CodedConcept("363679005", "SCT", "Imaging procedure"),
+        imaging_measurements=[group],
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*series.datasets, seg],
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=9103,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"SegX report ({provenance.model})"[:64],
+    )
+    return {"seg": seg, **maps, "sr": sr}

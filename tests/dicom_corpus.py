@@ -1,0 +1,66 @@
+"""A corpus of bad DICOM series for the tests: each a copy of a good series (new study,
+series and instance UIDs) with one defect a PACS really holds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+
+#: defect -> words the refusal must contain.
+BAD_SERIES = {
+    "missing_slices": "missing slices",
+    "mixed_orientations": "orientations",
+    "inconsistent_spacing": "inconsistent slice spacing",
+    "no_pixel_data": "no pixel data",
+    "two_frame_localiser": "2 frames",
+}
+
+
+def _renamed(datasets: list) -> None:
+    """New study, series and instance UIDs for a copied series (in place)."""
+    study, series = generate_uid(), generate_uid()
+    for ds in datasets:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+
+
+def write_bad_series(good: Path, out: Path) -> dict[str, Path]:
+    """One folder per :data:`BAD_SERIES` defect under ``out``, made from the good series
+    folder ``good`` (at least 8 slices)."""
+    folders = {}
+    for defect in BAD_SERIES:
+        datasets = [pydicom.dcmread(str(f)) for f in sorted(good.iterdir())]
+        _renamed(datasets)
+        normal = np.cross(*np.reshape([float(v) for v in datasets[0].ImageOrientationPatient], (2, 3)))
+        if defect == "missing_slices":
+            del datasets[4:6]
+        elif defect == "mixed_orientations":
+            datasets[3].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        elif defect == "inconsistent_spacing":
+            for ds in datasets[5:]:  # every later slice 0.4 slice-gaps further on
+                gap = float(datasets[0].SliceThickness)
+                ds.ImagePositionPatient = [f"{v:.6g}" for v in np.array([float(v) for v in ds.ImagePositionPatient]) + 0.4 * gap * normal]
+        elif defect == "no_pixel_data":
+            del datasets[2].PixelData
+        elif defect == "two_frame_localiser":
+            scout = datasets[0].copy()
+            scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+            scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+            scout.NumberOfFrames = 2
+            scout.PixelData = scout.PixelData * 2
+            scout.InstanceNumber = len(datasets) + 1
+            datasets.append(scout)
+        folder = out / defect
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for number, ds in enumerate(datasets):
+            ds.save_as(str(folder / f"{number:04d}.dcm"))
+        folders[defect] = folder
+    return folders
+

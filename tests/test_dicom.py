@@ -1,0 +1,172 @@
+"""DICOM in and out without a PACS: series written by ``segx.dicom.write_series`` read by
+SimpleITK's GDCM reader (the reader MONAI Label converts DICOMweb series with) with the
+source geometry, the bad-series corpus refused with the defect named, and the SEG /
+Parametric Map / SR of a SegX result read back by highdicom onto the source voxels."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import AFFINE_3D, APP_DIR
+from dicom_corpus import BAD_SERIES, write_bad_series
+
+from segx import explain, load_model_pair
+from segx.dicom import BadSeries, Provenance, read_series, result_objects, write_series
+from segx.export import save_volume
+from segx.phantoms import phantom_3d
+
+SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct3d" / "example_ct.nii.gz"
+
+
+def gdcm_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
+    assert image.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-5)
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_a_written_series_has_the_volumes_geometry_and_values_for_gdcm(tmp_path, modality):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(40, 300, (20, 24, 16)).astype(np.float32)  # not integers: stored through rescale slope
+    save_volume(tmp_path / "source.nrrd", volume, AFFINE_3D)
+    write_series(volume, AFFINE_3D, tmp_path / "series", modality=modality)
+    image, source = gdcm_series(tmp_path / "series"), sitk.ReadImage(str(tmp_path / "source.nrrd"))
+    assert_same_geometry(image, source)
+    slope = float(pydicom.dcmread(str(next((tmp_path / "series").iterdir()))).RescaleSlope)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(source), atol=slope)
+    series = read_series(tmp_path / "series")
+    np.testing.assert_allclose(series.affine, AFFINE_3D, atol=1e-4)
+    np.testing.assert_allclose(series.volume, volume, atol=slope)
+
+
+def test_integer_volumes_are_stored_exactly(tmp_path):
+    volume = np.arange(-1000, -1000 + 8 * 6 * 5).reshape(8, 6, 5).astype(np.float32)
+    write_series(volume, np.eye(4), tmp_path)
+    assert float(pydicom.dcmread(str(tmp_path / "slice_0000.dcm")).RescaleSlope) == 1.0
+    np.testing.assert_array_equal(read_series(tmp_path).volume, volume)
+
+
+@pytest.mark.skipif(not SHARED_CT.exists(), reason="../shared/data/ct3d is not here (CI has it)")
+def test_the_real_ct_survives_dicom(tmp_path):
+    source = sitk.ReadImage(str(SHARED_CT))
+    from monai.transforms import LoadImage
+
+    loaded = LoadImage(image_only=True)(str(SHARED_CT))
+    write_series(np.asarray(loaded), np.asarray(loaded.affine), tmp_path / "ct")
+    image = gdcm_series(tmp_path / "ct")
+    assert_same_geometry(image, source)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(source), atol=0.5)
+
+
+@pytest.fixture(scope="module")
+def good_series(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("good") / "series"
+    write_series(np.random.default_rng(1).normal(0, 100, (12, 10, 9)).round(), AFFINE_3D, folder)
+    return folder
+
+
+@pytest.mark.parametrize("defect", sorted(BAD_SERIES))
+def test_a_series_that_is_not_one_volume_is_refused_with_its_defect(good_series, tmp_path, defect):
+    folder = write_bad_series(good_series, tmp_path)[defect]
+    with pytest.raises(BadSeries, match=BAD_SERIES[defect]):
+        read_series(folder)
+
+
+def test_slices_are_ordered_by_position_not_by_file_name(good_series, tmp_path):
+    for number, file in enumerate(sorted(good_series.iterdir())):
+        shutil.copy(file, tmp_path / f"{(7 * number) % 9}_{number}.dcm")  # shuffled names
+    np.testing.assert_array_equal(read_series(tmp_path).volume, read_series(good_series).volume)
+
+
+@pytest.fixture(scope="module")
+def result_on_series(tmp_path_factory):
+    """(series, SegX result of the demo3d pair on it, its DICOM objects)."""
+    root = tmp_path_factory.mktemp("objects")
+    phantom = phantom_3d(np.random.default_rng(3), 1, True)
+    write_series(phantom.image, AFFINE_3D, root / "series")
+    series = read_series(root / "series")
+    save_volume(root / "volume.nii.gz", series.volume, series.affine)
+    pair = load_model_pair(APP_DIR / "model_configs" / "demo3d.yaml")
+    result = explain(pair, root / "volume.nii.gz")
+    provenance = Provenance("demo3d", "0123456789abcdef", "9.9.9")
+    return series, result, result_objects(result, result.predicted, series, provenance, "topk_inside", "medium")
+
+
+def reread(dataset) -> pydicom.Dataset:
+    """``dataset`` written to bytes and read back, as a viewer would get it."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def test_seg_and_parametric_maps_read_back_onto_the_source_voxels(result_on_series):
+    import highdicom as hd
+
+    series, result, written = result_on_series
+    objects = {name: reread(dataset) for name, dataset in written.items()}
+    sources = [str(ds.SOPInstanceUID) for ds in series.datasets]
+    seg = hd.seg.Segmentation.from_dataset(objects["seg"])
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=sources, segment_numbers=[1])[..., 0]
+    k = result.classes.index(result.predicted)
+    expected_region = result.clinical_mask[k].numpy() >= 0.5
+    assert expected_region.sum() > 100
+    np.testing.assert_array_equal(frames.transpose(2, 1, 0).astype(bool), expected_region)
+    for layer, expected in (("segx", result.segx[k]), ("explanation", result.explanation_normalised[k])):
+        pm = objects[layer]
+        positions = [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in pm.PerFrameFunctionalGroupsSequence]
+        source_positions = [[float(v) for v in ds.ImagePositionPatient] for ds in series.datasets]
+        np.testing.assert_allclose(positions, source_positions, atol=1e-4)
+        pixels = np.frombuffer(pm.FloatPixelData, dtype=np.float32).reshape(len(positions), pm.Rows, pm.Columns)
+        np.testing.assert_allclose(pixels.transpose(2, 1, 0), expected.numpy(), atol=1e-6)
+        assert pm.StudyInstanceUID == series.study_uid and pm.FrameOfReferenceUID == series.datasets[0].FrameOfReferenceUID
+        assert "weights sha256 0123456789abcdef" in pm.SoftwareVersions
+
+
+def _content(item) -> list:
+    """Every content item of an SR tree, depth first."""
+    items = []
+    for child in getattr(item, "ContentSequence", []):
+        items += [child, *_content(child)]
+    return items
+
+
+def test_the_report_carries_prediction_certainty_level_and_model(result_on_series):
+    series, result, objects = result_on_series
+    sr = objects["sr"]
+    items = _content(sr)
+    numbers = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"}
+    assert numbers["SegU certainty"] == pytest.approx(result.certainty_of(result.predicted, "topk_inside").value, abs=1e-6)
+    for name, probability in zip(result.class_names, result.probabilities):
+        assert numbers[f"Probability of {name}"] == pytest.approx(float(probability), abs=1e-6)
+    codes = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"}
+    assert codes["Predicted class"] == result.predicted_label
+    assert codes["SegU certainty level"] == "medium"
+    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert any("segx 9.9.9 weights 0123456789abcdef" in t for t in texts)  # algorithm version
+    references = [i for i in items if i.ValueType == "IMAGE" and i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == objects["seg"].SOPInstanceUID]
+    assert references, "the report references the SEG"
+    assert sr.StudyInstanceUID == series.study_uid
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+def test_dciodvfy_finds_no_error_in_the_objects(result_on_series, tmp_path):
+    _, _, objects = result_on_series
+    for name, dataset in objects.items():
+        dataset.save_as(str(tmp_path / f"{name}.dcm"))
+        checked = subprocess.run(["dciodvfy", str(tmp_path / f"{name}.dcm")], capture_output=True, text=True)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{name}: {errors}"
