@@ -3,6 +3,7 @@ series and instance UIDs) with one defect a PACS really holds."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def write_bad_series(good: Path, out: Path) -> dict[str, Path]:
         elif defect == "no_pixel_data":
             del datasets[2].PixelData
         elif defect == "two_frame_localiser":
-            scout = datasets[0].copy()
+            scout = copy.deepcopy(datasets[0])
             scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
             scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]

@@ -1,0 +1,135 @@
+"""A real PACS in the loop: Orthanc with its DICOMweb plugin (Debian packages, started
+here on loopback with a throw-away storage folder), a CT series stored in it, the live
+``monailabel start_server --studies http://127.0.0.1:PORT/dicom-web`` and the official
+``MONAILabelClient``. The SegX result comes back with the series' geometry and its SEG,
+Parametric Maps and SR are found in the same study by QIDO-RS; series that are not one
+volume are refused with a 4xx naming the defect and nothing is stored."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import AFFINE_3D, write_models
+from dicom_corpus import BAD_SERIES, write_bad_series
+from dicomweb_client import DICOMwebClient
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from segx.demo import running_server
+from segx.dicom import read_series, write_series
+from segx.export import save_volume
+from segx.pacs import local_orthanc, orthanc_problem
+from segx.phantoms import phantom_3d
+
+pytestmark = pytest.mark.skipif(orthanc_problem() is not None, reason=f"{orthanc_problem()} (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def pacs_app(tmp_path_factory):
+    """A local Orthanc holding a phantom CT series and the bad-series corpus, and a MONAI
+    Label server whose datastore is that PACS (the demo 3D models as ``slicer3d``)."""
+    root = tmp_path_factory.mktemp("pacs")
+    phantom = phantom_3d(np.random.default_rng(5), 1, True)
+    write_series(phantom.image, AFFINE_3D, root / "ct", series_description="phantom CT")
+    save_volume(root / "source.nrrd", phantom.image, AFFINE_3D)
+    bad = write_bad_series(root / "ct", root / "bad")
+    with local_orthanc(root / "orthanc") as pacs:
+        pacs.upload(sorted((root / "ct").iterdir()))
+        for folder in bad.values():
+            pacs.upload(sorted(folder.iterdir()))
+        env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "cache")}
+        models = write_models(root / "models")
+        with running_server(pacs.dicomweb, "slicer3d", root / "server.log", models_dir=models, env=env) as server:
+            yield SimpleNamespace(pacs=pacs, url=server.url, root=root, series=read_series(root / "ct"), bad=bad)
+
+
+def _params(params) -> dict:
+    return json.loads(params) if isinstance(params, (str, bytes)) else params
+
+
+def _retrieve(pacs, study: str, stored: dict) -> pydicom.Dataset:
+    """A stored instance (``{"series", "instance"}``), fetched by WADO-RS and read as a
+    viewer reads it."""
+    instance = DICOMwebClient(pacs.dicomweb).retrieve_instance(study, stored["series"], stored["instance"])
+    buffer = io.BytesIO()
+    instance.save_as(buffer)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def _content(item) -> list:
+    items = []
+    for child in getattr(item, "ContentSequence", []):
+        items += [child, *_content(child)]
+    return items
+
+
+def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study(pacs_app, tmp_path):
+    import highdicom as hd
+
+    series = pacs_app.series
+    client = MONAILabelClient(pacs_app.url, tmpdir=str(tmp_path))
+    result_file, params = client.infer("slicer3d_segx", series.series_uid, {})
+    params = _params(params)
+    stored = params["dicom"]
+    assert stored["study"] == series.study_uid
+
+    # the explanation has the geometry of the series (= the source volume's)
+    heatmap, source = sitk.ReadImage(result_file), sitk.ReadImage(str(pacs_app.root / "source.nrrd"))
+    assert heatmap.GetSize() == source.GetSize()
+    np.testing.assert_allclose(heatmap.GetSpacing(), source.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(heatmap.GetOrigin(), source.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(heatmap.GetDirection(), source.GetDirection(), atol=1e-5)
+
+    # QIDO-RS finds the three new series in the source study
+    found = {ds["0020000E"]["Value"][0]: ds["00080060"]["Value"][0] for ds in pacs_app.pacs.series(series.study_uid)}
+    assert found[stored["seg"]["series"]] == "SEG"
+    assert found[stored["segx"]["series"]] == found[stored["explanation"]["series"]] == "OT"  # Parametric Map
+    assert found[stored["sr"]["series"]] == "SR"
+
+    # SEG and Parametric Map equal the NRRD answers voxel for voxel
+    mask_file, _ = client.infer("slicer3d_segx", series.series_uid, {"layer": "mask", "store_dicom": False})
+    expected_mask = sitk.GetArrayFromImage(sitk.ReadImage(mask_file)).transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
+    assert expected_mask.sum() > 100
+    seg = hd.seg.Segmentation.from_dataset(_retrieve(pacs_app.pacs, series.study_uid, stored["seg"]))
+    sources = [str(ds.SOPInstanceUID) for ds in series.datasets]
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=sources, segment_numbers=[1])[..., 0]
+    np.testing.assert_array_equal(frames.transpose(2, 1, 0), expected_mask)
+    pm = _retrieve(pacs_app.pacs, series.study_uid, stored["segx"])
+    pixels = np.frombuffer(pm.FloatPixelData, dtype=np.float32).reshape(-1, pm.Rows, pm.Columns).transpose(2, 1, 0)
+    np.testing.assert_allclose(pixels, sitk.GetArrayFromImage(heatmap).transpose(2, 1, 0), atol=1e-6)
+    assert pm.FrameOfReferenceUID == series.datasets[0].FrameOfReferenceUID
+
+    # the report says what the JSON reply says
+    report = _retrieve(pacs_app.pacs, series.study_uid, stored["sr"])
+    items = _content(report)
+    numbers = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"}
+    assert numbers["SegU certainty"] == pytest.approx(params["segu"]["certainty"], abs=1e-6)
+    for name, probability in params["probabilities"].items():
+        assert numbers[f"Probability of {name}"] == pytest.approx(probability, abs=1e-6)
+    codes = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"}
+    assert codes["Predicted class"] == params["predicted"]
+    assert codes["SegU certainty level"] == (params["segu"]["level"] or "not calibrated")
+
+    # derived objects are not offered as images to explain
+    images = set(client.datastore()["objects"])
+    assert series.series_uid in images and not images & {stored[name]["series"] for name in ("seg", "segx", "sr")}
+
+
+def test_a_series_that_is_not_one_volume_gets_a_4xx_naming_it_and_nothing_is_stored(pacs_app, tmp_path):
+    client = MONAILabelClient(pacs_app.url, tmpdir=str(tmp_path))
+    for defect, folder in pacs_app.bad.items():
+        first = pydicom.dcmread(str(next(folder.iterdir())), stop_before_pixels=True)
+        before = len(pacs_app.pacs.series(first.StudyInstanceUID))
+        with pytest.raises(MONAILabelClientException) as refused:
+            client.infer("slicer3d_segx", str(first.SeriesInstanceUID), {})
+        assert refused.value.msg.startswith("Status: 400;"), (defect, refused.value.msg)
+        assert BAD_SERIES[defect] in refused.value.msg, (defect, refused.value.msg)
+        assert "/tmp" not in refused.value.msg and str(Path.home()) not in refused.value.msg
+        assert len(pacs_app.pacs.series(first.StudyInstanceUID)) == before, f"{defect}: something was stored"
