@@ -111,7 +111,9 @@ class SegXApp(MONAILabelApp):
 
         if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
             return super().init_remote_datastore()
-        return dicomweb_datastore(self.studies)
+        datastore = dicomweb_datastore(self.studies)
+        datastore.max_voxels = self.max_voxels
+        return datastore
 
     def info(self):
         info = super().info()

@@ -30,6 +30,9 @@ from segx.phantoms import phantom_3d
 
 pytestmark = pytest.mark.skipif(orthanc_problem() is not None, reason=f"{orthanc_problem()} (.ci/run installs it)")
 
+#: The server's voxel limit: the phantom CT (64 x 64 x 48) is under it, the "large" series over it.
+MAX_VOXELS = 250_000
+
 
 @pytest.fixture(scope="module")
 def pacs_app(tmp_path_factory):
@@ -40,13 +43,15 @@ def pacs_app(tmp_path_factory):
     write_series(phantom.image, AFFINE_3D, root / "ct", series_description="phantom CT")
     save_volume(root / "source.nrrd", phantom.image, AFFINE_3D)
     bad = write_bad_series(root / "ct", root / "bad")
+    assert phantom.image.size <= MAX_VOXELS
+    write_series(np.zeros((64, 64, 1 + MAX_VOXELS // 4096)), AFFINE_3D, root / "large")
     with local_orthanc(root / "orthanc") as pacs:
-        pacs.upload(sorted((root / "ct").iterdir()))
-        for folder in bad.values():
+        for folder in (root / "ct", root / "large", *bad.values()):
             pacs.upload(sorted(folder.iterdir()))
         env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "cache")}
         models = write_models(root / "models")
-        with running_server(pacs.dicomweb, "slicer3d", root / "server.log", models_dir=models, env=env) as server:
+        limit = ("--conf", "max_voxels", str(MAX_VOXELS))
+        with running_server(pacs.dicomweb, "slicer3d", root / "server.log", models_dir=models, env=env, extra_args=limit) as server:
             yield SimpleNamespace(pacs=pacs, url=server.url, root=root, series=read_series(root / "ct"), bad=bad)
 
 
@@ -117,9 +122,10 @@ def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study
     assert codes["Predicted class"] == params["predicted"]
     assert codes["SegU certainty level"] == (params["segu"]["level"] or "not calibrated")
 
-    # derived objects are not offered as images to explain
-    images = set(client.datastore()["objects"])
-    assert series.series_uid in images and not images & {stored[name]["series"] for name in ("seg", "segx", "sr")}
+    # derived objects are not offered as images to explain, and the automatic SEG is no annotator's label
+    images = client.datastore()["objects"]
+    assert series.series_uid in images and not set(images) & {stored[name]["series"] for name in ("seg", "segx", "sr")}
+    assert not images[series.series_uid]["labels"]
 
 
 def test_a_series_that_is_not_one_volume_gets_a_4xx_naming_it_and_nothing_is_stored(pacs_app, tmp_path):
@@ -133,3 +139,12 @@ def test_a_series_that_is_not_one_volume_gets_a_4xx_naming_it_and_nothing_is_sto
         assert BAD_SERIES[defect] in refused.value.msg, (defect, refused.value.msg)
         assert "/tmp" not in refused.value.msg and str(Path.home()) not in refused.value.msg
         assert len(pacs_app.pacs.series(first.StudyInstanceUID)) == before, f"{defect}: something was stored"
+
+
+def test_a_series_over_the_voxel_limit_is_refused_before_its_pixels_are_fetched(pacs_app, tmp_path):
+    large = pydicom.dcmread(str(next((pacs_app.root / "large").iterdir())), stop_before_pixels=True)
+    client = MONAILabelClient(pacs_app.url, tmpdir=str(tmp_path))
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.infer("slicer3d_segx", str(large.SeriesInstanceUID), {})
+    assert refused.value.msg.startswith("Status: 413;") and "over the limit of 250,000" in refused.value.msg
+    assert not list((pacs_app.root / "cache").rglob(f"{large.SeriesInstanceUID}*")), "the series was downloaded"

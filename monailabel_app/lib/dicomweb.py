@@ -28,18 +28,41 @@ logger = logging.getLogger(__name__)
 DERIVED_MODALITIES = ("SEG", "SR", "RTSTRUCT", "PR", "KO")
 
 
+def is_segx_output(series) -> bool:
+    """Whether a QIDO-RS series (pydicom Dataset) is one that SegX stored (its SEG,
+    Parametric Maps or SR), by the manufacturer and description SegX writes."""
+    from segx.dicom import MANUFACTURER
+
+    return series.get("Manufacturer") == MANUFACTURER and str(series.get("SeriesDescription", "")).startswith("SegX ")
+
+
+class SegXDicomWebClient(DICOMwebClientX):
+    """MONAI Label's DICOMweb client, whose series searches leave out what SegX stored: an
+    automatic SEG is not an annotator's label (MONAI Label counts every SEG referencing an
+    image as its final label), and maps and reports are not images."""
+
+    def search_for_series(self, *args, **kwargs):
+        from pydicom.dataset import Dataset
+
+        fields = list(kwargs.pop("fields", None) or []) + ["Manufacturer", "SeriesDescription"]
+        found = super().search_for_series(*args, fields=fields, **kwargs)
+        return [ds for ds in found if not is_segx_output(Dataset.from_json(ds))]
+
+
 class SegXDicomWebDatastore(DICOMWebDatastore):
     """MONAI Label's DICOMweb datastore, except:
 
     - :meth:`get_image_uri` refuses a series that is not one volume (``ValueError`` naming
       the problem: missing slices, mixed orientations, ...) and converts it with
       :func:`segx.dicom.read_series` (the geometry of the series, RAS affine);
-    - :meth:`list_images` leaves out derived objects (SEG, SR, and SegX's Parametric Maps,
-      which carry the source modality);
+    - :meth:`list_images` leaves out derived objects (SEG, SR; its client,
+      :class:`SegXDicomWebClient`, never sees SegX's own outputs);
     - :meth:`store` sends objects to the PACS by STOW-RS.
     """
 
     _series_cache_size = 2
+    #: series with more voxels are refused before their pixel data is fetched (the app sets it)
+    max_voxels = 200_000_000
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,18 +70,12 @@ class SegXDicomWebDatastore(DICOMWebDatastore):
         self._series_lock = threading.Lock()
 
     def list_images(self):
+        """Image series (MONAI Label's search filter), without derived objects; not cached
+        (MONAI Label caches for 2 h), so a series sent to the PACS is seen at once."""
         from pydicom.dataset import Dataset
 
-        from segx.dicom import MANUFACTURER
-
-        found = self._client.search_for_series(search_filters=self._search_filter, fields=["Manufacturer", "SeriesDescription"])
-        series = [Dataset.from_json(ds) for ds in found]
-        return [
-            str(ds.SeriesInstanceUID)
-            for ds in series
-            if ds.get("Modality") not in DERIVED_MODALITIES
-            and not (ds.get("Manufacturer") == MANUFACTURER and str(ds.get("SeriesDescription", "")).startswith("SegX "))
-        ]
+        found = [Dataset.from_json(ds) for ds in self._client.search_for_series(search_filters=self._search_filter)]
+        return [str(ds.SeriesInstanceUID) for ds in found if ds.get("Modality") not in DERIVED_MODALITIES]
 
     def series(self, image_id: str) -> Series:
         """The checked series of ``image_id`` (a SeriesInstanceUID), downloaded once."""
@@ -68,13 +85,29 @@ class SegXDicomWebDatastore(DICOMWebDatastore):
                 return self._series[image_id]
         folder = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
         if not os.path.isdir(folder) or not os.listdir(folder):
-            dicom_web_download_series(None, image_id, folder, self._client, self._fetch_by_frame)
+            study = self._checked_size(image_id)
+            dicom_web_download_series(study, image_id, folder, self._client, self._fetch_by_frame)
         series = read_series(folder)
         with self._series_lock:
             self._series[image_id] = series
             while len(self._series) > self._series_cache_size:
                 self._series.popitem(last=False)
         return series
+
+    def _checked_size(self, image_id: str) -> str:
+        """Refuse a series over ``max_voxels`` from its metadata, before its pixel data is
+        fetched (``ValueError``); returns its StudyInstanceUID."""
+        from pydicom.dataset import Dataset
+
+        found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id})
+        if not found:
+            raise ValueError(f"series {image_id!r} is not in the PACS")
+        study = str(Dataset.from_json(found[0]).StudyInstanceUID)
+        instances = [Dataset.from_json(m) for m in self._client.retrieve_series_metadata(study, image_id)]
+        voxels = sum(int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1) for ds in instances)
+        if voxels > self.max_voxels:
+            raise ValueError(f"series {image_id!r} holds {voxels:,} voxels in {len(instances)} instances, over the limit of {self.max_voxels:,}")
+        return study
 
     def get_image_uri(self, image_id: str) -> str:
         """A NIfTI file of the series' volume (written once, in the cache folder)."""
@@ -96,7 +129,7 @@ def dicomweb_datastore(url: str) -> SegXDicomWebDatastore:
 
     username = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
     password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
-    client = DICOMwebClientX(
+    client = SegXDicomWebClient(
         url=url,
         session=create_session_from_user_pass(username, password) if username and password else None,
         qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,

@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from typing import Optional
 
+import requests
+
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints import activelearning as stock_activelearning
@@ -182,6 +184,11 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
             return send_response(segx_app.datastore(), result, output, background_tasks)
         except ModelUnavailable as error:
             raise HTTPException(status_code=503, detail=str(error)) from error
+        except requests.RequestException as error:  # the DICOMweb datastore's PACS
+            status = getattr(error.response, "status_code", None)
+            detail = f"the PACS answered HTTP {status}" if status else f"the PACS could not be reached ({type(error).__name__})"
+            logger.error(f"infer {model}: {detail}: {public(str(error))}")
+            raise HTTPException(status_code=502, detail=detail) from error
         except (ValueError, MONAILabelException) as error:
             message = public(getattr(error, "msg", None) or str(error))
             if uploaded:  # name the client's file, not our temporary one
