@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo serve benchmark clean-venv
+.PHONY: install test demo serve pacs benchmark clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ PORT ?= 8000
 STUDIES ?= demo_output/studies/images
 serve: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MONAI_LABEL_AUTO_UPDATE_SCORING=false monailabel start_server --app monailabel_app --studies $(STUDIES) --conf models demo2d,demo3d --host 127.0.0.1 --port $(PORT)
+
+# A local PACS (Orthanc + DICOMweb on 127.0.0.1:8042; Debian packages orthanc and
+# orthanc-dicomweb) holding the demo's 3D studies as CT series (make demo first).
+# Serve it: make serve STUDIES=http://127.0.0.1:8042/dicom-web
+pacs: install
+	$(VENV)/bin/segx pacs --folder pacs_storage --port 8042 --load $(wildcard demo_output/studies/images/*.nii.gz)
 
 benchmark: install
 	$(PY) benchmarks/explain_overhead.py

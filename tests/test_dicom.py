@@ -170,3 +170,19 @@ def test_dciodvfy_finds_no_error_in_the_objects(result_on_series, tmp_path):
         checked = subprocess.run(["dciodvfy", str(tmp_path / f"{name}.dcm")], capture_output=True, text=True)
         errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{name}: {errors}"
+
+
+def test_the_command_line_turns_a_volume_into_a_series_and_a_series_into_dicom_results(tmp_path):
+    import highdicom as hd
+
+    from segx.cli import main
+
+    phantom = phantom_3d(np.random.default_rng(4), 0, False)
+    save_volume(tmp_path / "volume.nii.gz", phantom.image, AFFINE_3D)
+    assert main(["to-dicom", str(tmp_path / "volume.nii.gz"), str(tmp_path / "series"), "--modality", "MR"]) == 0
+    assert_same_geometry(gdcm_series(tmp_path / "series"), sitk.ReadImage(str(tmp_path / "volume.nii.gz")))
+    assert main(["explain", str(tmp_path / "series"), "--model", "demo3d", "--dicom-out", str(tmp_path / "dicom")]) == 0
+    seg = hd.seg.segread(str(tmp_path / "dicom" / "seg.dcm"))
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(str(tmp_path / "series" / "slice_0000.dcm")).StudyInstanceUID
+    assert {p.name for p in (tmp_path / "dicom").iterdir()} == {"seg.dcm", "segx.dcm", "explanation.dcm", "sr.dcm"}
+    assert main(["explain", str(tmp_path / "volume.nii.gz"), "--model", "demo3d", "--dicom-out", str(tmp_path / "x")]) == 2  # not a series

@@ -148,3 +148,34 @@ def test_a_series_over_the_voxel_limit_is_refused_before_its_pixels_are_fetched(
         client.infer("slicer3d_segx", str(large.SeriesInstanceUID), {})
     assert refused.value.msg.startswith("Status: 413;") and "over the limit of 250,000" in refused.value.msg
     assert not list((pacs_app.root / "cache").rglob(f"{large.SeriesInstanceUID}*")), "the series was downloaded"
+
+
+def test_segx_pacs_serves_volumes_as_ct_series_on_loopback(tmp_path):
+    """What ``make pacs`` runs: a local Orthanc holding the given volumes as CT series."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from segx.demo import _free_port
+
+    save_volume(tmp_path / "volume.nii.gz", np.arange(8 * 6 * 5, dtype=np.float32).reshape(8, 6, 5), AFFINE_3D)
+    port = _free_port()
+    segx = Path(sys.executable).parent / "segx"
+    command = [str(segx), "pacs", "--folder", str(tmp_path / "pacs"), "--port", str(port), "--load", str(tmp_path / "volume.nii.gz")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while not any("Ctrl-C" in line for line in lines) and time.time() < deadline and process.poll() is None:
+            lines.append(process.stdout.readline())
+        assert any(f"http://127.0.0.1:{port}/dicom-web" in line for line in lines), lines
+        (series,) = requests.get(f"http://127.0.0.1:{port}/dicom-web/series", timeout=10).json()
+        assert series["00080060"]["Value"] == ["CT"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    with pytest.raises(requests.ConnectionError):  # Orthanc stopped with it
+        requests.get(f"http://127.0.0.1:{port}/system", timeout=5)

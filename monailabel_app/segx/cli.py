@@ -21,10 +21,12 @@ def _explain(args: argparse.Namespace) -> int:
     from .engine import explain
     from .export import save_volume
 
-    pair = load_model_pair(model_config_file(args.config))
+    config_file = model_config_file(args.config)
+    pair = load_model_pair(config_file)
+    image, series = _image_or_series(Path(args.image), args.dicom_out)
     result = explain(
         pair,
-        args.image,
+        image,
         classes=args.classes,
         method=args.method,
         margin_mm=args.margin_mm,
@@ -54,7 +56,74 @@ def _explain(args: argparse.Namespace) -> int:
                 file = out / f"{layer}_{result.class_names[c]}.nrrd"
                 files.append(save_volume(file, result.map_of(CLI_LAYERS[layer], c), result.affine))
         summary["files"] = [str(f) for f in files]
+    if args.dicom_out:
+        from . import __version__
+        from .config import weights_digest
+        from .dicom import Provenance, result_objects
+
+        provenance = Provenance(config_file.stem, weights_digest(config_file), __version__)
+        objects = result_objects(result, result.predicted, series, provenance, pair.certainty_variant, result.level)
+        Path(args.dicom_out).mkdir(parents=True, exist_ok=True)
+        for name, dataset in objects.items():
+            dataset.save_as(str(Path(args.dicom_out) / f"{name}.dcm"))
+        summary["dicom_files"] = [str(Path(args.dicom_out) / f"{name}.dcm") for name in objects]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _image_or_series(path: Path, dicom_out: str | None):
+    """(image to explain, its :class:`~segx.dicom.Series` or None): a folder is read as one
+    DICOM series (checked, see :func:`segx.dicom.read_series`) and explained as a volume."""
+    if not path.is_dir():
+        if dicom_out:
+            raise ValueError("--dicom-out needs a DICOM series folder as the image (the objects reference its instances)")
+        return path, None
+    import tempfile
+
+    from .dicom import read_series
+    from .export import save_volume
+
+    series = read_series(path)
+    volume = Path(tempfile.mkdtemp(prefix="segx_series_")) / "volume.nii.gz"
+    save_volume(volume, series.volume, series.affine)
+    return volume, series
+
+
+def _to_dicom(args: argparse.Namespace) -> int:
+    from .dicom import write_series
+    from .imageio import read_image
+
+    image = read_image(args.image)
+    if image.array.dim() != 4 or image.array.shape[0] != 1:
+        raise ValueError(f"{args.image}: a DICOM series holds one greyscale volume; this image is {tuple(image.array.shape)} (C, ...)")
+    files = write_series(image.array[0].numpy(), image.affine, args.out, args.modality, args.patient_id, series_description=args.description)
+    print(f"wrote {len(files)} {args.modality} slices to {args.out}")
+    return 0
+
+
+def _pacs(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    from .dicom import write_series
+    from .imageio import read_image
+    from .pacs import local_orthanc, orthanc_problem
+
+    if orthanc_problem():
+        raise ValueError(orthanc_problem())
+    folder = Path(args.folder)
+    with local_orthanc(folder, port=args.port) as pacs:
+        for number, file in enumerate(args.load, 1):
+            image = read_image(file)
+            with tempfile.TemporaryDirectory() as series:
+                name = Path(file).name.split(".")[0]
+                files = write_series(image.array[0].numpy(), image.affine, series, patient_id=f"SEGX-{number:03d}", series_description=name)
+                pacs.upload(files)
+            print(f"stored {file} as a CT series of {len(files)} slices")
+        print(f"local PACS (Orthanc) at {pacs.url}, DICOMweb at {pacs.dicomweb}; storage in {folder}. Ctrl-C stops it.")
+        print(f"serve it: monailabel start_server --app monailabel_app --studies {pacs.dicomweb} --conf models demo3d --host 127.0.0.1")
+        while pacs.process.poll() is None:
+            time.sleep(1)
     return 0
 
 
@@ -128,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segx", description="SegX explanations and SegU certainty for MONAI models.")
     commands = parser.add_subparsers(dest="command", required=True)
     explain = commands.add_parser("explain", help="explain one image with a model configuration")
-    explain.add_argument("image", help="NIfTI, NRRD, MHA, PNG, JPEG or DICOM file")
+    explain.add_argument("image", help="NIfTI, NRRD, MHA, PNG, JPEG or DICOM file, or a folder holding one DICOM series")
     explain.add_argument("--config", "--model", dest="config", required=True, help="model configuration file (YAML or JSON) or built-in model name")
     explain.add_argument("--classes", nargs="+", help="classes whose maps are written (names or indices; default the predicted class)")
     explain.add_argument("--method", default="gradcam", choices=METHODS)
@@ -137,7 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="SegU variants for every explained class (default: the model's own, for the predicted class)")
     explain.add_argument("--out", help="folder for the layers, gzip NRRD (float32 maps per class, uint8 label map)")
     explain.add_argument("--layers", nargs="+", choices=list(CLI_LAYERS), default=["segx", "segmentation"], help="layers written to --out (default: segx segmentation)")
+    explain.add_argument("--dicom-out", help="folder for DICOM SEG, Parametric Maps and SR of the predicted class (the image must be a DICOM series folder)")
     explain.set_defaults(run=_explain)
+
+    to_dicom = commands.add_parser("to-dicom", help="write a volume (NIfTI, NRRD, MHA) as a CT or MR DICOM series")
+    to_dicom.add_argument("image")
+    to_dicom.add_argument("out", help="folder for the slices")
+    to_dicom.add_argument("--modality", choices=("CT", "MR"), default="CT")
+    to_dicom.add_argument("--patient-id", default="SEGX-DEMO")
+    to_dicom.add_argument("--description", default="", help="SeriesDescription")
+    to_dicom.set_defaults(run=_to_dicom)
+
+    pacs = commands.add_parser("pacs", help="run a local PACS (Orthanc + DICOMweb, loopback only) holding the given volumes as CT series")
+    pacs.add_argument("--load", nargs="*", default=[], help="volumes (NIfTI, NRRD, MHA) stored as CT series")
+    pacs.add_argument("--folder", default="pacs_storage", help="Orthanc's storage and configuration (kept between runs)")
+    pacs.add_argument("--port", type=int, default=8042)
+    pacs.set_defaults(run=_pacs)
 
     phantoms = commands.add_parser("phantoms", help="generate phantom studies with a spurious marker")
     phantoms.add_argument("out", help="output folder (images/, masks/, labels.csv)")

@@ -206,6 +206,26 @@ def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessin
         raise ConfigError(f"{config_file}: {field}.input: {error}") from error
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(path: str | Path) -> str:
+    """16 hex digits identifying a configuration's weights: SHA-256 over the SHA-256 of
+    each existing weight file (:func:`weight_files`), in their order."""
+    import hashlib
+
+    digests = "".join(file_digest(f) for f in weight_files(path) if f.exists())
+    return hashlib.sha256(digests.encode()).hexdigest()[:16]
+
+
 def weight_files(path: str | Path) -> list[Path]:
     """The files a configuration's networks are loaded from (state_dicts, TorchScript
     files, bundle model files), existing or not."""

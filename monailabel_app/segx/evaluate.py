@@ -242,7 +242,6 @@ def provenance(config_file: Path, studies: list[Study], class_names: list[str], 
     """What a reader needs to reproduce a report: the command, the configuration and the
     SHA-256 of its weight files, library versions, the bootstrap, the study selection
     (``split``, ``limit``, ``seed``...) and the class counts."""
-    import hashlib
     import platform
     import shlex
     import sys
@@ -250,9 +249,9 @@ def provenance(config_file: Path, studies: list[Study], class_names: list[str], 
     import monai
 
     from . import __version__
-    from .config import weight_files
+    from .config import file_digest, weight_files
 
-    digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in weight_files(config_file) if f.is_file()}
+    digests = {f.name: file_digest(f) for f in weight_files(config_file) if f.is_file()}
     return {
         "command": shlex.join(["segx", *sys.argv[1:]]),
         "config": str(config_file),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from segx import SegXResult, explain
-from segx.config import load_model_pair, weight_files
+from segx.config import file_digest, load_model_pair, weight_files, weights_digest
 
 from ..security import public
 
@@ -31,15 +30,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was requested but no CUDA GPU is available")
     return device
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (cache key: the same image content gives the same key)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _result_bytes(result: SegXResult) -> int:
@@ -98,8 +88,7 @@ class ModelRuntime:
         self.pair = pair.to(self.device)
         self._watched = [self.config_file, *weight_files(self.config_file)]
         self._stamp = _files_stamp(self._watched)
-        weights = [f for f in self._watched[1:] if f.exists()]
-        self.weights_digest = hashlib.sha256("".join(file_digest(f) for f in weights).encode()).hexdigest()[:16]
+        self.weights_digest = weights_digest(self.config_file)
         self._cache.clear()
 
     def _refresh(self) -> None:
