@@ -6,7 +6,7 @@ loopback). The model pair is the shipped ``demo3d``.
 
 - pacs: what the server does for a ``NAME_segx`` request on a PACS series, in-process with
   the server's own classes: ``SegXDicomWebDatastore.get_image_uri`` (WADO-RS fetch of the
-  300 instances into an empty cache, the series checks, the volume written as NIfTI),
+  300 instances, the series checks, the volume written as NIfTI into an empty cache),
   ``explain``, ``segx.dicom.result_objects`` (SEG, 2 float32 Parametric Maps, SR) and
   ``SegXDicomWebDatastore.store`` (STOW-RS);
 - local: ``explain`` of the same volume from a local NIfTI, writing the equivalent layers
@@ -59,9 +59,7 @@ def main() -> int:
     repeats = checked_repeats(parser, args)
 
     import torch
-    from dicomweb_client import DICOMwebClient
-
-    from lib.dicomweb import SegXDicomWebDatastore
+    from lib.dicomweb import SegXDicomWebClient, SegXDicomWebDatastore
     from segx import __version__, explain, load_model_pair
     from segx.config import weights_digest
     from segx.dicom import Provenance, result_objects, write_series
@@ -84,7 +82,7 @@ def main() -> int:
             (series,) = pacs.series()
             series_uid = series["0020000E"]["Value"][0]
             for round_number in range(repeats):
-                print(f"round {round_number + 1}/{repeats}", file=sys.stderr)
+                print(f"round {round_number + 1}/{repeats}", file=sys.stderr, flush=True)
                 start = time.perf_counter()
                 result = explain(pair, work / "local.nii.gz")
                 k = result.classes.index(result.predicted)
@@ -95,7 +93,7 @@ def main() -> int:
                 del result
 
                 cache = work / f"cache{round_number}"
-                datastore = SegXDicomWebDatastore(DICOMwebClient(pacs.dicomweb), {"Modality": "CT"}, cache_path=str(cache))
+                datastore = SegXDicomWebDatastore(SegXDicomWebClient(pacs.dicomweb), {"Modality": "CT"}, cache_path=str(cache))
                 marks = [time.perf_counter()]
                 path = datastore.get_image_uri(series_uid)
                 marks.append(time.perf_counter())
@@ -108,6 +106,8 @@ def main() -> int:
                 for name, begin, end in zip(("fetch_check_convert", "explain", "dicom_objects", "store"), marks, marks[1:]):
                     stages[name].append(end - begin)
                 stages["pacs"].append(marks[-1] - marks[0])
+                datastore._observer.stop()  # MONAI Label's datastore watches its cache folder
+                datastore._observer.join()
                 del result, objects, datastore
                 shutil.rmtree(cache)
     finally:

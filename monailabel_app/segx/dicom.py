@@ -167,17 +167,24 @@ def read_series(folder: str | Path) -> Series:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
-    if not files:
-        raise BadSeries("the series has no files")
     datasets = []
     for number, file in enumerate(files, 1):
         try:
             datasets.append(pydicom.dcmread(str(file)))
         except (InvalidDicomError, OSError, ValueError) as error:
             raise BadSeries(f"file {number} of the series is not readable DICOM ({type(error).__name__})") from None
+    return series_from_datasets(datasets)
+
+
+def series_from_datasets(datasets: list) -> Series:
+    """The volume of one series' instances (pydicom datasets with pixel data, any order);
+    the checks of :func:`read_series`."""
+    from pydicom.pixel_data_handlers.util import apply_modality_lut
+
+    if not datasets:
+        raise BadSeries("the series has no instances")
     for ds in datasets:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         if frames > 1:
