@@ -7,8 +7,9 @@ loopback). The model pair is the shipped ``demo3d``.
 - pacs: what the server does for a ``NAME_segx`` request on a PACS series, in-process with
   the server's own classes: ``SegXDicomWebDatastore.get_image_uri`` (WADO-RS fetch of the
   300 instances, the series checks, the volume written as NIfTI into an empty cache),
-  ``explain``, ``segx.dicom.result_objects`` (SEG, 2 float32 Parametric Maps, SR) and
-  ``SegXDicomWebDatastore.store`` (STOW-RS);
+  ``explain``, ``segx.dicom.result_objects`` (SEG, 2 float32 Parametric Maps, SR), each
+  sent by ``SegXDicomWebDatastore.store`` (STOW-RS, in its upload thread) while the next is
+  built (``build_objects``; ``store_rest`` is the wait for the uploads after the last);
 - local: ``explain`` of the same volume from a local NIfTI, writing the equivalent layers
   (SegX map, raw map, label map) as gzip NRRD.
 
@@ -75,7 +76,7 @@ def main() -> int:
     config = APP / "model_configs" / "demo3d.yaml"
     pair = load_model_pair(config)
     provenance = Provenance("demo3d", weights_digest(config), __version__)
-    stages = {"fetch_check_convert": [], "explain": [], "dicom_objects": [], "store": [], "pacs": [], "local": []}
+    stages = {"fetch_check_convert": [], "explain": [], "build_objects": [], "store_rest": [], "pacs": [], "local": []}
     try:
         with local_orthanc(work / "orthanc") as pacs:
             pacs.upload(files)
@@ -100,10 +101,12 @@ def main() -> int:
                 result = explain(pair, path)
                 marks.append(time.perf_counter())
                 objects = result_objects(result, result.predicted, datastore.series(series_uid), provenance, pair.certainty_variant, result.level)
+                uploads = [datastore.store(dataset) for _, dataset in objects]  # as the server does: send one, build the next
                 marks.append(time.perf_counter())
-                datastore.store(objects.values())
+                for upload in uploads:
+                    upload.result()
                 marks.append(time.perf_counter())
-                for name, begin, end in zip(("fetch_check_convert", "explain", "dicom_objects", "store"), marks, marks[1:]):
+                for name, begin, end in zip(("fetch_check_convert", "explain", "build_objects", "store_rest"), marks, marks[1:]):
                     stages[name].append(end - begin)
                 stages["pacs"].append(marks[-1] - marks[0])
                 datastore._observer.stop()  # MONAI Label's datastore watches its cache folder

@@ -103,7 +103,7 @@ def result_on_series(tmp_path_factory):
     pair = load_model_pair(APP_DIR / "model_configs" / "demo3d.yaml")
     result = explain(pair, root / "volume.nii.gz")
     provenance = Provenance("demo3d", "0123456789abcdef", "9.9.9")
-    return series, result, result_objects(result, result.predicted, series, provenance, "topk_inside", "medium")
+    return series, result, dict(result_objects(result, result.predicted, series, provenance, "topk_inside", "medium"))
 
 
 def reread(dataset) -> pydicom.Dataset:

@@ -105,8 +105,10 @@ def _store_dicom(segx_app, model: str, image_id: str, image_path: str, params: d
     task = segx_app.infer_tasks()[model]
     if not isinstance(datastore, SegXDicomWebDatastore) or not hasattr(task, "dicom_objects") or not params.get("store_dicom", True):
         return
-    objects = task.dicom_objects({"image": image_path, **params}, datastore.series(image_id))
-    datastore.store(objects.values())
+    uploads = []
+    objects = task.dicom_objects({"image": image_path, **params}, datastore.series(image_id), sink=lambda ds: uploads.append(datastore.store(ds)))
+    for upload in uploads:
+        upload.result()
     reply = result.setdefault("params", {})
     reply["dicom"] = {
         "study": str(objects["seg"].StudyInstanceUID),

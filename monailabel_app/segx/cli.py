@@ -62,11 +62,11 @@ def _explain(args: argparse.Namespace) -> int:
         from .dicom import Provenance, result_objects
 
         provenance = Provenance(config_file.stem, weights_digest(config_file), __version__)
-        objects = result_objects(result, result.predicted, series, provenance, pair.certainty_variant, result.level)
         Path(args.dicom_out).mkdir(parents=True, exist_ok=True)
-        for name, dataset in objects.items():
+        summary["dicom_files"] = []
+        for name, dataset in result_objects(result, result.predicted, series, provenance, pair.certainty_variant, result.level):
             dataset.save_as(str(Path(args.dicom_out) / f"{name}.dcm"))
-        summary["dicom_files"] = [str(Path(args.dicom_out) / f"{name}.dcm") for name in objects]
+            summary["dicom_files"].append(str(Path(args.dicom_out) / f"{name}.dcm"))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -136,7 +136,8 @@ class Series:
 
     Attributes:
         datasets: the instances in slice order (increasing position along the normal).
-        volume: float32 ``(X, Y, Z)`` (modality LUT applied: CT in HU).
+        volume: float32 ``(X, Y, Z)`` (modality LUT applied: CT in HU), a view of the
+            ``(Z, rows, columns)`` frames (not C-contiguous).
         affine: 4x4 voxel-to-RAS.
     """
 
@@ -231,11 +232,18 @@ def series_from_datasets(datasets: list) -> Series:
     row_spacing, column_spacing = (float(v) for v in datasets[0].PixelSpacing)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * column_spacing, column * row_spacing, step, positions[0]
+    frames = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), dtype=np.float32)
     try:
-        frames = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in datasets])
+        for k, ds in enumerate(datasets):
+            if "ModalityLUTSequence" in ds:
+                frames[k] = apply_modality_lut(ds.pixel_array, ds)
+            else:  # the linear rescale in float32 (apply_modality_lut works in float64: 4x the memory traffic)
+                frames[k] = ds.pixel_array
+                frames[k] *= float(ds.get("RescaleSlope", 1) or 1)
+                frames[k] += float(ds.get("RescaleIntercept", 0) or 0)
     except Exception as error:  # pixel data handlers raise many types (codec missing, short data)
         raise BadSeries(f"the pixel data cannot be decoded ({type(error).__name__}: {error})") from None
-    return Series(datasets, np.ascontiguousarray(frames.transpose(2, 1, 0)), _RAS_LPS @ lps)
+    return Series(datasets, frames.transpose(2, 1, 0), _RAS_LPS @ lps)
 
 
 @dataclass
@@ -256,9 +264,11 @@ class Provenance:
 
 
 def _frames(volume) -> np.ndarray:
-    """``(X, Y, Z)`` tensor/array -> ``(Z, rows, columns)`` frames of the source slices."""
-    array = np.asarray(volume.detach().cpu() if hasattr(volume, "detach") else volume)
-    return np.ascontiguousarray(array.transpose(2, 1, 0))
+    """``(X, Y, Z)`` tensor -> ``(Z, rows, columns)`` frames of the source slices (torch's
+    threaded permute copy: 0.6 s for a 512 x 512 x 300 map, numpy's strided copy 1.7 s)."""
+    import torch
+
+    return torch.as_tensor(volume).detach().cpu().permute(2, 1, 0).contiguous().numpy()
 
 
 def _code(value: str, meaning: str):
@@ -267,13 +277,14 @@ def _code(value: str, meaning: str):
     return CodedConcept(value[:16], SCHEME, meaning[:64])
 
 
-def result_objects(result, class_index: int, series: Series, provenance: Provenance, variant: str, level: str | None) -> dict:
+def result_objects(result, class_index: int, series: Series, provenance: Provenance, variant: str, level: str | None):
     """The DICOM objects of one SegX result on a source ``series`` (the result's grid must
-    be the series volume's).
+    be the series volume's), all in the source study.
 
-    Returns:
-        ``{"seg": Segmentation, "segx": ParametricMap, "explanation": ParametricMap,
-        "sr": Comprehensive3DSR}`` (pydicom datasets), all in the source study.
+    Yields:
+        ``(name, dataset)`` as each is built (so that a caller can send one while the next
+        is built): ``seg`` (Segmentation), ``segx`` and ``explanation`` (ParametricMap),
+        ``sr`` (Comprehensive3DSR); ``dict(result_objects(...))`` collects them.
     """
     import highdicom as hd
     from highdicom.sr import CodedConcept
@@ -297,7 +308,7 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         family=codes.cid7162.ArtificialIntelligence,
         version=provenance.algorithm_version,
     )
-    region = (_frames(result.clinical_mask[k]) >= 0.5).astype(np.uint8)
+    region = _frames(result.clinical_mask[k] >= 0.5).astype(np.uint8)
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=f"clinical region of {label}"[:64],
@@ -319,8 +330,8 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         series_description=f"SegX region ({provenance.model})"[:64],
         **common,
     )
+    yield "seg", seg
     maps_series = generate_uid()
-    maps = {}
     for number, (layer, values, meaning) in enumerate(
         (("segx", result.segx[k], "SegX map"), ("explanation", result.explanation_normalised[k], "raw explanation map")), 1
     ):
@@ -332,9 +343,9 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
             slope=1.0,
             intercept=0.0,
         )
-        maps[layer] = hd.pm.ParametricMap(
+        parametric_map = hd.pm.ParametricMap(
             source_images=series.datasets,
-            pixel_array=_frames(values).astype(np.float32),
+            pixel_array=_frames(values.float()),
             series_instance_uid=maps_series,
             series_number=9102,
             sop_instance_uid=generate_uid(),
@@ -348,7 +359,8 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
             series_description=f"SegX maps ({provenance.model}, {result.method})"[:64],
             **common,
         )
-        maps[layer].Laterality = ""  # General Series, type 2C: the source's body part may be paired
+        parametric_map.Laterality = ""  # General Series, type 2C: the source's body part may be paired
+        yield layer, parametric_map
     certainty = result.certainty_of(result.predicted, variant)
     sr_algorithm = hd.sr.AlgorithmIdentification(
         name=f"SegX {provenance.model}"[:64],
@@ -403,4 +415,4 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         is_complete=True,
         series_description=f"SegX report ({provenance.model})"[:64],
     )
-    return {"seg": seg, **maps, "sr": sr}
+    yield "sr", sr

@@ -137,17 +137,21 @@ class SegXTask(_SegXTask):
         level = pair.levels.level(certainty.value) if pair.levels and pair.levels.variant == variant else None
         return result, class_index, variant, certainty, level
 
-    def dicom_objects(self, request: dict, series) -> dict:
+    def dicom_objects(self, request: dict, series, sink) -> dict:
         """SEG, Parametric Maps and SR of the request's result on its source DICOM
-        ``series`` (see :func:`segx.dicom.result_objects`); the networks run only when the
-        result is not cached."""
+        ``series`` (see :func:`segx.dicom.result_objects`), each passed to ``sink`` as soon
+        as it is built; the networks run only when the result is not cached."""
         from segx import __version__
         from segx.dicom import Provenance, result_objects
 
         def build():
             result, class_index, variant, _, level = self._chosen(request)
             provenance = Provenance(self.runtime.name, self.runtime.weights_digest, __version__)
-            return result_objects(result, class_index, series, provenance, variant, level)
+            objects = {}
+            for name, dataset in result_objects(result, class_index, series, provenance, variant, level):
+                objects[name] = dataset
+                sink(dataset)
+            return objects
 
         return run_in_torch_thread(build)
 
