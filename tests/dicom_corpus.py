@@ -1,5 +1,6 @@
-"""A corpus of bad DICOM series for the tests: each a copy of a good series (new study,
-series and instance UIDs) with one defect a PACS really holds."""
+"""DICOM helpers of the tests: the real volumes of ../shared/data, geometry comparison with
+SimpleITK's GDCM series reader, and a corpus of bad series, each a copy of a good series
+(new study, series and instance UIDs) with one defect a PACS really holds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,31 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.uid import generate_uid
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: Real volumes of ../shared/data written as DICOM series of this modality.
+SHARED_VOLUMES = {"ct3d/example_ct.nii.gz": "CT", "mr3d/brain1_image.nrrd": "MR"}
+
+
+def gdcm_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
+    """The same voxels in the same places of the world. Both are first reoriented to LPS
+    axes (``DICOMOrient``): a DICOM series is read with its slices along row x column, so a
+    left-handed source (e.g. an NRRD with a flipped y axis) comes back with its slice axis
+    reversed, which is the same volume."""
+    image, reference = sitk.DICOMOrient(image, "LPS"), sitk.DICOMOrient(reference, "LPS")
+    assert image.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-5)
 
 
 #: defect -> words the refusal must contain.

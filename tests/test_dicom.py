@@ -15,27 +15,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import AFFINE_3D, APP_DIR
-from dicom_corpus import BAD_SERIES, write_bad_series
+from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, gdcm_series, write_bad_series
 
 from segx import explain, load_model_pair
 from segx.dicom import BadSeries, Provenance, read_series, result_objects, write_series
 from segx.export import save_volume
 from segx.phantoms import phantom_3d
 
-SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct3d" / "example_ct.nii.gz"
-
-
-def gdcm_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
-    return reader.Execute()
-
-
-def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
-    assert image.GetSize() == reference.GetSize()
-    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
-    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
-    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-5)
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
@@ -47,7 +33,7 @@ def test_a_written_series_has_the_volumes_geometry_and_values_for_gdcm(tmp_path,
     image, source = gdcm_series(tmp_path / "series"), sitk.ReadImage(str(tmp_path / "source.nrrd"))
     assert_same_geometry(image, source)
     slope = float(pydicom.dcmread(str(next((tmp_path / "series").iterdir()))).RescaleSlope)
-    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(source), atol=slope)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(source), atol=slope)  # AFFINE_3D is right-handed
     series = read_series(tmp_path / "series")
     np.testing.assert_allclose(series.affine, AFFINE_3D, atol=1e-4)
     np.testing.assert_allclose(series.volume, volume, atol=slope)
@@ -60,16 +46,19 @@ def test_integer_volumes_are_stored_exactly(tmp_path):
     np.testing.assert_array_equal(read_series(tmp_path).volume, volume)
 
 
-@pytest.mark.skipif(not SHARED_CT.exists(), reason="../shared/data/ct3d is not here (CI has it)")
-def test_the_real_ct_survives_dicom(tmp_path):
-    source = sitk.ReadImage(str(SHARED_CT))
+@pytest.mark.parametrize("name, modality", SHARED_VOLUMES.items())
+def test_the_real_ct_and_mr_survive_dicom(tmp_path, name, modality):
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"../shared/data/{name} is not here (CI has it)")
     from monai.transforms import LoadImage
 
-    loaded = LoadImage(image_only=True)(str(SHARED_CT))
-    write_series(np.asarray(loaded), np.asarray(loaded.affine), tmp_path / "ct")
-    image = gdcm_series(tmp_path / "ct")
+    loaded = LoadImage(image_only=True)(str(path))
+    write_series(np.asarray(loaded), np.asarray(loaded.affine), tmp_path / "series", modality=modality)
+    image, source = gdcm_series(tmp_path / "series"), sitk.ReadImage(str(path))
     assert_same_geometry(image, source)
-    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(source), atol=0.5)
+    oriented = [sitk.GetArrayFromImage(sitk.DICOMOrient(i, "LPS")) for i in (image, source)]
+    np.testing.assert_array_equal(*oriented)  # integers: exact
 
 
 @pytest.fixture(scope="module")

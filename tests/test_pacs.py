@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import AFFINE_3D, write_models
-from dicom_corpus import BAD_SERIES, write_bad_series
+from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, write_bad_series
 from dicomweb_client import DICOMwebClient
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
@@ -45,14 +45,24 @@ def pacs_app(tmp_path_factory):
     bad = write_bad_series(root / "ct", root / "bad")
     assert phantom.image.size <= MAX_VOXELS
     write_series(np.zeros((64, 64, 1 + MAX_VOXELS // 4096)), AFFINE_3D, root / "large")
+    real = {}  # ../shared/data volume -> its series UID
+    for number, (name, modality) in enumerate(SHARED_VOLUMES.items()):
+        if (SHARED / name).exists():
+            from monai.transforms import LoadImage
+
+            loaded = LoadImage(image_only=True)(str(SHARED / name))
+            files = write_series(np.asarray(loaded), np.asarray(loaded.affine), root / f"real{number}", modality=modality)
+            real[name] = str(pydicom.dcmread(str(files[0]), stop_before_pixels=True).SeriesInstanceUID)
     with local_orthanc(root / "orthanc") as pacs:
-        for folder in (root / "ct", root / "large", *bad.values()):
-            pacs.upload(sorted(folder.iterdir()))
-        env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "cache")}
+        for folder in (root / "ct", root / "large", *bad.values(), *(root / f"real{n}" for n in range(len(SHARED_VOLUMES)))):
+            if folder.exists():
+                pacs.upload(sorted(folder.iterdir()))
+        # every series, not only MONAI Label's default {"Modality": "CT"}: the MR too
+        env = {"MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "cache"), "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": "{}"}
         models = write_models(root / "models")
         limit = ("--conf", "max_voxels", str(MAX_VOXELS))
         with running_server(pacs.dicomweb, "slicer3d", root / "server.log", models_dir=models, env=env, extra_args=limit) as server:
-            yield SimpleNamespace(pacs=pacs, url=server.url, root=root, series=read_series(root / "ct"), bad=bad)
+            yield SimpleNamespace(pacs=pacs, url=server.url, root=root, series=read_series(root / "ct"), bad=bad, real=real)
 
 
 def _params(params) -> dict:
@@ -86,11 +96,8 @@ def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study
     assert stored["study"] == series.study_uid
 
     # the explanation has the geometry of the series (= the source volume's)
-    heatmap, source = sitk.ReadImage(result_file), sitk.ReadImage(str(pacs_app.root / "source.nrrd"))
-    assert heatmap.GetSize() == source.GetSize()
-    np.testing.assert_allclose(heatmap.GetSpacing(), source.GetSpacing(), atol=1e-4)
-    np.testing.assert_allclose(heatmap.GetOrigin(), source.GetOrigin(), atol=1e-3)
-    np.testing.assert_allclose(heatmap.GetDirection(), source.GetDirection(), atol=1e-5)
+    heatmap = sitk.ReadImage(result_file)
+    assert_same_geometry(heatmap, sitk.ReadImage(str(pacs_app.root / "source.nrrd")))
 
     # QIDO-RS finds the three new series in the source study
     found = {ds["0020000E"]["Value"][0]: ds["00080060"]["Value"][0] for ds in pacs_app.pacs.series(series.study_uid)}
@@ -126,6 +133,16 @@ def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study
     images = client.datastore()["objects"]
     assert series.series_uid in images and not set(images) & {stored[name]["series"] for name in ("seg", "segx", "sr")}
     assert not images[series.series_uid]["labels"]
+
+
+@pytest.mark.parametrize("name", SHARED_VOLUMES)
+def test_real_ct_and_mr_series_from_the_pacs_are_explained_on_their_own_geometry(pacs_app, tmp_path, name):
+    if name not in pacs_app.real:
+        pytest.skip(f"../shared/data/{name} is not here (CI has it)")
+    client = MONAILabelClient(pacs_app.url, tmpdir=str(tmp_path))
+    result_file, params = client.infer("slicer3d_segx", pacs_app.real[name], {"store_dicom": False})
+    assert "dicom" not in _params(params)
+    assert_same_geometry(sitk.ReadImage(result_file), sitk.ReadImage(str(SHARED / name)))
 
 
 def test_a_series_that_is_not_one_volume_gets_a_4xx_naming_it_and_nothing_is_stored(pacs_app, tmp_path):
