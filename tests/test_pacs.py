@@ -30,8 +30,8 @@ from segx.phantoms import phantom_3d
 
 pytestmark = pytest.mark.skipif(orthanc_problem() is not None, reason=f"{orthanc_problem()} (.ci/run installs it)")
 
-#: The server's voxel limit: the phantom CT (64 x 64 x 48) is under it, the "large" series over it.
-MAX_VOXELS = 250_000
+#: The server's voxel limit: the phantom CT (64 x 64 x 48) and the real volumes are under it, the "large" series over it.
+MAX_VOXELS = 2_000_000
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_a_series_over_the_voxel_limit_is_refused_before_its_pixels_are_fetched(
     client = MONAILabelClient(pacs_app.url, tmpdir=str(tmp_path))
     with pytest.raises(MONAILabelClientException) as refused:
         client.infer("slicer3d_segx", str(large.SeriesInstanceUID), {})
-    assert refused.value.msg.startswith("Status: 413;") and "over the limit of 250,000" in refused.value.msg
+    assert refused.value.msg.startswith("Status: 413;") and "over the limit of 2,000,000" in refused.value.msg
     assert not list((pacs_app.root / "cache").rglob(f"{large.SeriesInstanceUID}*")), "the series was downloaded"
 
 
