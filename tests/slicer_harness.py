@@ -762,13 +762,32 @@ class SettingsDialog:
 class IOManager:
     """``slicer.app.coreIOManager()`` for volumes: read with ITK, LPS -> RAS."""
 
+    @staticmethod
+    def _read(file_name, single_file):
+        """A DICOM file without ``singleFile`` brings its whole series, sorted along the
+        slice normal, as Slicer's archetype reader does (``vtkMRMLVolumeArchetypeStorageNode``
+        ``SingleFile`` 0 -> ``vtkITKArchetypeImageSeriesReader``, which groups the folder's
+        files by series UID and sorts them by ImagePositionPatient); GDCM's series reader
+        does the same here."""
+        import SimpleITK as sitk
+
+        if file_name.lower().endswith(".dcm") and not single_file:
+            folder = str(Path(file_name).parent)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(file_name)
+            reader.ReadImageInformation()
+            series = sitk.ImageSeriesReader()
+            series.SetFileNames(series.GetGDCMSeriesFileNames(folder, reader.GetMetaData("0020|000e").strip()))
+            return series.Execute()
+        return sitk.ReadImage(file_name)
+
     def fileType(self, path):
         return "VolumeFile"
 
     def loadNodes(self, file_type, properties, loaded, messages=None):
         import SimpleITK as sitk
 
-        image = sitk.ReadImage(properties["fileName"])
+        image = self._read(properties["fileName"], bool(properties.get("singleFile", False)))
         array = sitk.GetArrayFromImage(image)
         vector = image.GetNumberOfComponentsPerPixel() > 1
         if image.GetDimension() == 2:

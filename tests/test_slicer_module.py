@@ -12,6 +12,7 @@ import pytest
 import requests
 
 import slicer
+import vtk
 from slicer_harness import QMessageBox, QSettings, SlicerHarness
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
@@ -140,6 +141,34 @@ def test_a_whole_session_connect_run_every_control_close_run_again_reload(harnes
     run(harness, volume)
     assert {kind: count(scene, kind) for kind in nodes} == nodes  # the reloaded logic reused the nodes
     assert not harness.app.dialogs[dialogs:]  # no error along the way
+    harness.unload_module()
+
+
+def test_a_volume_loaded_from_dicom_is_explained_on_its_own_geometry(harness, slicer_server, tmp_path):
+    """A CT series loaded as Slicer loads DICOM (one file, the whole series, geometry from
+    ImagePositionPatient / ImageOrientationPatient): the heatmap and region lie on it."""
+    from monai.transforms import LoadImage
+
+    from segx.dicom import write_series
+
+    url, studies = slicer_server
+    loaded = LoadImage(image_only=True)(str(studies / CT))
+    files = write_series(np.asarray(loaded), np.asarray(loaded.affine), tmp_path / "series")
+    widget = harness.load_module()
+    connect(harness, url)
+    volume = slicer.util.loadVolume(str(files[0]))
+    assert slicer.util.arrayFromVolume(volume).shape[0] == len(files)  # the whole series, not one slice
+    harness.app.answers.append((QMessageBox.Ok, True))
+    run(harness, volume)
+    logic = widget.panel.logic
+    assert logic.readout.predicted in ("cyst", "tumour") and not harness.app.dialogs[1:]
+    matrices = []
+    for node in (volume, logic.current_heatmap):
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        matrices.append(slicer.util.arrayFromVTKMatrix(matrix))
+    np.testing.assert_allclose(matrices[0], matrices[1], atol=1e-4)
+    assert slicer.util.arrayFromVolume(logic.current_heatmap).shape == slicer.util.arrayFromVolume(volume).shape
     harness.unload_module()
 
 
