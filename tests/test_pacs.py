@@ -25,7 +25,7 @@ from monailabel.client.client import MONAILabelClientException
 from segx.demo import running_server
 from segx.dicom import read_series, write_series
 from segx.export import save_volume
-from segx.pacs import local_orthanc, orthanc_problem
+from segx.pacs import free_port, local_orthanc, orthanc_problem
 from segx.phantoms import phantom_3d
 
 pytestmark = pytest.mark.skipif(orthanc_problem() is not None, reason=f"{orthanc_problem()} (.ci/run installs it)")
@@ -176,10 +176,8 @@ def test_segx_pacs_serves_volumes_as_ct_series_on_loopback(tmp_path):
 
     import requests
 
-    from segx.demo import _free_port
-
     save_volume(tmp_path / "volume.nii.gz", np.arange(8 * 6 * 5, dtype=np.float32).reshape(8, 6, 5), AFFINE_3D)
-    port = _free_port()
+    port = free_port()
     segx = Path(sys.executable).parent / "segx"
     command = [str(segx), "pacs", "--folder", str(tmp_path / "pacs"), "--port", str(port), "--load", str(tmp_path / "volume.nii.gz")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

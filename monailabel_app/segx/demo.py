@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 
 from .imageio import read_image
 from .metrics import certainty_auroc, topk_overlap
+from .pacs import free_port, wait_until_up
 from .phantoms import generate
 from .training import RECIPES, train
 
@@ -48,12 +48,6 @@ def ensure_demo_models(models_dir: Path = MODELS_DIR, seed: int = 0) -> None:
         for split, count in recipe.phantoms.items():
             generate(data, recipe.spatial_dims, count, seed, split)
         train(name, data, models_dir)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -78,7 +72,7 @@ def running_server(
     """A ``monailabel start_server`` subprocess on a free 127.0.0.1 port; yields a
     :class:`RunningServer` once ``/info`` answers and stops it on exit (also on errors and
     Ctrl-C). ``env`` adds environment variables, ``extra_args`` command-line arguments."""
-    port = _free_port()
+    port = free_port()
     process_env = dict(os.environ)
     process_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + process_env.get("PATH", "")
     process_env.setdefault("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
@@ -91,18 +85,8 @@ def running_server(
     process = subprocess.Popen(command, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the MONAI Label server exited with code {process.returncode}; see {log_file}")
-            try:
-                if requests.get(f"{url}/info/", timeout=2).status_code in (200, 401):  # 401: up, with API tokens
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"the MONAI Label server did not start within {timeout:g} s; see {log_file}")
-            time.sleep(0.5)
+        answers = lambda: requests.get(f"{url}/info/", timeout=2).status_code in (200, 401)  # noqa: E731 (401: up, with API tokens)
+        wait_until_up(process, answers, "the MONAI Label server", log_file, timeout, interval=0.5)
         yield RunningServer(url, process)
     finally:
         if process.poll() is None:

@@ -33,10 +33,31 @@ def orthanc_problem() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server started next)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_up(process: subprocess.Popen, answers, name: str, log_file: Path, timeout: float, interval: float = 0.2) -> None:
+    """Wait until a started server ``answers()`` (True; a refused connection is "not yet").
+
+    Raises:
+        RuntimeError: the process exited, or ``timeout`` seconds passed (naming ``log_file``).
+    """
+    deadline = time.time() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}; see {log_file}")
+        try:
+            if answers():
+                return
+        except requests.ConnectionError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"{name} did not start within {timeout:g} s; see {log_file}")
+        time.sleep(interval)
 
 
 @dataclass
@@ -80,7 +101,7 @@ def local_orthanc(folder: str | Path, port: int | None = None, timeout: float = 
         raise RuntimeError(problem)
     folder = Path(folder)
     (folder / "storage").mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     config = {
         "Name": "SegX local PACS",
         "StorageDirectory": str(folder / "storage"),
@@ -98,18 +119,7 @@ def local_orthanc(folder: str | Path, port: int | None = None, timeout: float = 
     process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with code {process.returncode}; see {folder / 'orthanc.log'}")
-            try:
-                if requests.get(f"{url}/system", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"Orthanc did not start within {timeout:g} s; see {folder / 'orthanc.log'}")
-            time.sleep(0.2)
+        wait_until_up(process, lambda: requests.get(f"{url}/system", timeout=2).ok, "Orthanc", folder / "orthanc.log", timeout)
         yield Orthanc(url, process)
     finally:
         process.terminate()
