@@ -1,6 +1,7 @@
 """Shared fixtures: the core package on sys.path, small model configurations written the
 way a research group would (config file + weights), and a studies folder."""
 
+import json
 import os
 import shutil
 import sys
@@ -128,6 +129,15 @@ def write_studies(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory) -> Path:
     return write_toy_models(tmp_path_factory.mktemp("models"))
+
+
+def eval_summary(printed: str) -> dict:
+    """The summary of ``segx evaluate``'s last line (``EVAL {json}``) without its timing and
+    provenance (which name the command)."""
+    summary = json.loads(printed.strip().splitlines()[-1][len("EVAL "):])
+    for key in ("seconds", "provenance"):
+        summary.pop(key)
+    return summary
 
 
 def venv_env() -> dict:

@@ -180,7 +180,10 @@ def test_segx_pacs_serves_volumes_as_ct_series_on_loopback(tmp_path):
     port = free_port()
     segx = Path(sys.executable).parent / "segx"
     command = [str(segx), "pacs", "--folder", str(tmp_path / "pacs"), "--port", str(port), "--load", str(tmp_path / "volume.nii.gz")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a test run started in the background inherits an ignored SIGINT, and Python then
+    # never raises KeyboardInterrupt: the child gets the default disposition back, as in a terminal
+    reset_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=reset_sigint)
     try:
         lines = []
         deadline = time.time() + 120

@@ -24,6 +24,7 @@ from .explainers import default_method
 from .imageio import Image, read_image
 from .metrics import aurc, certainty_auroc, dice, eaurc, one_vs_rest_auroc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
+from .rows import RowFile
 
 INTERPRETABILITY = {
     "iou": "top-5 % IoU",
@@ -64,22 +65,30 @@ def certainty_scores(combined: bool, variant: str, methods: list[str]) -> list[s
 
 def study_records(pair: ModelPair, studies: list[Study], methods: list[str], device: str = "cpu", mc_samples: int = 10,
                   combination: Combination | None = None, batch_size: int = BATCH_SIZE, desc: str = "evaluating",
-                  evidence: bool = False) -> list[dict]:  # fmt: skip
-    """Per-study figures (see :func:`study_record`) of every study, with a progress bar;
-    the first method (default: the classifier's default) and the segmenter run on
-    ``batch_size`` studies at a time."""
+                  evidence: bool = False, progress: bool = True) -> list[dict]:  # fmt: skip
+    """Per-study figures (see :func:`study_record`) of every study (all batches of
+    :func:`iter_study_records`), with a progress bar (studies/s and ETA) unless not ``progress``."""
+    records = []
+    with tqdm(total=len(studies), desc=desc, unit="study", disable=not progress) as bar:
+        for batch in iter_study_records(pair, studies, methods, device, mc_samples, combination, batch_size, evidence):
+            records += batch
+            bar.update(len(batch))
+    return records
+
+
+def iter_study_records(pair: ModelPair, studies: list[Study], methods: list[str], device: str = "cpu", mc_samples: int = 10,
+                       combination: Combination | None = None, batch_size: int = BATCH_SIZE, evidence: bool = False):  # fmt: skip
+    """Per-study figures (see :func:`study_record`), yielded as a list per batch of
+    ``batch_size`` studies (the first method, default the classifier's default, and the
+    segmenter run on a batch at a time)."""
     first = methods[0] if methods else default_method(pair.classifier)
     randomised = replace(pair, classifier=faithfulness.randomised_classifier(pair.classifier)) if evidence else None
-    records = []
-    with tqdm(total=len(studies), desc=desc) as progress:
-        for start in range(0, len(studies), batch_size):
-            chunk = studies[start : start + batch_size]
-            images = [read_image(study.image) for study in chunk]
-            results = explain_many(pair, images, method=first, device=device)
-            for study, image, result in zip(chunk, images, results):
-                records.append(study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised))
-            progress.update(len(chunk))
-    return records
+    for start in range(0, len(studies), batch_size):
+        chunk = studies[start : start + batch_size]
+        images = [read_image(study.image) for study in chunk]
+        results = explain_many(pair, images, method=first, device=device)
+        yield [study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised)
+               for study, image, result in zip(chunk, images, results)]  # fmt: skip
 
 
 def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
@@ -265,14 +274,37 @@ def provenance(config_file: Path, studies: list[Study], class_names: list[str], 
 
 def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: list[str], device: str = "cpu",
              mc_samples: int = 10, combination: Combination | None = None, origin: dict | None = None,
-             evidence: bool = True) -> dict:  # fmt: skip
-    """Run every study, write ``metrics.csv``, ``report.md`` and figures; return the summary
+             evidence: bool = True, ray_address: str | None = None) -> dict:  # fmt: skip
+    """Run every study not yet in ``out/rows.jsonl`` (appended batch by batch: an interrupted
+    run resumes, see :class:`segx.rows.RowFile`), write ``metrics.csv``, ``report.md`` and
+    figures from the rows of ``studies``; return the summary
     (with ``origin``, the :func:`provenance`, when given; with ``evidence``, the controls,
-    ROAD and randomisation figures of :func:`evidence_record`)."""
+    ROAD and randomisation figures of :func:`evidence_record`). With ``ray_address``
+    (``auto`` or a cluster's address) the studies run on Ray (:mod:`segx.distributed`)."""
     start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = study_records(pair, studies, methods, device, mc_samples, combination, evidence=evidence)
+    # what produced the rows: the weights (by digest, from the provenance) and the options
+    identity = {"methods": methods, "mc_samples": mc_samples, "evidence": evidence,
+                "config": (origin or {}).get("config"), "weights_sha256": (origin or {}).get("weights_sha256")}  # fmt: skip
+    rows = RowFile(out / "rows.jsonl", identity)
+    done = rows.done()
+    todo = [s for s in studies if s.image_id not in done]
+    if len(todo) < len(studies):
+        print(f"resuming: {len(studies) - len(todo)} of {len(studies)} studies already in {rows.path}")
+    if ray_address:
+        from .distributed import ray_study_records
+
+        if not (origin or {}).get("config"):
+            raise ValueError("--ray needs the model as a configuration file (each Ray actor loads it)")
+        batches = ray_study_records(origin["config"], todo, methods, mc_samples, evidence, ray_address, BATCH_SIZE)
+    else:
+        batches = iter_study_records(pair, todo, methods, device, mc_samples, combination, evidence=evidence)
+    with tqdm(total=len(todo), desc="evaluating", unit="study") as progress:
+        for batch in batches:
+            rows.append(batch)
+            progress.update(len(batch))
+    wanted = {s.image_id: i for i, s in enumerate(studies)}
+    records = sorted((r for r in rows.rows() if r["image_id"] in wanted), key=lambda r: wanted[r["image_id"]])
     with open(out / "metrics.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=sorted({k for r in records for k in r}, key=lambda k: (k != "image_id", k)))
         writer.writeheader()
@@ -445,7 +477,7 @@ def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci
 
 
 def main(model: str, data: str, out: str, methods: list[str], device: str, split: str | None = None, limit: int | None = None,
-         mc_samples: int = 10, seed: int = 0, evidence: bool = True, **layout) -> int:  # fmt: skip
+         mc_samples: int = 10, seed: int = 0, evidence: bool = True, ray_address: str | None = None, **layout) -> int:  # fmt: skip
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
     from .config import load_model_pair, model_config_file
 
@@ -458,7 +490,7 @@ def main(model: str, data: str, out: str, methods: list[str], device: str, split
     if unknown:
         print(f"skipped rows with labels unknown to the model: {unknown}")
     origin = provenance(config_file, studies, pair.class_names, data=str(data), split=split, limit=limit, seed=seed, methods=methods)
-    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin, evidence)
+    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin, evidence, ray_address)
     summary["unknown_labels"] = unknown
     print(f"report: {Path(out) / 'report.md'}")
     print("EVAL " + json.dumps(summary))
