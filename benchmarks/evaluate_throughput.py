@@ -25,7 +25,11 @@ the resizing).
 Defaults: the built-in ``ham10000`` model on the HAM10000 test split in ../shared/data;
 without them, the shipped ``demo2d`` model on generated phantoms.
 
-    python benchmarks/evaluate_throughput.py [--model NAME] [--data DIR] [--limit 50] [--repeats 5] [--threads 2]
+    python benchmarks/evaluate_throughput.py [--model NAME] [--data DIR] [--limit 50] [--repeats 5] [--threads 2] [--ray]
+
+With ``--ray``, also ``segx evaluate --ray``'s studies/s on a local Ray with 1 and 2 worker
+CPUs (one actor of one torch thread per CPU) over the same studies, and the efficiency
+``throughput(2) / (2 x throughput(1))``.
 """
 
 from __future__ import annotations
@@ -103,6 +107,24 @@ def _studies(args) -> tuple[ModelPair, list[Study], str, object]:
     return pair, studies, args.model, keep
 
 
+def ray_throughput(config_file: Path, studies: list[Study], workers: int) -> float:
+    """Studies per second of ``segx evaluate --ray`` (same rows as ``ours``) on a local Ray
+    with ``workers`` CPUs, i.e. that many actors of one torch thread each; the time counts
+    from the first batch sent to the last row back, actor start-up and model loading included."""
+    import ray
+
+    from segx.distributed import ray_study_records
+    from segx.evaluate import BATCH_SIZE
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        start = time.perf_counter()
+        done = sum(len(batch) for batch in ray_study_records(config_file, studies, ["gradcam"], 0, False, "auto", BATCH_SIZE))
+        return done / (time.perf_counter() - start)
+    finally:
+        ray.shutdown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model configuration name or file (default ham10000, else demo2d)")
@@ -111,6 +133,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantoms (fallback data)")
+    parser.add_argument("--ray", action="store_true", help="also studies/s of --ray with 1 and 2 local workers, and the efficiency")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pair, studies, model, keep = _studies(args)
@@ -146,6 +169,10 @@ def main() -> int:
         "iou_segx_ours": float(np.mean([r["iou_segx_gradcam"] for r in outputs["ours"]])),
         "iou_segx_reference": float(np.mean([r["iou_segx"] for r in outputs["reference"]])),
     }
+    if args.ray:
+        for workers in (1, 2):
+            result[f"ray_studies_per_second_{workers}_workers"] = ray_throughput(model_config_file(model), studies, workers)
+        result["ray_efficiency_2_workers"] = result["ray_studies_per_second_2_workers"] / (2 * result["ray_studies_per_second_1_workers"])
     if keep is not None:
         keep.cleanup()
     print(f"segx evaluate {result['images_per_second_ours']:.1f} images/s, reference {result['images_per_second_reference']:.1f} images/s, ratio {result['ratio']:.2f}")
