@@ -114,3 +114,30 @@ def test_demo_rejects_bad_phantom_arguments(tmp_path):
         generate(tmp_path, 4, 1, 0)
     with pytest.raises(ValueError, match="split"):
         generate(tmp_path, 2, 1, 0, split="holdout")
+
+
+def test_the_kept_weights_are_those_of_the_epoch_the_log_names():
+    """Equal validation scores: the log's best epoch is the first of them, and so are the
+    weights kept (they were the last tied epoch's before)."""
+    from dataclasses import replace
+
+    import torch
+
+    from segx.training import RECIPES, _fit
+
+    recipe = replace(RECIPES["demo2d"], batch_size=4, augment=False, cosine=False, seed=1)
+    x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1] * 4)
+
+    def fresh():
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2)
+
+    def constant(outputs, targets):  # every epoch ties
+        return 0.5
+
+    after_one = fresh()
+    _fit(after_one, (x, y), (x, y), torch.nn.functional.cross_entropy, constant, 1, recipe, "one epoch", masks_too=False)
+    after_three = fresh()
+    log = _fit(after_three, (x, y), (x, y), torch.nn.functional.cross_entropy, constant, 3, recipe, "three epochs", masks_too=False)
+    assert log["best_epoch"] == 0
+    torch.testing.assert_close(after_three.weight, after_one.weight)

@@ -119,10 +119,14 @@ def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: to
     region counted: ``sigmoid(f * L)`` with ``L = log(p_pred / p_runner_up)`` the logit margin
     and ``f = clip(sum_{x in M} (E+ - R+) / sum_x (E+ - R+), 0, 1)`` the share of the
     evidence margin that lies in the region (``R`` the runner-up's raw map, zeros for a
-    one-class model; ``f = 0`` when the runner-up has as much evidence overall). For a
-    global-average-pool + linear head (exact CAM) ``sum_x (E - R)`` is proportional to the
-    logit margin, so ``f * L`` is the part of the margin that the clinical region supports.
-    0.5: the region does not favour the prediction."""
+    one-class model; ``f = 0`` when the runner-up has as much evidence overall).
+    A heuristic, not an exact decomposition: for a global-average-pool + linear head (exact
+    CAM) ``sum_x (E - R)`` is the logit margin (times the pooled size) *without* the bias
+    difference and *before* the ReLU that clamps negative evidence, so ``f * L`` only
+    approximates the part of the margin that the clinical region supports.
+    0.5: the region does not favour the prediction, which includes every study with
+    ``f = 0``; on a binary head the runner-up's map often outweighs the prediction's
+    (the issue that reported it found 0.5 for 28 of 40 JSRT test studies)."""
     bad = _degenerate(explanation, region, "region_margin")
     if bad:
         return bad

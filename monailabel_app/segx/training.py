@@ -180,13 +180,14 @@ def _mean_dice(logits: torch.Tensor, masks: torch.Tensor) -> float:
 def _fit(network, train: tuple, val: tuple, loss_function, score, epochs: int, recipe: Recipe, desc: str, masks_too: bool) -> dict:
     """Mini-batch AdamW on ``train = (inputs, targets)``; after each epoch ``score(network
     outputs on val inputs, val targets)`` (higher is better) and the weights of the best
-    epoch are kept. Returns ``{"losses": [...], "val_scores": [...], "best_epoch": i}``."""
+    epoch are kept (the first of equal bests). Returns ``{"losses": [...], "val_scores":
+    [...], "best_epoch": i}``, ``i`` the epoch whose weights were kept."""
     inputs, targets = train
     optimiser = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate)
     steps = epochs * -(-len(inputs) // recipe.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps) if recipe.cosine else None
     generator = torch.Generator().manual_seed(recipe.seed)
-    losses, scores, best_state = [], [], None
+    losses, scores, best_state, best_epoch = [], [], None, None
     progress = tqdm(range(epochs), desc=desc)
     for _ in progress:
         network.train()
@@ -207,12 +208,13 @@ def _fit(network, train: tuple, val: tuple, loss_function, score, epochs: int, r
         losses.append(total / len(order))
         network.eval()
         scores.append(score(_predict(network, val[0]), val[1]))
-        if scores[-1] >= max(scores):
+        if best_epoch is None or scores[-1] > scores[best_epoch]:  # ties keep the earlier epoch, the one the log names
+            best_epoch = len(scores) - 1
             best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
         progress.set_postfix(loss=f"{losses[-1]:.4f}", val=f"{scores[-1]:.3f}")
     network.load_state_dict(best_state)
     network.eval()
-    return {"losses": losses, "val_scores": scores, "best_epoch": int(np.argmax(scores))}
+    return {"losses": losses, "val_scores": scores, "best_epoch": best_epoch}
 
 
 def _network(spec: dict, seed: int) -> torch.nn.Module:
