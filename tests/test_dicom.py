@@ -18,7 +18,7 @@ from conftest import AFFINE_3D, APP_DIR
 from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, gdcm_series, write_bad_series
 
 from segx import explain, load_model_pair
-from segx.dicom import BadSeries, Provenance, read_series, result_objects, write_series
+from segx.dicom import BadSeries, Provenance, label_segmentation, read_series, result_objects, write_series
 from segx.export import save_volume
 from segx.phantoms import phantom_3d
 
@@ -153,8 +153,10 @@ def test_the_report_carries_prediction_certainty_level_and_model(result_on_serie
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
 def test_dciodvfy_finds_no_error_in_the_objects(result_on_series, tmp_path):
-    _, _, objects = result_on_series
-    for name, dataset in objects.items():
+    series, result, objects = result_on_series
+    annotation = label_segmentation(series, result.segmentation.numpy(), {1: "liver", 2: "kidney"})
+    assert [segment.SegmentLabel for segment in annotation.SegmentSequence] == ["liver", "kidney"]
+    for name, dataset in {**objects, "annotation": annotation}.items():
         dataset.save_as(str(tmp_path / f"{name}.dcm"))
         checked = subprocess.run(["dciodvfy", str(tmp_path / f"{name}.dcm")], capture_output=True, text=True)
         errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]

@@ -70,9 +70,13 @@ def _params(params) -> dict:
 
 
 def _retrieve(pacs, study: str, stored: dict) -> pydicom.Dataset:
-    """A stored instance (``{"series", "instance"}``), fetched by WADO-RS and read as a
-    viewer reads it."""
-    instance = DICOMwebClient(pacs.dicomweb).retrieve_instance(study, stored["series"], stored["instance"])
+    """A stored instance (``{"series", "instance"}``, or the one instance of ``{"series"}``),
+    fetched by WADO-RS and read as a viewer reads it."""
+    client = DICOMwebClient(pacs.dicomweb)
+    if "instance" in stored:
+        instance = client.retrieve_instance(study, stored["series"], stored["instance"])
+    else:  # a series of one instance
+        (instance,) = client.retrieve_series(study, stored["series"])
     buffer = io.BytesIO()
     instance.save_as(buffer)
     return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
@@ -133,6 +137,16 @@ def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study
     images = client.datastore()["objects"]
     assert series.series_uid in images and not set(images) & {stored[name]["series"] for name in ("seg", "segx", "sr")}
     assert not images[series.series_uid]["labels"]
+
+    # an annotator's final label (the region as edited) goes to the PACS as a manual SEG and is the image's label
+    client.save_label(series.series_uid, mask_file, tag="final", params={"label_info": [{"name": "liver", "idx": 1}]})
+    labels = [ds for ds in pacs_app.pacs.series(series.study_uid) if ds["0008103E"]["Value"] == ["Annotator label"]]
+    assert len(labels) == 1 and labels[0]["00080060"]["Value"] == ["SEG"]
+    annotated = hd.seg.Segmentation.from_dataset(_retrieve(pacs_app.pacs, series.study_uid, {"series": labels[0]["0020000E"]["Value"][0]}))
+    assert annotated.SegmentSequence[0].SegmentLabel == "liver" and annotated.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+    frames = annotated.get_pixels_by_source_instance(source_sop_instance_uids=sources, segment_numbers=[1])[..., 0]
+    np.testing.assert_array_equal(frames.transpose(2, 1, 0), expected_mask)
+    assert "final" in client.datastore()["objects"][series.series_uid]["labels"]
 
 
 @pytest.mark.parametrize("name", SHARED_VOLUMES)

@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
 
 from segx.dicom import Series, series_from_datasets
 from segx.export import save_volume
@@ -123,6 +125,25 @@ class SegXDicomWebDatastore(DICOMWebDatastore):
             save_volume(path + ".part.nii", series.volume, series.affine)
             os.replace(path + ".part.nii", path)
         return path
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict, label_id: str = "") -> str:
+        """An annotator's ``final`` label is stored in the PACS as a manual DICOM SEG of the
+        series (highdicom; MONAI Label's own path needs dcmqi's ``itkimage2segimage``, which
+        is not installed), then kept in the cache as MONAI Label does; other tags as MONAI
+        Label does. Segment names from ``label_info["label_info"]`` (``[{"name", "idx"}]``,
+        as MONAI Label clients send them)."""
+        if label_tag != DefaultLabelTag.FINAL or label_filename.endswith(".bin"):
+            return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
+        from segx.dicom import label_segmentation
+        from segx.imageio import read_image
+
+        labels = read_image(label_filename).array[0].round().numpy()
+        listed = label_info.get("label_info") if isinstance(label_info.get("label_info"), list) else []
+        names = {int(item["idx"]): str(item["name"]) for item in listed if isinstance(item, dict) and "idx" in item and "name" in item}
+        seg = label_segmentation(self.series(image_id), labels, names)
+        self.store(seg).result()
+        label_info = {**label_info, "SeriesInstanceUID": str(seg.SeriesInstanceUID), "StudyInstanceUID": str(seg.StudyInstanceUID)}
+        return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
 
     def store(self, dataset) -> Future:
         """Send ``dataset`` (pydicom) to the PACS by STOW-RS in the datastore's upload

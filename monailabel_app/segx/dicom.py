@@ -277,6 +277,63 @@ def _code(value: str, meaning: str):
     return CodedConcept(value[:16], SCHEME, meaning[:64])
 
 
+def _segmentation(series: Series, frames: np.ndarray, segments: list[tuple[str, str]], algorithm, series_number: int,
+                  description: str, common: dict):  # fmt: skip
+    """A binary DICOM SEG on the source ``series``: ``frames`` ``(Z, rows, columns)`` holds
+    segment numbers (0 none, i for ``segments[i - 1]`` = (label, type meaning)); automatic
+    with ``algorithm`` (an AlgorithmIdentificationSequence), manual when it is None."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    kind = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if algorithm else hd.seg.SegmentAlgorithmTypeValues.MANUAL
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label[:64],
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=_code(f"SEGMENT{number}", meaning),
+            algorithm_type=kind,
+            algorithm_identification=algorithm,
+        )
+        for number, (label, meaning) in enumerate(segments, 1)
+    ]
+    return hd.seg.Segmentation(
+        source_images=series.datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        omit_empty_frames=bool(frames.any()),
+        series_description=description[:64],
+        **common,
+    )
+
+
+def label_segmentation(series: Series, labels, names: dict[int, str]):
+    """An annotator's label map ``(X, Y, Z)`` on the series volume's grid as a manual DICOM
+    SEG in the source study: one segment per label value present, named by ``names``
+    (value -> name; ``label N`` otherwise). Its description, ``Annotator label``, keeps it
+    visible to MONAI Label as the image's label (SegX's own outputs are hidden)."""
+    labels = np.asarray(labels)
+    if labels.shape != series.volume.shape:
+        raise ValueError(f"the label map's grid {labels.shape} is not the series volume's {series.volume.shape}")
+    frames = _frames(labels.astype(np.int64))
+    values = [int(v) for v in np.unique(frames) if v > 0]
+    numbered = np.zeros(frames.shape, dtype=np.uint8)
+    for number, value in enumerate(values, 1):
+        numbered[frames == value] = number
+    segments = [(names.get(v, f"label {v}"), names.get(v, f"label {v}")) for v in values]
+    from . import __version__
+
+    # Enhanced General Equipment needs values (type 1): the software that wrote it
+    common = dict(manufacturer=MANUFACTURER, manufacturer_model_name="annotation", software_versions=f"segx {__version__}", device_serial_number="annotation")
+    return _segmentation(series, numbered, segments, None, 9201, "Annotator label", common)
+
+
 def result_objects(result, class_index: int, series: Series, provenance: Provenance, variant: str, level: str | None):
     """The DICOM objects of one SegX result on a source ``series`` (the result's grid must
     be the series volume's), all in the source study.
@@ -309,27 +366,8 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         version=provenance.algorithm_version,
     )
     region = _frames(result.clinical_mask[k] >= 0.5).astype(np.uint8)
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=f"clinical region of {label}"[:64],
-        segmented_property_category=codes.SCT.Tissue,
-        segmented_property_type=_code("REGION", f"SegX clinical region ({', '.join(region_names)})"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
-    seg = hd.seg.Segmentation(
-        source_images=series.datasets,
-        pixel_array=region,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
-        series_instance_uid=generate_uid(),
-        series_number=9101,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        omit_empty_frames=bool(region.any()),
-        series_description=f"SegX region ({provenance.model})"[:64],
-        **common,
-    )
+    segments = [(f"clinical region of {label}", f"SegX clinical region ({', '.join(region_names)})")]
+    seg = _segmentation(series, region, segments, algorithm, 9101, f"SegX region ({provenance.model})", common)
     yield "seg", seg
     maps_series = generate_uid()
     for number, (layer, values, meaning) in enumerate(
