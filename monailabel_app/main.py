@@ -111,9 +111,7 @@ class SegXApp(MONAILabelApp):
 
         if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
             return super().init_remote_datastore()
-        datastore = dicomweb_datastore(self.studies)
-        datastore.max_voxels = self.max_voxels
-        return datastore
+        return dicomweb_datastore(self.studies, self.max_voxels)
 
     def info(self):
         info = super().info()

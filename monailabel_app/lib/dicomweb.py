@@ -21,21 +21,14 @@ from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from segx.dicom import Series, series_from_datasets
+from segx.dicom import Series, is_segx_output, series_from_datasets
 from segx.export import save_volume
+from segx.headers import DEFAULT_MAX_VOXELS
 
 logger = logging.getLogger(__name__)
 
 #: Modalities of the objects SegX writes back; never listed as images to explain.
 DERIVED_MODALITIES = ("SEG", "SR", "RTSTRUCT", "PR", "KO")
-
-
-def is_segx_output(series) -> bool:
-    """Whether a QIDO-RS series (pydicom Dataset) is one that SegX stored (its SEG,
-    Parametric Maps or SR), by the manufacturer and description SegX writes."""
-    from segx.dicom import MANUFACTURER
-
-    return series.get("Manufacturer") == MANUFACTURER and str(series.get("SeriesDescription", "")).startswith("SegX ")
 
 
 class SegXDicomWebClient(DICOMwebClientX):
@@ -60,20 +53,20 @@ class SegXDicomWebClient(DICOMwebClientX):
 class SegXDicomWebDatastore(DICOMWebDatastore):
     """MONAI Label's DICOMweb datastore, except:
 
-    - :meth:`get_image_uri` refuses a series that is not one volume (``ValueError`` naming
-      the problem: missing slices, mixed orientations, ...) and converts it with
-      :func:`segx.dicom.read_series` (the geometry of the series, RAS affine);
+    - :meth:`get_image_uri` refuses a series over ``max_voxels`` from its metadata, or one
+      that is not one volume (``ValueError`` naming the problem: missing slices, mixed
+      orientations, ...), and converts it with :func:`segx.dicom.series_from_datasets`
+      (the geometry of the series, RAS affine);
     - :meth:`list_images` leaves out derived objects (SEG, SR; its client,
       :class:`SegXDicomWebClient`, never sees SegX's own outputs);
     - :meth:`store` sends an object to the PACS by STOW-RS (in a background thread).
     """
 
     _series_cache_size = 2
-    #: series with more voxels are refused before their pixel data is fetched (the app sets it)
-    max_voxels = 200_000_000
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, max_voxels: int = DEFAULT_MAX_VOXELS, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_voxels = max_voxels
         self._series: "OrderedDict[str, Series]" = OrderedDict()
         self._series_lock = threading.Lock()
         self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segx-stow")
@@ -153,8 +146,9 @@ class SegXDicomWebDatastore(DICOMWebDatastore):
         return self._uploads.submit(self._client.store_instances, [dataset])
 
 
-def dicomweb_datastore(url: str) -> SegXDicomWebDatastore:
-    """Our DICOMweb datastore for ``url``, configured as MONAI Label configures its own."""
+def dicomweb_datastore(url: str, max_voxels: int) -> SegXDicomWebDatastore:
+    """Our DICOMweb datastore for ``url``, configured as MONAI Label configures its own;
+    series with more than ``max_voxels`` voxels are refused before their pixels are fetched."""
     from dicomweb_client.session_utils import create_session_from_user_pass
 
     username = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
@@ -172,4 +166,5 @@ def dicomweb_datastore(url: str) -> SegXDicomWebDatastore:
         search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
         cache_path=cache or None,
         fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+        max_voxels=max_voxels,
     )

@@ -30,6 +30,9 @@ _RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Private coding scheme of SegX's own concepts (DICOM reserves "99" prefixes for them).
 SCHEME = "99SEGX"
 MANUFACTURER = "SegX-Slicer"
+#: SeriesDescription start of the objects SegX stores (region, maps, report); not of the
+#: image series it writes, nor of annotators' labels.
+OUTPUT_PREFIX = "SegX "
 
 #: SOP classes of the image series that :func:`write_series` writes.
 _IMAGE_STORAGE = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
@@ -263,6 +266,12 @@ class Provenance:
         return f"segx {self.version} weights {self.weights_digest[:16]}"
 
 
+def is_segx_output(dataset) -> bool:
+    """Whether a dataset (e.g. a QIDO-RS series) is one of the objects :func:`result_objects`
+    writes, by their Manufacturer and SeriesDescription."""
+    return dataset.get("Manufacturer") == MANUFACTURER and str(dataset.get("SeriesDescription", "")).startswith(OUTPUT_PREFIX)
+
+
 def _frames(volume) -> np.ndarray:
     """``(X, Y, Z)`` tensor -> ``(Z, rows, columns)`` frames of the source slices (torch's
     threaded permute copy: 0.6 s for a 512 x 512 x 300 map, numpy's strided copy 1.7 s)."""
@@ -367,7 +376,7 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
     )
     region = _frames(result.clinical_mask[k] >= 0.5).astype(np.uint8)
     segments = [(f"clinical region of {label}", f"SegX clinical region ({', '.join(region_names)})")]
-    seg = _segmentation(series, region, segments, algorithm, 9101, f"SegX region ({provenance.model})", common)
+    seg = _segmentation(series, region, segments, algorithm, 9101, f"{OUTPUT_PREFIX}region ({provenance.model})", common)
     yield "seg", seg
     maps_series = generate_uid()
     for number, (layer, values, meaning) in enumerate(
@@ -394,7 +403,7 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
             window_width=1.0,
             content_label=layer.upper()[:16],
             content_description=f"{meaning} of {label} by {result.method}"[:64],
-            series_description=f"SegX maps ({provenance.model}, {result.method})"[:64],
+            series_description=f"{OUTPUT_PREFIX}maps ({provenance.model}, {result.method})"[:64],
             **common,
         )
         parametric_map.Laterality = ""  # General Series, type 2C: the source's body part may be paired
@@ -451,6 +460,6 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=f"SegX report ({provenance.model})"[:64],
+        series_description=f"{OUTPUT_PREFIX}report ({provenance.model})"[:64],
     )
     yield "sr", sr

@@ -28,18 +28,15 @@ class _Evaluator:
 
         torch.set_num_threads(1)  # one core per actor: the actors are the parallelism
         self.pair = load_model_pair(config_file).to(device)
-        self.combination = Combination.from_config(self.pair.config)
-        self.options = (methods, device, mc_samples, self.combination)
-        self.evidence = evidence
+        combination = Combination.from_config(self.pair.config)
+        self.options = dict(methods=methods, device=device, mc_samples=mc_samples, combination=combination, evidence=evidence)
 
     def __call__(self, batch: dict) -> dict:
         from .evaluate import study_records
 
         studies = [Study(i, Path(im), Path(m) if m else None, int(label)) for i, im, m, label in
                    zip(batch["image_id"], batch["image"], batch["mask"], batch["label"])]  # fmt: skip
-        methods, device, mc_samples, combination = self.options
-        records = study_records(self.pair, studies, methods, device, mc_samples, combination, batch_size=len(studies),
-                                evidence=self.evidence, progress=False)  # fmt: skip
+        records = study_records(self.pair, studies, batch_size=len(studies), progress=False, **self.options)
         return {"row": [json.dumps(record) for record in records]}
 
 
