@@ -1,10 +1,12 @@
 """DICOM helpers of the tests: the real volumes of ../shared/data, geometry comparison with
-SimpleITK's GDCM series reader, and a corpus of bad series, each a copy of a good series
+SimpleITK's GDCM series reader, reading objects back as a viewer does (bytes, SR content
+items), and a corpus of bad series, each a copy of a good series
 (new study, series and instance UIDs) with one defect a PACS really holds."""
 
 from __future__ import annotations
 
 import copy
+import io
 import shutil
 from pathlib import Path
 
@@ -35,6 +37,30 @@ def assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
     np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
     np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-5)
+
+
+def reread(dataset) -> pydicom.Dataset:
+    """``dataset`` written to bytes and read back, as a viewer would get it."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def report_items(item) -> list:
+    """Every content item of an SR tree, depth first."""
+    items = []
+    for child in getattr(item, "ContentSequence", []):
+        items += [child, *report_items(child)]
+    return items
+
+
+def report_values(report) -> tuple[dict, dict]:
+    """An SR's numeric and coded items by concept meaning: ``({meaning: number},
+    {meaning: coded value's meaning})``."""
+    items = report_items(report)
+    numbers = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"}
+    codes = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"}
+    return numbers, codes
 
 
 #: defect -> words the refusal must contain.

@@ -5,7 +5,6 @@ Parametric Map / SR of a SegX result read back by highdicom onto the source voxe
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import AFFINE_3D, APP_DIR
-from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, gdcm_series, write_bad_series
+from dicom_corpus import (BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, gdcm_series, report_items, report_values, reread,
+                          write_bad_series)
 
 from segx import explain, load_model_pair
 from segx.dicom import BadSeries, Provenance, label_segmentation, read_series, result_objects, write_series
@@ -95,13 +95,6 @@ def result_on_series(tmp_path_factory):
     return series, result, dict(result_objects(result, result.predicted, series, provenance, "topk_inside", "medium"))
 
 
-def reread(dataset) -> pydicom.Dataset:
-    """``dataset`` written to bytes and read back, as a viewer would get it."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
-    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
-
-
 def test_seg_and_parametric_maps_read_back_onto_the_source_voxels(result_on_series):
     import highdicom as hd
 
@@ -125,23 +118,14 @@ def test_seg_and_parametric_maps_read_back_onto_the_source_voxels(result_on_seri
         assert "weights sha256 0123456789abcdef" in pm.SoftwareVersions
 
 
-def _content(item) -> list:
-    """Every content item of an SR tree, depth first."""
-    items = []
-    for child in getattr(item, "ContentSequence", []):
-        items += [child, *_content(child)]
-    return items
-
-
 def test_the_report_carries_prediction_certainty_level_and_model(result_on_series):
     series, result, objects = result_on_series
     sr = objects["sr"]
-    items = _content(sr)
-    numbers = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"}
+    items = report_items(sr)
+    numbers, codes = report_values(sr)
     assert numbers["SegU certainty"] == pytest.approx(result.certainty_of(result.predicted, "topk_inside").value, abs=1e-6)
     for name, probability in zip(result.class_names, result.probabilities):
         assert numbers[f"Probability of {name}"] == pytest.approx(float(probability), abs=1e-6)
-    codes = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"}
     assert codes["Predicted class"] == result.predicted_label
     assert codes["SegU certainty level"] == "medium"
     texts = [i.TextValue for i in items if i.ValueType == "TEXT"]

@@ -7,7 +7,6 @@ volume are refused with a 4xx naming the defect and nothing is stored."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import AFFINE_3D, write_models
-from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, write_bad_series
+from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, report_values, reread, write_bad_series
 from dicomweb_client import DICOMwebClient
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
@@ -77,16 +76,7 @@ def _retrieve(pacs, study: str, stored: dict) -> pydicom.Dataset:
         instance = client.retrieve_instance(study, stored["series"], stored["instance"])
     else:  # a series of one instance
         (instance,) = client.retrieve_series(study, stored["series"])
-    buffer = io.BytesIO()
-    instance.save_as(buffer)
-    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
-
-
-def _content(item) -> list:
-    items = []
-    for child in getattr(item, "ContentSequence", []):
-        items += [child, *_content(child)]
-    return items
+    return reread(instance)
 
 
 def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study(pacs_app, tmp_path):
@@ -124,12 +114,10 @@ def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study
 
     # the report says what the JSON reply says
     report = _retrieve(pacs_app.pacs, series.study_uid, stored["sr"])
-    items = _content(report)
-    numbers = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"}
+    numbers, codes = report_values(report)
     assert numbers["SegU certainty"] == pytest.approx(params["segu"]["certainty"], abs=1e-6)
     for name, probability in params["probabilities"].items():
         assert numbers[f"Probability of {name}"] == pytest.approx(probability, abs=1e-6)
-    codes = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"}
     assert codes["Predicted class"] == params["predicted"]
     assert codes["SegU certainty level"] == (params["segu"]["level"] or "not calibrated")
 
