@@ -14,6 +14,7 @@ from conftest import BrightRegion
 from PIL import Image as PILImage
 
 from segx import LevelThresholds, ModelPair, Preprocessing, explain, segu
+from segx.certainty import VARIANTS
 from segx.engine import explain_many
 from segx.export import save_volume
 
@@ -253,6 +254,20 @@ def test_explain_many_equals_explain_one_by_one(pair2d):
         np.testing.assert_allclose(together.probabilities, alone.probabilities, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(together.segx, alone.segx, rtol=1e-4, atol=1e-5)
         assert together.certainty_of(together.predicted, "topk_inside").value == pytest.approx(alone.certainty_of(alone.predicted, "topk_inside").value, abs=1e-6)
+
+
+def test_predicted_only_keeps_the_prediction_and_its_runner_up_with_every_variant():
+    """``classes="predicted"`` (what ``segx evaluate`` asks for) refines only two maps, and
+    every SegU variant of the prediction equals the all-classes result's."""
+    pair = make_pair(classes=4)
+    images = [square_image(), np.roll(square_image(), 9, axis=1)]
+    for everything, few in zip(explain_many(pair, images), explain_many(pair, images, classes="predicted")):
+        assert few.predicted == everything.predicted
+        assert few.classes == [everything.predicted, everything.runner_up(everything.predicted)]
+        k, j = few.classes.index(few.predicted), everything.classes.index(few.predicted)
+        torch.testing.assert_close(few.segx[k], everything.segx[j])
+        for variant in sorted(VARIANTS):
+            assert few.certainty_of(few.predicted, variant).value == pytest.approx(everything.certainty_of(few.predicted, variant).value, abs=1e-9)
 
 
 def test_region_margin_needs_and_gets_the_runner_up(pair2d):

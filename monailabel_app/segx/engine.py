@@ -229,7 +229,7 @@ def explain(
 def explain_many(
     pair: ModelPair,
     images: "Sequence[str | Path | np.ndarray | torch.Tensor | Image]",
-    classes: Sequence[int | str] | None = None,
+    classes: "Sequence[int | str] | str | None" = None,
     method: str = "gradcam",
     margin_mm: float = 0.0,
     soft_mask: bool = False,
@@ -243,7 +243,9 @@ def explain_many(
     :class:`~segx.imageio.Image` objects for other spacings). With Grad-CAM the classifier
     and the segmenter each run once on the whole batch when the preprocessed inputs share a
     shape (a fixed ``spatial_size``), otherwise image by image; results are the same either
-    way. Each result's ``timings`` are those of the batch."""
+    way. Each result's ``timings`` are those of the batch. ``classes="predicted"`` keeps
+    each image's predicted class and its runner-up (enough for every SegU variant): the
+    maps of all classes come from the same pass, only these two are resampled and refined."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
     device = torch.device(device)
@@ -253,7 +255,8 @@ def explain_many(
     for image in images:
         if int(np.prod(image.spatial_shape)) > max_voxels:
             raise ValueError(f"image of {image.spatial_shape} voxels exceeds the limit of {max_voxels} voxels")
-    indices = [pair.class_index(c) for c in classes] if classes is not None else list(range(len(pair.class_names)))
+    only_predicted = classes == "predicted"
+    indices = list(range(len(pair.class_names))) if classes is None or only_predicted else [pair.class_index(c) for c in classes]
     if not indices:
         raise ValueError("no class to explain")
     requested_variants = bool(variants)
@@ -275,7 +278,7 @@ def explain_many(
         raise ValueError("the classifier produced non-finite outputs for this image: are its intensities in a sensible range?")
     all_probabilities = logits.sigmoid() if pair.multi_label else logits.softmax(1)
     explained = []
-    needs_runner_up = bool(set(variants + [pair.certainty_variant]) & set(NEEDS_RUNNER_UP)) and len(pair.class_names) > 1
+    needs_runner_up = (only_predicted or bool(set(variants + [pair.certainty_variant]) & set(NEEDS_RUNNER_UP))) and len(pair.class_names) > 1
     for x, p, probabilities, image_maps in zip(xs, prepared, all_probabilities, maps):
         predicted, image_indices = int(probabilities.argmax()), list(indices)
         image_maps = image_maps.float()
@@ -285,6 +288,8 @@ def explain_many(
             with amp:
                 extra = explain_classes(pair.classifier, x, missing, method, pair.target_layer).maps.float()
             image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + missing
+        if only_predicted:  # every class's map came from the same pass; only these go on
+            image_maps, image_indices = image_maps[[image_indices.index(c) for c in needed]], needed
         on_input = resample(image_maps, x.shape[2:])  # the explainer's grid -> the network input's
         grid = {"maps": list(image_maps.shape[1:]), "input": list(x.shape[2:])}
         explained.append((probabilities, predicted, image_indices, pair.classifier_input.restore(on_input, p).float(), grid))

@@ -9,6 +9,7 @@ import csv
 import json
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,16 +84,26 @@ def iter_study_records(pair: ModelPair, studies: list[Study], methods: list[str]
     segmenter run on a batch at a time)."""
     first = methods[0] if methods else default_method(pair.classifier)
     randomised = replace(pair, classifier=faithfulness.randomised_classifier(pair.classifier)) if evidence else None
-    for start in range(0, len(studies), batch_size):
-        chunk = studies[start : start + batch_size]
-        images = [read_image(study.image) for study in chunk]
-        results = explain_many(pair, images, method=first, device=device)
-        yield [study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised)
-               for study, image, result in zip(chunk, images, results)]  # fmt: skip
+    chunks = [studies[start : start + batch_size] for start in range(0, len(studies), batch_size)]
+    with ThreadPoolExecutor(1) as reader:  # the next batch's files are read while this one computes (one ahead only)
+        pending = reader.submit(_read_files, chunks[0]) if chunks else None
+        for number, chunk in enumerate(chunks):
+            images, truths = zip(*pending.result())
+            if number + 1 < len(chunks):
+                pending = reader.submit(_read_files, chunks[number + 1])
+            results = explain_many(pair, images, classes="predicted", method=first, device=device)
+            yield [study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised, truth)
+                   for study, image, truth, result in zip(chunk, images, truths, results)]  # fmt: skip
+
+
+def _read_files(studies: list[Study]) -> list[tuple[Image, torch.Tensor | None]]:
+    """(image, ground-truth mask ``mask > 0`` of shape ``S`` or None) of each study."""
+    return [(read_image(s.image), None if s.mask is None else read_image(s.mask).array[0] > 0) for s in studies]
 
 
 def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
-                 mc_samples: int = 10, combination: Combination | None = None, randomised: ModelPair | None = None) -> dict:  # fmt: skip
+                 mc_samples: int = 10, combination: Combination | None = None, randomised: ModelPair | None = None,
+                 truth: torch.Tensor | None = None) -> dict:  # fmt: skip
     """Figures of one study given its image and its :class:`SegXResult` from the first of
     ``methods`` (all classes): prediction, class probabilities, certainties (SegU in every
     variant, SegU's default variant from each further method's maps, SegU+MSP, MSP,
@@ -100,7 +111,8 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     both sampling baselines) and, when the study has a mask, segmentation Dice and per
     method raw vs SegX interpretability metrics (with the region-only controls of
     :func:`segx.faithfulness.control_maps` beside them). Given ``randomised`` (the pair with
-    a re-drawn classifier), also the evidence figures of :func:`evidence_record`."""
+    a re-drawn classifier), also the evidence figures of :func:`evidence_record`. ``truth``
+    is the study's mask ``> 0`` (shape ``S``) when already read."""
     predicted, probabilities = result.predicted, result.probabilities
     x = pair.classifier_input(image.array, image.affine).to(device) if mc_samples else None
     record = {
@@ -128,7 +140,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
         record.update(evidence_record(pair, randomised, image, predicted, per_method, controls, device))
     if study.mask is None:
         return record
-    truth = read_image(study.mask).array[0] > 0
+    truth = read_image(study.mask).array[0] > 0 if truth is None else truth
     record["dice"] = dice(region, truth)
     layers = [(f"control_{name}", control) for name, control in controls.items()]
     for method, current in per_method.items():
