@@ -25,7 +25,7 @@ the resizing).
 Defaults: the built-in ``ham10000`` model on the HAM10000 test split in ../shared/data;
 without them, the shipped ``demo2d`` model on generated phantoms.
 
-    python benchmarks/evaluate_throughput.py [--model NAME] [--data DIR] [--limit 50] [--repeats 5] [--threads 2] [--ray]
+    python benchmarks/evaluate_throughput.py [--model NAME] [--data DIR] [--limit 50] [--repeats 5] [--threads 2] [--device cuda [--autocast]] [--ray]
 
 With ``--ray``, also ``segx evaluate --ray``'s studies/s on a local Ray with 1 and 2 worker
 CPUs (one actor of one torch thread per CPU) over the same studies, and the efficiency
@@ -35,6 +35,7 @@ CPUs (one actor of one torch thread per CPU) over the same studies, and the effi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -66,20 +67,20 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
-def reference_record(pair: ModelPair, study: Study, cam) -> dict:
+def reference_record(pair: ModelPair, study: Study, cam, device: str = "cpu") -> dict:
     """The reference approach for one study (see the module docstring)."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     image = read_image(study.image)
-    x = pair.classifier_input(image.array)
+    x = pair.classifier_input(image.array).to(device)
     with torch.no_grad():
-        probabilities = pair.classifier(x).softmax(1)[0].numpy()
+        probabilities = pair.classifier(x).float().softmax(1)[0].cpu().numpy()
     predicted = int(probabilities.argmax())
     grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(predicted)])[0]
     size = tuple(image.spatial_shape)
     heatmap = F.interpolate(torch.from_numpy(np.ascontiguousarray(grayscale))[None, None], size=size, mode="bilinear").numpy()[0, 0]
     with torch.no_grad():
-        labels = pair.segmenter(pair.segmenter_input(image.array)).argmax(1, keepdim=True).float()
+        labels = pair.segmenter(pair.segmenter_input(image.array).to(device)).argmax(1, keepdim=True).float().cpu()
     region = F.interpolate(labels, size=size, mode="nearest").numpy()[0, 0] > 0
     truth = read_image(study.mask).array[0].numpy() > 0
     segx_map = heatmap * region
@@ -113,13 +114,12 @@ def ray_throughput(config_file: Path, studies: list[Study], workers: int) -> flo
     from the first batch sent to the last row back, actor start-up and model loading included."""
     import ray
 
-    from segx.distributed import ray_study_records
-    from segx.evaluate import BATCH_SIZE
+    from segx.evaluate import ray_study_records
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         start = time.perf_counter()
-        done = sum(len(batch) for batch in ray_study_records(config_file, studies, ["gradcam"], 0, False, "auto", BATCH_SIZE))
+        done = sum(len(batch) for batch in ray_study_records(config_file, studies, ["gradcam"], 0, False, "auto"))
         return done / (time.perf_counter() - start)
     finally:
         ray.shutdown()
@@ -133,26 +133,32 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantoms (fallback data)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both workloads)")
+    parser.add_argument("--autocast", action="store_true", help="float16 autocast around both workloads (CUDA)")
     parser.add_argument("--ray", action="store_true", help="also studies/s of --ray with 1 and 2 local workers, and the efficiency")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pair, studies, model, keep = _studies(args)
+    pair.to(args.device)
+    precision = torch.autocast("cuda", dtype=torch.float16) if args.autocast else contextlib.nullcontext()
     from pytorch_grad_cam import GradCAM
 
     _, layer = find_target_layer(pair.classifier, pair.target_layer)
     with GradCAM(model=pair.classifier, target_layers=[layer]) as cam:
         workloads = {
-            "ours": lambda chosen: study_records(pair, chosen, ["gradcam"], mc_samples=0, desc="segx evaluate"),
-            "reference": lambda chosen: [reference_record(pair, s, cam) for s in tqdm(chosen, desc="reference")],
+            "ours": lambda chosen: study_records(pair, chosen, ["gradcam"], args.device, mc_samples=0, desc="segx evaluate"),
+            "reference": lambda chosen: [reference_record(pair, s, cam, args.device) for s in tqdm(chosen, desc="reference")],
         }
-        for run in workloads.values():  # warm-up
-            run(studies[:2])
+        with precision:
+            for run in workloads.values():  # warm-up
+                run(studies[:2])
         times = {name: [] for name in workloads}
         outputs = {}
         for _ in range(args.repeats):
             for name, run in workloads.items():
                 start = time.perf_counter()
-                outputs[name] = run(studies)
+                with precision:
+                    outputs[name] = run(studies)
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
@@ -161,6 +167,8 @@ def main() -> int:
         "repeats": args.repeats,
         "threads": args.threads,
         "cpu": cpu_name(),
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+        "autocast": args.autocast,
         "images_per_second_ours": len(studies) / median["ours"],
         "images_per_second_reference": len(studies) / median["reference"],
         "ratio": median["reference"] / median["ours"],

@@ -93,3 +93,28 @@ def test_an_interrupted_ray_run_resumes_without_redoing_finished_studies(tmp_pat
     assert f"resuming: {done} of 64 studies already in" in capsys.readouterr().out
     ids = [json.loads(line)["image_id"] for line in (tmp_path / "ray" / "rows.jsonl").read_text().splitlines()[1:]]
     assert len(ids) == 64 == len(set(ids))
+
+
+def test_explain_batch_on_two_nodes_writes_what_the_in_process_run_writes(tmp_path, capsys, two_nodes):
+    import numpy as np
+    import SimpleITK as sitk
+
+    cluster, _ = two_nodes
+    generate(tmp_path / "data", 2, 40, seed=4, split="test", progress=False)
+    images = str(tmp_path / "data" / "images")
+    assert main(["explain-batch", images, "--model", "demo2d", "--out", str(tmp_path / "local")]) == 0
+    assert main(["explain-batch", images, "--model", "demo2d", "--out", str(tmp_path / "ray"), "--ray", cluster.address]) == 0
+    capsys.readouterr()
+
+    def rows(out):
+        lines = (tmp_path / out / "results.jsonl").read_text().splitlines()[1:]
+        return {row["image_id"]: row for row in map(json.loads, lines)}
+
+    local, distributed = rows("local"), rows("ray")
+    assert len(distributed) == 40 and distributed.keys() == local.keys()
+    for image_id, row in distributed.items():
+        assert (row["predicted"], row["files"]) == (local[image_id]["predicted"], local[image_id]["files"])
+        assert _close(row["segu"], local[image_id]["segu"]) and _close(row["probabilities"], local[image_id]["probabilities"])
+        for file in row["files"]:
+            a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / out / file))) for out in ("local", "ray"))
+            np.testing.assert_allclose(a, b, atol=1e-6)

@@ -9,17 +9,14 @@ from pathlib import Path
 
 from .certainty import VARIANTS
 from .explainers import METHODS
+from .export import LAYERS
 from .training import RECIPES
-
-
-#: ``segx explain --layers`` name -> :meth:`SegXResult.map_of` layer (gzip NRRD files).
-CLI_LAYERS = {"segx": "segx", "explanation": "explanation_normalised", "mask": "mask", "segmentation": "segmentation"}
 
 
 def _explain(args: argparse.Namespace) -> int:
     from .config import load_model_pair, model_config_file
     from .engine import explain
-    from .export import save_volume
+    from .export import result_summary, write_dicom, write_layers
 
     config_file = model_config_file(args.config)
     pair = load_model_pair(config_file)
@@ -33,42 +30,23 @@ def _explain(args: argparse.Namespace) -> int:
         variants=args.variants,
         device=args.device,
     )
-    summary = {
-        "image": str(args.image),
-        "predicted": result.predicted_label,
-        "probabilities": {name: round(float(p), 6) for name, p in zip(result.class_names, result.probabilities)},
-        "method": result.method,
-        "segu": {**vars(result.segu), "level": result.level},
-        "certainty": {
-            result.class_names[c]: {v: round(cert.value, 6) for v, cert in per_variant.items()}
-            for c, per_variant in result.certainty.items()
-        },
-        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-    }
+    summary = {"image": str(args.image), **result_summary(result)}
     if args.out:
-        out = Path(args.out)
-        files = []
-        if "segmentation" in args.layers:
-            files.append(save_volume(out / "segmentation.nrrd", result.segmentation, result.affine, dtype="uint8"))
         written = [pair.class_index(c) for c in args.classes] if args.classes else [result.predicted]
-        for layer in (name for name in CLI_LAYERS if name != "segmentation" and name in args.layers):
-            for c in written:
-                file = out / f"{layer}_{result.class_names[c]}.nrrd"
-                files.append(save_volume(file, result.map_of(CLI_LAYERS[layer], c), result.affine))
-        summary["files"] = [str(f) for f in files]
+        summary["files"] = [str(f) for f in write_layers(result, args.out, args.layers, written)]
     if args.dicom_out:
-        from . import __version__
-        from .config import weights_digest
-        from .dicom import Provenance, result_objects
-
-        provenance = Provenance(config_file.stem, weights_digest(config_file), __version__)
-        Path(args.dicom_out).mkdir(parents=True, exist_ok=True)
-        summary["dicom_files"] = []
-        for name, dataset in result_objects(result, result.predicted, series, provenance, pair.certainty_variant, result.level):
-            dataset.save_as(str(Path(args.dicom_out) / f"{name}.dcm"))
-            summary["dicom_files"].append(str(Path(args.dicom_out) / f"{name}.dcm"))
+        summary["dicom_files"] = [str(f) for f in write_dicom(result, series, provenance_of(config_file), pair.certainty_variant, args.dicom_out)]
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def provenance_of(config_file: Path):
+    """The :class:`~segx.dicom.Provenance` of DICOM results of a model configuration."""
+    from . import __version__
+    from .config import weights_digest
+    from .dicom import Provenance
+
+    return Provenance(config_file.stem, weights_digest(config_file), __version__)
 
 
 def _image_or_series(path: Path, dicom_out: str | None):
@@ -78,15 +56,10 @@ def _image_or_series(path: Path, dicom_out: str | None):
         if dicom_out:
             raise ValueError("--dicom-out needs a DICOM series folder as the image (the objects reference its instances)")
         return path, None
-    import tempfile
-
     from .dicom import read_series
-    from .export import save_volume
 
     series = read_series(path)
-    volume = Path(tempfile.mkdtemp(prefix="segx_series_")) / "volume.nii.gz"
-    save_volume(volume, series.volume, series.affine)
-    return volume, series
+    return series.image(), series
 
 
 def _to_dicom(args: argparse.Namespace) -> int:
@@ -165,6 +138,12 @@ def _evaluate(args: argparse.Namespace) -> int:
                          not args.no_evidence, args.ray, **_layout(args))  # fmt: skip
 
 
+def _explain_batch(args: argparse.Namespace) -> int:
+    from .batch import main as batch_main
+
+    return batch_main(args.config, args.inputs, args.out, args.method, args.layers, args.format, args.device, args.ray)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
     from .config import model_config_file
@@ -205,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     explain.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="SegU variants for every explained class (default: the model's own, for the predicted class)")
     explain.add_argument("--out", help="folder for the layers, gzip NRRD (float32 maps per class, uint8 label map)")
-    explain.add_argument("--layers", nargs="+", choices=list(CLI_LAYERS), default=["segx", "segmentation"], help="layers written to --out (default: segx segmentation)")
+    explain.add_argument("--layers", nargs="+", choices=list(LAYERS), default=["segx", "segmentation"], help="layers written to --out (default: segx segmentation)")
     explain.add_argument("--dicom-out", help="folder for DICOM SEG, Parametric Maps and SR of the predicted class (the image must be a DICOM series folder)")
     explain.set_defaults(run=_explain)
 
@@ -252,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ray", metavar="auto|ADDRESS", help="run the studies on a Ray cluster (auto: the running one, or a new local one); rows are identical")
     evaluate.add_argument("--out", required=True, help="output folder; rows.jsonl there makes an interrupted run resume")
     evaluate.set_defaults(run=_evaluate)
+
+    batch = commands.add_parser("explain-batch", help="explain every study of a worklist (files, folders, DICOM series): maps + JSON per study, resumable")
+    batch.add_argument("inputs", nargs="+", help="image files, folders of images and DICOM series, or DICOM series folders")
+    batch.add_argument("--config", "--model", dest="config", required=True, help="model configuration file (YAML or JSON) or built-in model name")
+    batch.add_argument("--out", required=True, help="output folder: one folder per study, results.jsonl (an interrupted run resumes), worklist.csv")
+    batch.add_argument("--method", default="gradcam", choices=METHODS)
+    batch.add_argument("--layers", nargs="+", choices=list(LAYERS), default=["segx", "segmentation"], help="layers of the predicted class written per study")
+    batch.add_argument("--format", default="nrrd", choices=("nrrd", "nifti", "dicom"), help="layer files: gzip NRRD, NIfTI, or DICOM SEG + Parametric Maps + SR (DICOM series inputs only)")
+    batch.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (in-process runs)")
+    batch.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster (auto: the running one, or a new local one); --out must be on a file system every node shares")
+    batch.set_defaults(run=_explain_batch)
 
     calibrate = commands.add_parser("calibrate", help="choose the default SegU variant and its levels on a validation split")
     _add_dataset_arguments(calibrate, "val")

@@ -156,6 +156,14 @@ class Series:
     def series_uid(self) -> str:
         return str(self.datasets[0].SeriesInstanceUID)
 
+    def image(self):
+        """The volume as a one-channel :class:`~segx.imageio.Image` ``(1, X, Y, Z)``."""
+        import torch
+
+        from .imageio import Image
+
+        return Image(torch.from_numpy(self.volume)[None], tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0)), self.affine)
+
 
 def _name(ds) -> str:
     return f"instance {getattr(ds, 'InstanceNumber', '?')}"

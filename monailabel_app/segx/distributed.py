@@ -1,51 +1,46 @@
-"""``segx evaluate --ray``: the per-study figures computed by Ray Data, on every node of a
-Ray cluster (or a local one), each actor loading the model pair once.
+"""``--ray``: per-study work (``segx evaluate``'s figures, ``segx explain-batch``'s maps)
+computed by Ray Data, on every node of a Ray cluster (or a local one), each actor loading
+the model pair once.
 
-The rows are those of :func:`segx.evaluate.study_record`, in-process or not: the same
-code runs inside each actor on its share of the studies (batches of
-:data:`segx.evaluate.BATCH_SIZE`). Batches come back as they finish and the caller writes
-them to its row file, so a run that loses a node, or is interrupted, resumes without
+The rows are those of the in-process run: the same job function runs inside each actor on
+its share of the studies, in batches. Batches come back as they finish and the caller
+writes them to its row file, so a run that loses a node, or is interrupted, resumes without
 redoing finished studies. A failed batch (its actor died with its node) is retried on
-another actor.
+another actor. Files a job writes (``explain-batch``'s maps) go to its output folder, which
+must be the same path on every node (a shared file system).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
-from .datasets import Study
 
+class _Worker:
+    """A Ray Data actor: the model pair loaded once, then ``job(pair, items, device=...,
+    **options)`` on one batch of items per call."""
 
-class _Evaluator:
-    """A Ray Data actor: the model pair loaded once, then one batch of studies per call."""
-
-    def __init__(self, config_file: str, methods: list[str], mc_samples: int, evidence: bool, device: str):
+    def __init__(self, config_file: str, job: Callable, options: dict, device: str):
         import torch
 
-        from .certainty import Combination
         from .config import load_model_pair
 
         torch.set_num_threads(1)  # one core per actor: the actors are the parallelism
         self.pair = load_model_pair(config_file).to(device)
-        combination = Combination.from_config(self.pair.config)
-        self.options = dict(methods=methods, device=device, mc_samples=mc_samples, combination=combination, evidence=evidence)
+        self.job, self.options = job, {**options, "device": device}
 
     def __call__(self, batch: dict) -> dict:
-        from .evaluate import study_records
-
-        studies = [Study(i, Path(im), Path(m) if m else None, int(label)) for i, im, m, label in
-                   zip(batch["image_id"], batch["image"], batch["mask"], batch["label"])]  # fmt: skip
-        records = study_records(self.pair, studies, batch_size=len(studies), progress=False, **self.options)
-        return {"row": [json.dumps(record) for record in records]}
+        items = [{key: getattr(value, "item", lambda v=value: v)() for key, value in zip(batch, values)}  # numpy -> Python values
+                 for values in zip(*batch.values())]  # fmt: skip
+        return {"row": [json.dumps(row) for row in self.job(self.pair, items, **self.options)]}
 
 
-def ray_study_records(config_file: str | Path, studies: list[Study], methods: list[str], mc_samples: int, evidence: bool,
-                      address: str, batch_size: int):  # fmt: skip
-    """Yield the per-study records of ``studies`` as lists, one per finished batch,
-    computed on the Ray cluster at ``address`` (``auto``: the running cluster, or a new
-    local one). One actor per CPU of the cluster (one per GPU, on the GPU, when it has GPUs).
-    """
+def ray_rows(config_file: str | Path, items: list[dict], job: Callable, options: dict, address: str, batch_size: int):
+    """Yield ``job``'s rows for ``items`` (dicts of plain values, one per study) as lists,
+    one per finished batch, computed on the Ray cluster at ``address`` (``auto``: the
+    running cluster, or a new local one). One actor per CPU of the cluster (one per GPU, on
+    the GPU, when it has GPUs). ``job`` must be importable (a module-level function)."""
     import ray
 
     if not ray.is_initialized():
@@ -58,10 +53,9 @@ def ray_study_records(config_file: str | Path, studies: list[Study], methods: li
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     actors = gpus or max(1, int(resources.get("CPU", 1)))
-    items = [{"image_id": s.image_id, "image": str(s.image), "mask": str(s.mask) if s.mask else "", "label": s.label} for s in studies]
     dataset = ray.data.from_items(items).map_batches(
-        _Evaluator,
-        fn_constructor_args=(str(config_file), methods, mc_samples, evidence, "cuda" if gpus else "cpu"),
+        _Worker,
+        fn_constructor_args=(str(config_file), job, options, "cuda" if gpus else "cpu"),
         batch_size=batch_size,
         concurrency=actors,
         num_cpus=0 if gpus else 1,

@@ -52,7 +52,9 @@ def bootstrap_ci(values, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOO
     """(mean, 2.5 % and 97.5 % percentiles of the mean over bootstrap resamples of ``values``)."""
     values = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (n_resamples, len(values)))].mean(1)
+    # 100 resamples at a time: the same draws as all at once, without n_resamples x n indices in memory
+    means = np.concatenate([values[rng.integers(0, len(values), (min(100, n_resamples - done), len(values)))].mean(1)
+                            for done in range(0, n_resamples, 100)])  # fmt: skip
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
@@ -99,6 +101,22 @@ def iter_study_records(pair: ModelPair, studies: list[Study], methods: list[str]
 def _read_files(studies: list[Study]) -> list[tuple[Image, torch.Tensor | None]]:
     """(image, ground-truth mask ``mask > 0`` of shape ``S`` or None) of each study."""
     return [(read_image(s.image), None if s.mask is None else read_image(s.mask).array[0] > 0) for s in studies]
+
+
+def ray_study_records(config_file: str | Path, studies: list[Study], methods: list[str], mc_samples: int, evidence: bool, address: str):
+    """:func:`iter_study_records` on a Ray cluster (:func:`segx.distributed.ray_rows`): lists
+    of the same records, one per finished batch, in the order they finish."""
+    from .distributed import ray_rows
+
+    items = [{"image_id": s.image_id, "image": str(s.image), "mask": str(s.mask) if s.mask else "", "label": s.label} for s in studies]
+    return ray_rows(config_file, items, records_of_items, dict(methods=methods, mc_samples=mc_samples, evidence=evidence), address, BATCH_SIZE)
+
+
+def records_of_items(pair: ModelPair, items: list[dict], methods: list[str], mc_samples: int, evidence: bool, device: str = "cpu") -> list[dict]:
+    """:func:`study_records` of one batch given as the dicts :func:`ray_study_records` sends."""
+    studies = [Study(i["image_id"], Path(i["image"]), Path(i["mask"]) if i["mask"] else None, int(i["label"])) for i in items]
+    return study_records(pair, studies, methods, device, mc_samples, Combination.from_config(pair.config), len(studies), evidence=evidence,
+                         progress=False)  # fmt: skip
 
 
 def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
@@ -304,11 +322,9 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     if len(todo) < len(studies):
         print(f"resuming: {len(studies) - len(todo)} of {len(studies)} studies already in {rows.path}")
     if ray_address:
-        from .distributed import ray_study_records
-
         if not (origin or {}).get("config"):
             raise ValueError("--ray needs the model as a configuration file (each Ray actor loads it)")
-        batches = ray_study_records(origin["config"], todo, methods, mc_samples, evidence, ray_address, BATCH_SIZE)
+        batches = ray_study_records(origin["config"], todo, methods, mc_samples, evidence, ray_address)
     else:
         batches = iter_study_records(pair, todo, methods, device, mc_samples, combination, evidence=evidence)
     with tqdm(total=len(todo), desc="evaluating", unit="study") as progress:

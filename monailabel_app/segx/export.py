@@ -42,3 +42,52 @@ def save_volume(path: str | Path, array: torch.Tensor | np.ndarray, affine: np.n
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), True, 1)
     return path
+
+
+#: ``--layers`` name -> :meth:`segx.engine.SegXResult.map_of` layer (``segmentation``: the label map).
+LAYERS = {"segx": "segx", "explanation": "explanation_normalised", "mask": "mask", "segmentation": "segmentation"}
+
+
+def result_summary(result) -> dict:
+    """What ``segx explain`` prints for a :class:`~segx.engine.SegXResult` (JSON-ready):
+    prediction, probabilities, method, headline SegU with its level, every computed
+    certainty and the timings."""
+    return {
+        "predicted": result.predicted_label,
+        "probabilities": {name: round(float(p), 6) for name, p in zip(result.class_names, result.probabilities)},
+        "method": result.method,
+        "segu": {**vars(result.segu), "level": result.level},
+        "certainty": {
+            result.class_names[c]: {v: round(cert.value, 6) for v, cert in per_variant.items()}
+            for c, per_variant in result.certainty.items()
+        },
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+def write_layers(result, out: str | Path, layers, classes: list[int], suffix: str = ".nrrd") -> list[Path]:
+    """Write ``layers`` (names of :data:`LAYERS`) of the explained ``classes`` into ``out``
+    as ``<layer>_<class name><suffix>`` (float32 maps) and ``segmentation<suffix>`` (uint8),
+    with the source image's geometry."""
+    out = Path(out)
+    files = []
+    if "segmentation" in layers:
+        files.append(save_volume(out / f"segmentation{suffix}", result.segmentation, result.affine, dtype=np.uint8))
+    for layer in (name for name in LAYERS if name != "segmentation" and name in layers):
+        for c in classes:
+            files.append(save_volume(out / f"{layer}_{result.class_names[c]}{suffix}", result.map_of(LAYERS[layer], c), result.affine))
+    return files
+
+
+def write_dicom(result, series, provenance, variant: str, out: str | Path) -> list[Path]:
+    """Write the DICOM SEG, the two Parametric Maps and the SR of the predicted class
+    (:func:`segx.dicom.result_objects`) into ``out`` as ``seg.dcm``, ``segx.dcm``,
+    ``explanation.dcm`` and ``sr.dcm``."""
+    from .dicom import result_objects
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, dataset in result_objects(result, result.predicted, series, provenance, variant, result.level):
+        files.append(Path(out) / f"{name}.dcm")
+        dataset.save_as(str(files[-1]))
+    return files
