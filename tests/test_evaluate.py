@@ -165,3 +165,18 @@ def test_calibrating_on_the_test_split_is_refused(tmp_path, capsys):
 
     assert main(["calibrate", "--model", "demo2d", "--data", str(tmp_path), "--split", "test"]) == 2
     assert "test split" in capsys.readouterr().err
+
+
+def test_image_ids_are_matched_to_files_by_name_not_as_patterns(tmp_path):
+    """A file is ``<image_id>.*``, the first by name; ``[``, ``*`` and ``?`` in an id are
+    characters of the name (a glob per row read them as a pattern and found nothing)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("scan[1].png", "scan[1].nii.gz", "scan1.png", "a*b.png", "plain.png", "plain.v2.png"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    (tmp_path / "masks" / "scan[1].png").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("image_id,label\nscan[1],0\na*b,1\nplain,0\nplain.v2,1\n")
+    studies, _ = find_studies(["nevus", "melanoma"], tmp_path)
+    found = {s.image_id: (s.image.name, s.mask.name if s.mask else None) for s in studies}
+    assert found == {"scan[1]": ("scan[1].nii.gz", "scan[1].png"), "a*b": ("a*b.png", None), "plain": ("plain.png", None),
+                     "plain.v2": ("plain.v2.png", None)}  # fmt: skip
