@@ -180,3 +180,21 @@ def test_image_ids_are_matched_to_files_by_name_not_as_patterns(tmp_path):
     found = {s.image_id: (s.image.name, s.mask.name if s.mask else None) for s in studies}
     assert found == {"scan[1]": ("scan[1].nii.gz", "scan[1].png"), "a*b": ("a*b.png", None), "plain": ("plain.png", None),
                      "plain.v2": ("plain.v2.png", None)}  # fmt: skip
+
+
+def test_an_earlier_target_layer_gives_finer_maps_and_is_part_of_the_run(tmp_path, capsys):
+    """``--target-layer`` of an earlier stage: a finer explanation grid in the EVAL line and
+    the provenance; rows of another layer are not mixed in; a wrong name is refused."""
+    generate(tmp_path / "data", 2, 8, seed=1, split="test", progress=False)
+    common = ["evaluate", "--model", "demo2d", "--data", str(tmp_path / "data"), "--methods", "gradcam", "--mc-samples", "0", "--no-evidence"]
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    default = json.loads(capsys.readouterr().out.strip().splitlines()[-1][5:])
+    assert main([*common, "--out", str(tmp_path / "finer"), "--target-layer", "features.denseblock2"]) == 0
+    finer = json.loads(capsys.readouterr().out.strip().splitlines()[-1][5:])
+    (coarse_grid,), (fine_grid,) = default["grid_gradcam"], finer["grid_gradcam"]
+    coarse_cells, fine_cells = (int(g.split(" of ")[0].split(" x ")[0]) for g in (coarse_grid, fine_grid))
+    assert fine_cells == 2 * coarse_cells and finer["provenance"]["selection"]["target_layer"] == "features.denseblock2"
+    assert main([*common, "--out", str(tmp_path / "finer")]) == 2  # the configuration's layer into the other layer's rows
+    assert "differs in: target_layer" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "x"), "--target-layer", "features.nope"]) == 2
+    assert "target layer 'features.nope' not found" in capsys.readouterr().err

@@ -135,7 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import main as evaluate_main
 
     return evaluate_main(args.model, args.data, args.out, args.methods, args.device, args.split, args.limit, args.mc_samples, args.seed,
-                         not args.no_evidence, args.ray, **_layout(args))  # fmt: skip
+                         not args.no_evidence, args.ray, args.target_layer, **_layout(args))  # fmt: skip
 
 
 def _explain_batch(args: argparse.Namespace) -> int:
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mc-samples", type=int, default=10, help="forward passes of the MC dropout baseline (0: no MC dropout and no TTA baseline)")
     evaluate.add_argument("--no-evidence", action="store_true", help="skip the region-only controls, ROAD and the randomisation check (faster)")
     evaluate.add_argument("--ray", metavar="auto|ADDRESS", help="run the studies on a Ray cluster (auto: the running one, or a new local one); rows are identical")
+    evaluate.add_argument("--target-layer", help="CAM target layer (dotted module name) instead of the configuration's, e.g. an earlier stage for finer maps")
     evaluate.add_argument("--out", required=True, help="output folder; rows.jsonl there makes an interrupted run resume")
     evaluate.set_defaults(run=_evaluate)
 

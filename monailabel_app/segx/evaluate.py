@@ -21,7 +21,7 @@ from . import baselines, faithfulness
 from .certainty import VARIANTS, Combination
 from .datasets import Layout, Study, find_studies
 from .engine import SegXResult, explain, explain_many
-from .explainers import default_method
+from .explainers import default_method, find_target_layer
 from .imageio import Image, read_image
 from .metrics import aurc, certainty_auroc, dice, eaurc, one_vs_rest_auroc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
 from .pair import ModelPair
@@ -103,17 +103,22 @@ def _read_files(studies: list[Study]) -> list[tuple[Image, torch.Tensor | None]]
     return [(read_image(s.image), None if s.mask is None else read_image(s.mask).array[0] > 0) for s in studies]
 
 
-def ray_study_records(config_file: str | Path, studies: list[Study], methods: list[str], mc_samples: int, evidence: bool, address: str):
+def ray_study_records(config_file: str | Path, studies: list[Study], methods: list[str], mc_samples: int, evidence: bool, address: str,
+                      target_layer: str | None = None):  # fmt: skip
     """:func:`iter_study_records` on a Ray cluster (:func:`segx.distributed.ray_rows`): lists
     of the same records, one per finished batch, in the order they finish."""
     from .distributed import ray_rows
 
     items = [{"image_id": s.image_id, "image": str(s.image), "mask": str(s.mask) if s.mask else "", "label": s.label} for s in studies]
-    return ray_rows(config_file, items, records_of_items, dict(methods=methods, mc_samples=mc_samples, evidence=evidence), address, BATCH_SIZE)
+    options = dict(methods=methods, mc_samples=mc_samples, evidence=evidence, target_layer=target_layer)
+    return ray_rows(config_file, items, records_of_items, options, address, BATCH_SIZE)
 
 
-def records_of_items(pair: ModelPair, items: list[dict], methods: list[str], mc_samples: int, evidence: bool, device: str = "cpu") -> list[dict]:
-    """:func:`study_records` of one batch given as the dicts :func:`ray_study_records` sends."""
+def records_of_items(pair: ModelPair, items: list[dict], methods: list[str], mc_samples: int, evidence: bool, device: str = "cpu",
+                     target_layer: str | None = None) -> list[dict]:  # fmt: skip
+    """:func:`study_records` of one batch given as the dicts :func:`ray_study_records` sends
+    (``target_layer``: the CAM target instead of the configuration's)."""
+    pair = replace(pair, target_layer=target_layer) if target_layer else pair
     studies = [Study(i["image_id"], Path(i["image"]), Path(i["mask"]) if i["mask"] else None, int(i["label"])) for i in items]
     return study_records(pair, studies, methods, device, mc_samples, Combination.from_config(pair.config), len(studies), evidence=evidence,
                          progress=False)  # fmt: skip
@@ -151,6 +156,8 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     for method in methods[1:]:
         per_method[method] = explain(pair, image, classes=[predicted], method=method, device=device)
         record[f"segu_{pair.certainty_variant}_{method}"] = per_method[method].certainty_of(predicted, pair.certainty_variant).value
+    for method, current in per_method.items():
+        record[f"grid_{method}"] = " x ".join(map(str, current.explanation_grid["maps"])) + " of " + " x ".join(map(str, current.explanation_grid["input"]))
     region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
     controls = {}
     if randomised is not None:
@@ -184,7 +191,6 @@ def evidence_record(pair: ModelPair, randomised: ModelPair, image: Image, predic
     for method, current in per_method.items():
         k = current.classes.index(predicted)
         maps[f"raw_{method}"], maps[f"segx_{method}"] = current.explanation[k], current.segx[k]
-        record[f"grid_{method}"] = " x ".join(map(str, current.explanation_grid["maps"])) + " of " + " x ".join(map(str, current.explanation_grid["input"]))
         twin = explain(randomised, image, classes=[predicted], method=method, device=device)
         j = twin.classes.index(predicted)
         record[f"randcorr_raw_{method}"] = faithfulness.rank_correlation(current.explanation[k], twin.explanation[j])
@@ -246,7 +252,7 @@ def _interpretability(records: list[dict], methods: list[str]) -> dict:
 def _evidence(records: list[dict], methods: list[str]) -> dict:
     """Means and CIs of ROAD (raw, SegX, each control) and of the randomisation rank
     correlations; paired CIs of SegX's ROAD minus each control's."""
-    summary = {f"grid_{m}": sorted({r[f"grid_{m}"] for r in records}) for m in methods}
+    summary = {}
     names = [f"road_{kind}_{m}" for m in methods for kind in ("raw", "segx")] + [f"road_control_{c}" for c in faithfulness.CONTROLS]
     names += [f"randcorr_{kind}_{m}" for m in methods for kind in ("raw", "segx")]
     for name in names:
@@ -304,17 +310,22 @@ def provenance(config_file: Path, studies: list[Study], class_names: list[str], 
 
 def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: list[str], device: str = "cpu",
              mc_samples: int = 10, combination: Combination | None = None, origin: dict | None = None,
-             evidence: bool = True, ray_address: str | None = None) -> dict:  # fmt: skip
+             evidence: bool = True, ray_address: str | None = None, target_layer: str | None = None) -> dict:  # fmt: skip
     """Run every study not yet in ``out/rows.jsonl`` (appended batch by batch: an interrupted
     run resumes, see :class:`segx.rows.RowFile`), write ``metrics.csv``, ``report.md`` and
     figures from the rows of ``studies``; return the summary
     (with ``origin``, the :func:`provenance`, when given; with ``evidence``, the controls,
     ROAD and randomisation figures of :func:`evidence_record`). With ``ray_address``
-    (``auto`` or a cluster's address) the studies run on Ray (:mod:`segx.distributed`)."""
+    (``auto`` or a cluster's address) the studies run on Ray (:mod:`segx.distributed`).
+    ``target_layer`` replaces the configuration's CAM target layer (finer maps from an
+    earlier stage)."""
     start = time.perf_counter()
     out = Path(out)
     # what produced the rows: the weights (by digest, from the provenance) and the options
-    identity = {"methods": methods, "mc_samples": mc_samples, "evidence": evidence,
+    if target_layer:
+        find_target_layer(pair.classifier, target_layer)  # a wrong name fails now, naming the layers
+        pair = replace(pair, target_layer=target_layer)
+    identity = {"methods": methods, "mc_samples": mc_samples, "evidence": evidence, "target_layer": target_layer,
                 "config": (origin or {}).get("config"), "weights_sha256": (origin or {}).get("weights_sha256")}  # fmt: skip
     rows = RowFile(out / "rows.jsonl", identity)
     done = rows.done()
@@ -324,7 +335,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     if ray_address:
         if not (origin or {}).get("config"):
             raise ValueError("--ray needs the model as a configuration file (each Ray actor loads it)")
-        batches = ray_study_records(origin["config"], todo, methods, mc_samples, evidence, ray_address)
+        batches = ray_study_records(origin["config"], todo, methods, mc_samples, evidence, ray_address, target_layer)
     else:
         batches = iter_study_records(pair, todo, methods, device, mc_samples, combination, evidence=evidence)
     with tqdm(total=len(todo), desc="evaluating", unit="study") as progress:
@@ -345,6 +356,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     summary.update(_certainty(records, scores))
     if evidence:
         summary.update(_evidence(records, methods))
+    summary.update({f"grid_{m}": sorted({r[f"grid_{m}"] for r in records}) for m in methods})
     summary["segu_variant"] = pair.certainty_variant
     summary["segu_auroc"] = summary[f"segu_{pair.certainty_variant}_auroc"]
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -505,7 +517,8 @@ def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci
 
 
 def main(model: str, data: str, out: str, methods: list[str], device: str, split: str | None = None, limit: int | None = None,
-         mc_samples: int = 10, seed: int = 0, evidence: bool = True, ray_address: str | None = None, **layout) -> int:  # fmt: skip
+         mc_samples: int = 10, seed: int = 0, evidence: bool = True, ray_address: str | None = None, target_layer: str | None = None,
+         **layout) -> int:  # fmt: skip
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
     from .config import load_model_pair, model_config_file
 
@@ -517,8 +530,10 @@ def main(model: str, data: str, out: str, methods: list[str], device: str, split
         print(f"--limit {limit}: {len(studies)} studies drawn per class in proportion (seed {seed}): {counts}")
     if unknown:
         print(f"skipped rows with labels unknown to the model: {unknown}")
-    origin = provenance(config_file, studies, pair.class_names, data=str(data), split=split, limit=limit, seed=seed, methods=methods)
-    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin, evidence, ray_address)
+    origin = provenance(config_file, studies, pair.class_names, data=str(data), split=split, limit=limit, seed=seed, methods=methods,
+                        target_layer=target_layer)  # fmt: skip
+    summary = evaluate(pair, studies, out, methods, device, mc_samples, Combination.from_config(pair.config), origin, evidence, ray_address,
+                       target_layer)  # fmt: skip
     summary["unknown_labels"] = unknown
     print(f"report: {Path(out) / 'report.md'}")
     print("EVAL " + json.dumps(summary))
