@@ -61,8 +61,7 @@ def main() -> int:
 
     import torch
     from lib.dicomweb import SegXDicomWebClient, SegXDicomWebDatastore
-    from segx import __version__, explain, load_model_pair
-    from segx.config import weights_digest
+    from segx import explain, load_model_pair
     from segx.dicom import Provenance, result_objects, write_series
     from segx.export import save_volume
     from segx.pacs import local_orthanc
@@ -75,7 +74,7 @@ def main() -> int:
     save_volume(work / "local.nii.gz", volume, affine)
     config = APP / "model_configs" / "demo3d.yaml"
     pair = load_model_pair(config)
-    provenance = Provenance("demo3d", weights_digest(config), __version__)
+    provenance = Provenance.of_config(config)
     stages = {"fetch_check_convert": [], "explain": [], "build_objects": [], "store_rest": [], "pacs": [], "local": []}
     try:
         with local_orthanc(work / "orthanc") as pacs:

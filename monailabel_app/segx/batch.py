@@ -181,8 +181,8 @@ def main(model: str, inputs: list[str], out: str, method: str, layers: list[str]
     """``segx explain-batch``: prints progress, then ``BATCH {json}`` (counts, seconds,
     files); exit status 1 when a study failed (its error is in ``results.jsonl`` and
     ``worklist.csv``; running again retries it)."""
-    from .cli import provenance_of
     from .config import load_model_pair, model_config_file, weights_digest
+    from .dicom import Provenance
 
     start = time.perf_counter()
     if file_format not in FORMATS:
@@ -202,7 +202,7 @@ def main(model: str, inputs: list[str], out: str, method: str, layers: list[str]
     if len(todo) < len(items):
         print(f"resuming: {len(items) - len(todo)} of {len(items)} studies already in {rows.path}")
     options = dict(out=str(out_path.resolve()), method=method, layers=layers, file_format=file_format,
-                   provenance=provenance_of(config_file) if file_format == "dicom" else None)  # fmt: skip
+                   provenance=Provenance.of_config(config_file) if file_format == "dicom" else None)  # fmt: skip
     work = [vars(item) for item in todo]
     if ray_address:
         from .distributed import ray_rows

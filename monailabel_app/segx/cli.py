@@ -16,6 +16,7 @@ from .training import RECIPES
 def _explain(args: argparse.Namespace) -> int:
     from .config import load_model_pair, model_config_file
     from .engine import explain
+    from .dicom import Provenance
     from .export import result_summary, write_dicom, write_layers
 
     config_file = model_config_file(args.config)
@@ -35,18 +36,9 @@ def _explain(args: argparse.Namespace) -> int:
         written = [pair.class_index(c) for c in args.classes] if args.classes else [result.predicted]
         summary["files"] = [str(f) for f in write_layers(result, args.out, args.layers, written)]
     if args.dicom_out:
-        summary["dicom_files"] = [str(f) for f in write_dicom(result, series, provenance_of(config_file), pair.certainty_variant, args.dicom_out)]
+        summary["dicom_files"] = [str(f) for f in write_dicom(result, series, Provenance.of_config(config_file), pair.certainty_variant, args.dicom_out)]
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def provenance_of(config_file: Path):
-    """The :class:`~segx.dicom.Provenance` of DICOM results of a model configuration."""
-    from . import __version__
-    from .config import weights_digest
-    from .dicom import Provenance
-
-    return Provenance(config_file.stem, weights_digest(config_file), __version__)
 
 
 def _image_or_series(path: Path, dicom_out: str | None):

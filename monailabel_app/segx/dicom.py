@@ -273,6 +273,15 @@ class Provenance:
     def algorithm_version(self) -> str:
         return f"segx {self.version} weights {self.weights_digest[:16]}"
 
+    @classmethod
+    def of_config(cls, config_file: str | Path) -> "Provenance":
+        """The provenance of results of a model configuration file (its name, the digest of
+        its weights, this version of segx)."""
+        from . import __version__
+        from .config import weights_digest
+
+        return cls(Path(config_file).stem, weights_digest(config_file), __version__)
+
 
 def is_segx_output(dataset) -> bool:
     """Whether a dataset (e.g. a QIDO-RS series) is one of the objects :func:`result_objects`
