@@ -65,10 +65,9 @@ def _is_image(path: Path) -> bool:
 
 def _study_id(path: Path) -> str:
     name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if path.is_file() and name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
+    if path.is_file():
+        suffix = next((s for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if name.lower().endswith(s)), "")
+        name = name[: len(name) - len(suffix)]
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "study"
 
 
@@ -203,13 +202,12 @@ def main(model: str, inputs: list[str], out: str, method: str, layers: list[str]
         print(f"resuming: {len(items) - len(todo)} of {len(items)} studies already in {rows.path}")
     options = dict(out=str(out_path.resolve()), method=method, layers=layers, file_format=file_format,
                    provenance=Provenance.of_config(config_file) if file_format == "dicom" else None)  # fmt: skip
-    work = [vars(item) for item in todo]
+    work, size = [vars(item) for item in todo], BATCH_SIZE[pair.spatial_dims]
     if ray_address:
         from .distributed import ray_rows
 
-        batches = ray_rows(config_file, work, explain_items, options, ray_address, BATCH_SIZE[pair.spatial_dims])
+        batches = ray_rows(config_file, work, explain_items, options, ray_address, size)
     else:
-        size = BATCH_SIZE[pair.spatial_dims]
         batches = (explain_items(pair, work[i : i + size], device=device, **options) for i in range(0, len(work), size))
     with tqdm(total=len(todo), desc="explaining", unit="study") as progress:
         for batch in batches:

@@ -135,7 +135,8 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     method raw vs SegX interpretability metrics (with the region-only controls of
     :func:`segx.faithfulness.control_maps` beside them). Given ``randomised`` (the pair with
     a re-drawn classifier), also the evidence figures of :func:`evidence_record`. ``truth``
-    is the study's mask ``> 0`` (shape ``S``) when already read."""
+    is the study's mask ``> 0`` (shape ``S``; None: the study has no mask), read by
+    :func:`_read_files` with the image."""
     predicted, probabilities = result.predicted, result.probabilities
     x = pair.classifier_input(image.array, image.affine).to(device) if mc_samples else None
     record = {
@@ -163,9 +164,8 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     if randomised is not None:
         controls = faithfulness.control_maps(region, image.spacing, seed=zlib.crc32(study.image_id.encode()))
         record.update(evidence_record(pair, randomised, image, predicted, per_method, controls, device))
-    if study.mask is None:
+    if truth is None:
         return record
-    truth = read_image(study.mask).array[0] > 0 if truth is None else truth
     record["dice"] = dice(region, truth)
     layers = [(f"control_{name}", control) for name, control in controls.items()]
     for method, current in per_method.items():
