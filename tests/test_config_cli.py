@@ -104,6 +104,8 @@ def test_torchscript_and_bundle(model_dir):
         (lambda c: c.update(certainty={"variant": "nope"}), "certainty.variant"),
         (lambda c: c.update(region_labels={"cancer": [1]}), "unknown classes"),
         (lambda c: c["segmenter"].update(torchscript="x.ts"), "exactly one of network, torchscript, bundle"),
+        (lambda c: c["classifier"].update(memory_format="nhwc"), "classifier.memory_format: unknown format"),
+        (lambda c: c["segmenter"].update(memory_format="channels_last"), "segmenter.memory_format: channels_last does not fit"),  # 3D
     ],
 )
 def test_broken_configs_name_the_file_and_field(model_dir, change, message):
@@ -111,6 +113,26 @@ def test_broken_configs_name_the_file_and_field(model_dir, change, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_model_pair(path)
     assert str(path) in str(error.value)
+
+
+def test_channels_last_keeps_the_outputs_and_lays_the_weights_out_as_nhwc(tmp_path):
+    """``memory_format: channels_last`` (a speed option) changes the weights' layout, not
+    what the networks compute."""
+    from segx.config import BUILTIN_MODELS_DIR
+
+    config = yaml.safe_load((BUILTIN_MODELS_DIR / "demo2d.yaml").read_text())
+    for section in ("classifier", "segmenter"):
+        config[section]["weights"] = str(BUILTIN_MODELS_DIR / config[section]["weights"])
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(config))
+    config["classifier"]["memory_format"] = config["segmenter"]["memory_format"] = "channels_last"
+    (tmp_path / "nhwc.yaml").write_text(yaml.safe_dump(config))
+    plain, nhwc = load_model_pair(tmp_path / "plain.yaml"), load_model_pair(tmp_path / "nhwc.yaml")
+    convolution = next(m for m in nhwc.classifier.modules() if isinstance(m, torch.nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last) and not convolution.weight.is_contiguous()
+    x = torch.rand(3, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.classifier(x), plain.classifier(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(nhwc.segmenter(x), plain.segmenter(x), atol=1e-5, rtol=1e-4)
 
 
 def test_missing_weights_error_carries_the_path(model_dir):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .refine import distance_to_region_mm, top_k_mask
+from .tensors import all_finite, any_true
 
 #: Certainty given when the explanation or the region is empty: nothing supports the
 #: prediction, so it is flagged for review.
@@ -39,11 +40,11 @@ def _degenerate(explanation: torch.Tensor, region: torch.Tensor, variant: str) -
         raise ValueError(
             f"clinical mask shape {tuple(region.shape)} does not match explanation shape {tuple(explanation.shape)}"
         )
-    if not bool(torch.isfinite(explanation).all()):
+    if not all_finite(explanation):
         raise ValueError("explanation contains NaN or Inf")
-    if not bool(region.any()):
+    if not any_true(region):
         return Certainty(DEGENERATE_CERTAINTY, variant, "no clinical region was found, so the explanation cannot be checked")
-    if not bool((explanation > 0).any()):
+    if not float(explanation.max()) > 0:
         return Certainty(DEGENERATE_CERTAINTY, variant, "the explanation is empty: the classifier showed no evidence")
     return None
 
@@ -59,7 +60,7 @@ def mass_inside(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certain
     if bad:
         return bad
     positive = explanation.clamp_min(0).double()
-    value = float(positive[region].sum() / positive.sum())
+    value = float((positive * region).sum() / positive.sum())
     return Certainty(value, "mass_inside", _describe(value, "the explanation's mass"))
 
 
@@ -132,7 +133,7 @@ def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: to
         return bad
     difference = explanation.clamp_min(0).double() - (runner_up.clamp_min(0).double() if runner_up is not None else 0.0)
     total = float(difference.sum())
-    share = float(np.clip(float(difference[region].sum()) / total, 0.0, 1.0)) if total > 0 else 0.0
+    share = float(np.clip(float((difference * region).sum()) / total, 0.0, 1.0)) if total > 0 else 0.0
     value = float(1.0 / (1.0 + np.exp(-share * logit_margin)))
     return Certainty(value, "region_margin", f"{100 * share:.0f}% of the evidence for the prediction over the runner-up lies in the clinical region")
 

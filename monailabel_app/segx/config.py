@@ -19,6 +19,7 @@ or a MONAI bundle folder. Relative paths are resolved against the config file's 
       #             intensity: [-57, 164], spatial_size: [96, 96, 96], resize: pad_crop}
       # output_key: 0                   # which entry of a tuple/dict output is the logits
       target_layer: class_layers.relu   # optional, auto-detected
+      # memory_format: channels_last    # optional (2D): often faster convolutions on CPU
     segmenter:
       network: UNet
       args: {spatial_dims: 2, in_channels: 3, out_channels: 2, channels: [8, 16], strides: [2]}
@@ -139,9 +140,25 @@ def _bundle_network(folder: Path, config_file: Path, field: str) -> nn.Module:
     return network
 
 
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def load_network(section: dict, config_file: Path, field: str) -> nn.Module:
     """Build one network from its config section (``network`` + ``args`` + ``weights``,
-    ``torchscript`` or ``bundle``), weights loaded, in eval mode."""
+    ``torchscript`` or ``bundle``), weights loaded, in eval mode, its weights in the
+    section's ``memory_format`` (``channels_last`` makes 2D convolutions run in NHWC order,
+    which oneDNN often runs faster on CPU; docs/BENCHMARKS.md)."""
+    name = section.get("memory_format", "contiguous")
+    if name not in MEMORY_FORMATS:
+        raise ConfigError(f"{config_file}: {field}.memory_format: unknown format {name!r}; choose one of {sorted(MEMORY_FORMATS)}")
+    network = _load_network(section, config_file, field)
+    try:
+        return network.to(memory_format=MEMORY_FORMATS[name])
+    except RuntimeError as error:  # 3D weights (rank 5) have no channels_last
+        raise ConfigError(f"{config_file}: {field}.memory_format: {name} does not fit this network: {error}") from error
+
+
+def _load_network(section: dict, config_file: Path, field: str) -> nn.Module:
     base = config_file.parent
     kinds = [k for k in ("network", "torchscript", "bundle") if k in section]
     if len(kinds) != 1:

@@ -16,7 +16,9 @@ from .certainty import NEEDS_RUNNER_UP, VARIANTS, Certainty, segu
 from .explainers import explain_classes, gradcam_batch, normalise, resample
 from .imageio import Image, as_image
 from .pair import ModelPair
+from .preprocessing import Prepared
 from .refine import distance_to_region_mm, expand_region, segx_map
+from .tensors import any_true
 
 #: Largest image accepted by default (voxels per channel): 512 x 512 x 512.
 MAX_VOXELS = 512**3
@@ -93,7 +95,7 @@ class SegXResult:
                         raise ValueError(f"SegU variant {variant!r} needs the map of class {runner_up} (the runner-up); explain it too")
                     options["runner_up"] = self.explanation[self.classes.index(runner_up)]
                     options["logit_margin"] = float(np.log(p[class_index] / p[runner_up]))
-            if variant == "distance_decay" and bool(region.any()):
+            if variant == "distance_decay" and any_true(region):
                 key = hash(region.cpu().numpy().tobytes())
                 if key not in self._distances:
                     self._distances[key] = distance_to_region_mm(region, self.spacing)
@@ -132,13 +134,14 @@ def runner_up(probabilities: np.ndarray, class_index: int) -> int:
     return int(others[np.argmax(probabilities[others])])
 
 
-def _segment_all(pair: ModelPair, images: list[Image], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _segment_all(pair: ModelPair, images: list[Image], device: torch.device, prepared: list[Prepared] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Segmenter on each image -> ``(probabilities (L, *S), labels (*S))`` on its grid,
     through the segmenter's pipeline (its inferer, then every preprocessing step undone);
-    one batched forward when the preprocessed inputs share a shape."""
+    one batched forward when the preprocessed inputs share a shape. ``prepared``: the
+    images already through an equal pipeline (the classifier's)."""
     pipeline = pair.segmenter_input
-    prepared = [pipeline.prepare(image.array, image.affine) for image in images]
-    xs = [p.as_tensor()[None].to(device) for p in prepared]
+    prepared = prepared or [pipeline.prepare(image.array, image.affine) for image in images]
+    xs = [p.input[None].to(device) for p in prepared]
     if len({tuple(x.shape) for x in xs}) == 1:
         outputs = list(pipeline.run(pair.segmenter, torch.cat(xs)))
     else:
@@ -271,7 +274,7 @@ def explain_many(
     tick = time.perf_counter()
     with amp:
         prepared = [pair.classifier_input.prepare(image.array, image.affine) for image in images]
-        xs = [p.as_tensor()[None].float().to(device) for p in prepared]
+        xs = [p.input[None].to(device) for p in prepared]
         logits, maps, used = _classify_explain(pair, xs, indices, method)
     logits = logits.double()  # float64 probabilities keep saturated classes apart for ranking (AUROC)
     if not bool(torch.isfinite(logits).all()):
@@ -297,7 +300,7 @@ def explain_many(
 
     tick = time.perf_counter()
     with torch.no_grad(), amp:
-        segmented = _segment_all(pair, images, device)
+        segmented = _segment_all(pair, images, device, prepared if pair.segmenter_input == pair.classifier_input else None)
     timings["segment"] = time.perf_counter() - tick
 
     results = []

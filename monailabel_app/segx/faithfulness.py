@@ -28,6 +28,7 @@ from torch import nn
 from .imageio import Image
 from .pair import ModelPair
 from .refine import distance_to_region_mm
+from .tensors import any_true
 
 #: Shares of the pixels removed (MoRF) or kept-removed from the bottom (LeRF).
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
@@ -40,7 +41,7 @@ def control_maps(region: torch.Tensor, spacing: Sequence[float], seed: int) -> d
     inside): the best a map can do knowing the region alone."""
     inside = region.bool()
     generator = torch.Generator().manual_seed(seed)
-    edge = distance_to_region_mm(~inside, spacing) if bool((~inside).any()) else torch.ones(inside.shape)
+    edge = distance_to_region_mm(~inside, spacing) if any_true(~inside) else torch.ones(inside.shape)
     return {
         "uniform": inside.float(),
         "random": torch.rand(inside.shape, generator=generator) * inside,

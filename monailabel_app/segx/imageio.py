@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .tensors import all_finite
+
 
 @dataclass
 class Image:
@@ -132,7 +134,7 @@ def as_image(
         raise ValueError("the image is empty")
     if min(array.shape[1:]) < 2:
         raise ValueError(f"the image is too small: {tuple(array.shape[1:])} voxels; at least 2 along each axis")
-    if not bool(torch.isfinite(array).all()):
+    if not all_finite(array):
         raise ValueError("the image contains NaN or Inf voxels")
     if len(result.spacing) < spatial_dims:
         raise ValueError(f"spacing {result.spacing} does not match a {spatial_dims}D image")

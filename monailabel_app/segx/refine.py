@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .tensors import all_finite, any_true
+
 
 def top_k_count(percent: float, n: int) -> int:
     """Number of elements kept by a top-``percent`` % selection of ``n`` elements.
@@ -47,7 +49,7 @@ def top_k_mask(explanation: torch.Tensor | np.ndarray, percent: float) -> torch.
     flat = values.reshape(-1)
     if flat.numel() == 0:
         raise ValueError("cannot binarise an empty map")
-    if not bool(torch.isfinite(flat).all()):
+    if not all_finite(flat):
         raise ValueError("cannot binarise a map containing NaN or Inf")
     keep = top_k_count(percent, flat.numel())
     threshold = torch.topk(flat, keep, sorted=False).values.min()  # the keep-th largest value
@@ -69,7 +71,7 @@ def distance_to_region_mm(region: torch.Tensor, spacing: Sequence[float]) -> tor
     """
     if len(spacing) != region.dim():
         raise ValueError(f"spacing {tuple(spacing)} does not match a {region.dim()}D map")
-    if not bool(region.any()):
+    if not any_true(region):
         raise ValueError("distance to an empty region is undefined")
     outside = ~region.detach().cpu().numpy().astype(bool)
     distance = ndimage.distance_transform_edt(outside, sampling=[float(s) for s in spacing])
@@ -89,7 +91,7 @@ def expand_region(region: torch.Tensor, margin_mm: float, spacing: Sequence[floa
     """
     if margin_mm < 0:
         raise ValueError(f"margin must be >= 0 mm, got {margin_mm}")
-    if margin_mm == 0 or not bool(region.any()):
+    if margin_mm == 0 or not any_true(region):
         return region.bool()
     return distance_to_region_mm(region.bool(), spacing) <= margin_mm
 
