@@ -6,6 +6,7 @@ import torch
 
 import segx.metrics as metrics
 from segx.metrics import (
+    augrc,
     aurc,
     auroc,
     certainty_auroc,
@@ -270,6 +271,15 @@ def test_aurc_eaurc_certainty_auroc_hand_case():
     assert aurc(CERTAINTY, CORRECT) == pytest.approx(1 / 3)
     assert eaurc(CERTAINTY, CORRECT) == pytest.approx(1 / 8)
     assert certainty_auroc(CERTAINTY, CORRECT) == pytest.approx(0.75)
+
+
+def test_augrc_hand_case():
+    # Sorted 0.9 (right), 0.7 (wrong), 0.5 (right), 0.2 (wrong): accepted-and-wrong counts
+    # 0, 1, 1, 2 of N = 4 at coverages 1/4 .. 1 -> AUGRC = (0 + 1/4 + 1/4 + 2/4) / 4 = 1/4.
+    assert augrc(CERTAINTY, CORRECT) == pytest.approx(1 / 4)
+    # All tied: every threshold accepts all three, one of them wrong -> 1/3 at each point.
+    assert augrc([0.5, 0.5, 0.5], [1, 0, 1]) == pytest.approx(1 / 3)
+    assert augrc([0.9, 0.8, 0.1], [1, 1, 0]) == pytest.approx((0 + 0 + 1 / 3) / 3)
 
 
 def test_eaurc_of_oracle_ranking_is_zero():

@@ -237,13 +237,19 @@ def risk_coverage_curve(certainty, correct) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(coverage, risk)``, two float64 arrays of shape ``(N,)``.
     """
+    accepted, wrong = _accepted_and_wrong(certainty, correct)
+    return np.arange(1, accepted.size + 1, dtype=np.float64) / accepted.size, wrong / accepted
+
+
+def _accepted_and_wrong(certainty, correct) -> tuple[np.ndarray, np.ndarray]:
+    """For each case in descending certainty order: how many cases the threshold at its
+    certainty accepts (its whole group of ties included) and how many of those are wrong;
+    two float64 arrays of shape ``(N,)``."""
     values, right = _certainty_and_correct(certainty, correct)
     order = _descending_order(values)
-    counts = np.arange(1, values.size + 1, dtype=np.float64)
-    risk = np.cumsum(~right[order]) / counts
     sorted_values = values[order]
     group_end = np.searchsorted(-sorted_values, -sorted_values, side="right") - 1  # last index of each case's ties
-    return counts / values.size, risk[group_end]
+    return (group_end + 1).astype(np.float64), np.cumsum(~right[order])[group_end].astype(np.float64)
 
 
 def aurc(certainty, correct) -> float:
@@ -255,6 +261,20 @@ def aurc(certainty, correct) -> float:
     """
     _, risk = risk_coverage_curve(certainty, correct)
     return float(risk.mean())
+
+
+def augrc(certainty, correct) -> float:
+    """Area under the generalized risk-coverage curve (Traub et al., NeurIPS 2024):
+    the mean over the ``N`` thresholds of the share of *all* cases that are accepted and
+    wrong (a threshold accepts a group of tied cases together, as in
+    :func:`risk_coverage_curve`).
+
+    Args:
+        certainty: shape ``(N,)``.
+        correct: shape ``(N,)``, correct where ``> 0``.
+    """
+    _, wrong = _accepted_and_wrong(certainty, correct)
+    return float((wrong / wrong.size).mean())
 
 
 def eaurc(certainty, correct) -> float:
