@@ -146,6 +146,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shortcut(args: argparse.Namespace) -> int:
+    from .shortcut import main as shortcut_main
+
+    return shortcut_main(args.model, args.data, args.out, args.recipe, args.shortcut_class, args.epochs, args.learning_rate, args.train_rate,
+                         args.test_rate, args.mc_samples, args.limit, args.seed, args.device, **_layout(args))  # fmt: skip
+
+
 def _layout(args: argparse.Namespace) -> dict:
     return {"labels_csv": args.labels_csv, "image_column": args.image_column, "label_column": args.label_column, "mask_dir": args.mask_dir}
 
@@ -235,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (in-process runs)")
     batch.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster (auto: the running one, or a new local one); --out must be on a file system every node shares")
     batch.set_defaults(run=_explain_batch)
+
+    shortcut = commands.add_parser("shortcut", help="shortcut benchmark: a coloured patch beside one class's lesions in train/val, anywhere in test; "
+                                   "fine-tune, calibrate, evaluate, compare certainty scores")  # fmt: skip
+    _add_dataset_arguments(shortcut, None)
+    shortcut.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="training settings for the fine-tuning (loss weighting, flips, batch size)")
+    shortcut.add_argument("--shortcut-class", required=True, help="the class whose train/val pictures get the patch")
+    shortcut.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (best on patched val kept)")
+    shortcut.add_argument("--learning-rate", type=float, default=5e-4)
+    shortcut.add_argument("--train-rate", type=float, default=0.5, help="share of the shortcut class's train/val pictures patched")
+    shortcut.add_argument("--test-rate", type=float, default=0.5, help="share of all test pictures patched")
+    shortcut.add_argument("--mc-samples", type=int, default=10, help="forward passes of the MC dropout baseline")
+    shortcut.add_argument("--out", required=True, help="output folder: data/ (patched pictures), weights, evaluation/, shortcut.md")
+    shortcut.set_defaults(run=_shortcut)
 
     calibrate = commands.add_parser("calibrate", help="choose the default SegU variant and its levels on a validation split")
     _add_dataset_arguments(calibrate, "val")
