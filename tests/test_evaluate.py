@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import APP_DIR
 
 from segx.cli import main
 from segx.config import load_model_pair
 from segx.datasets import Layout, find_studies
-from segx.evaluate import bootstrap_ci
+from segx.evaluate import bootstrap_ci, ground_truth, label_dice
 from segx.phantoms import generate
 from segx.training import RECIPES, train
 
@@ -146,6 +147,23 @@ def test_evaluate_on_3d_phantoms_writes_the_figures(tmp_path, capsys):
     assert summary["iou_segx_gradcam"] > summary["iou_raw_gradcam"]
     for name in ("report.md", "iou.png", "risk_coverage.png", "examples.png"):
         assert (out / name).stat().st_size > 0
+    assert 0 <= summary["dice_label_liver"] <= 1 and 0 <= summary["dice_label_kidney"] <= 1
+    report = (out / "report.md").read_text()
+    assert "per label: kidney" in report and ", liver " in report
+
+
+def test_a_class_is_scored_against_its_own_region_with_dice_per_label():
+    """demo3d's clinical region is the liver (label 1), not the kidneys (label 2) beside it."""
+    pair = load_model_pair(APP_DIR / "model_configs" / "demo3d.yaml")
+    mask = torch.zeros(4, 6, 2)
+    mask[:2], mask[3] = 1, 2  # 24 liver voxels, 12 kidney voxels
+    assert torch.equal(ground_truth(pair, pair.class_names.index("tumour"), mask), mask == 1)
+    segmentation = mask.long().clone()
+    segmentation[3] = 1  # kidneys called liver
+    figures = label_dice(pair, segmentation, mask)
+    assert figures["dice_label_liver"] == pytest.approx(2 * 24 / (36 + 24)) and figures["dice_label_kidney"] == 0.0
+    picture = load_model_pair(APP_DIR / "model_configs" / "demo2d.yaml")  # one label, masks of 0/255
+    assert torch.equal(ground_truth(picture, 0, mask * 255), mask > 0) and label_dice(picture, segmentation, mask * 255) == {}
 
 
 def test_limit_draws_a_seeded_class_stratified_subset():

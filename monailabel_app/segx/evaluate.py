@@ -90,17 +90,39 @@ def iter_study_records(pair: ModelPair, studies: list[Study], methods: list[str]
     with ThreadPoolExecutor(1) as reader:  # the next batch's files are read while this one computes (one ahead only)
         pending = reader.submit(_read_files, chunks[0]) if chunks else None
         for number, chunk in enumerate(chunks):
-            images, truths = zip(*pending.result())
+            images, masks = zip(*pending.result())
             if number + 1 < len(chunks):
                 pending = reader.submit(_read_files, chunks[number + 1])
             results = explain_many(pair, images, classes="predicted", method=first, device=device)
-            yield [study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised, truth)
-                   for study, image, truth, result in zip(chunk, images, truths, results)]  # fmt: skip
+            yield [study_record(pair, study, image, result, methods, device, mc_samples, combination, randomised, mask)
+                   for study, image, mask, result in zip(chunk, images, masks, results)]  # fmt: skip
 
 
 def _read_files(studies: list[Study]) -> list[tuple[Image, torch.Tensor | None]]:
-    """(image, ground-truth mask ``mask > 0`` of shape ``S`` or None) of each study."""
-    return [(read_image(s.image), None if s.mask is None else read_image(s.mask).array[0] > 0) for s in studies]
+    """(image, ground-truth mask of shape ``S`` or None) of each study."""
+    return [(read_image(s.image), None if s.mask is None else read_image(s.mask).array[0]) for s in studies]
+
+
+def ground_truth(pair: ModelPair, label: int, mask: torch.Tensor) -> torch.Tensor:
+    """The clinical region of a study's class ``label`` in its ground-truth ``mask`` ``S``:
+    the voxels carrying the class's ``region_labels`` when the configuration names them
+    (the liver of a liver lesion, not the kidneys beside it), else every voxel ``> 0``
+    (binary masks, including 0/255 pictures)."""
+    name = pair.class_names[label]
+    if name in pair.region_labels:
+        return torch.isin(mask.round().long(), torch.as_tensor(pair.region_labels[name]))
+    return mask > 0
+
+
+def label_dice(pair: ModelPair, segmentation: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """``{"dice_label_<label name>": Dice}`` of each segmenter label against the same value in
+    ``mask`` (both ``S``), when the segmenter has several labels and the mask uses their
+    values (else empty: a binary mask says nothing per label)."""
+    values = set(torch.unique(mask.round()).long().tolist()) - {0}
+    if len(pair.segment_names) < 2 or not values <= set(pair.segment_names):
+        return {}
+    labels = mask.round().long()
+    return {f"dice_label_{name}": dice(segmentation == value, labels == value) for value, name in sorted(pair.segment_names.items())}
 
 
 def ray_study_records(config_file: str | Path, studies: list[Study], methods: list[str], mc_samples: int, evidence: bool, address: str,
@@ -126,7 +148,7 @@ def records_of_items(pair: ModelPair, items: list[dict], methods: list[str], mc_
 
 def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult, methods: list[str], device: str = "cpu",
                  mc_samples: int = 10, combination: Combination | None = None, randomised: ModelPair | None = None,
-                 truth: torch.Tensor | None = None) -> dict:  # fmt: skip
+                 mask: torch.Tensor | None = None) -> dict:  # fmt: skip
     """Figures of one study given its image and its :class:`SegXResult` from the first of
     ``methods`` (all classes): prediction, class probabilities, certainties (SegU in every
     variant, SegU's default variant from each further method's maps, SegU+MSP, MSP,
@@ -134,9 +156,10 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     both sampling baselines) and, when the study has a mask, segmentation Dice and per
     method raw vs SegX interpretability metrics (with the region-only controls of
     :func:`segx.faithfulness.control_maps` beside them). Given ``randomised`` (the pair with
-    a re-drawn classifier), also the evidence figures of :func:`evidence_record`. ``truth``
-    is the study's mask ``> 0`` (shape ``S``; None: the study has no mask), read by
-    :func:`_read_files` with the image."""
+    a re-drawn classifier), also the evidence figures of :func:`evidence_record`. ``mask``
+    is the study's ground-truth mask (shape ``S``; None: the study has no mask), read by
+    :func:`_read_files` with the image; the figures compare with its :func:`ground_truth`
+    region, and give the :func:`label_dice` of every segmenter label."""
     predicted, probabilities = result.predicted, result.probabilities
     x = pair.classifier_input(image.array, image.affine).to(device) if mc_samples else None
     record = {
@@ -164,9 +187,11 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     if randomised is not None:
         controls = faithfulness.control_maps(region, image.spacing, seed=zlib.crc32(study.image_id.encode()))
         record.update(evidence_record(pair, randomised, image, predicted, per_method, controls, device))
-    if truth is None:
+    if mask is None:
         return record
+    truth = ground_truth(pair, study.label, mask)
     record["dice"] = dice(region, truth)
+    record.update(label_dice(pair, result.segmentation, mask))
     layers = [(f"control_{name}", control) for name, control in controls.items()]
     for method, current in per_method.items():
         k = current.classes.index(predicted)
@@ -234,6 +259,9 @@ def _classification(records: list[dict], class_names: list[str]) -> dict:
 
 def _interpretability(records: list[dict], methods: list[str]) -> dict:
     summary = {"dice": float(np.mean([r["dice"] for r in records])), "dice_ci": bootstrap_ci([r["dice"] for r in records])[1:]}
+    for key in sorted({k for r in records for k in r if k.startswith("dice_label_")}):
+        values = [r[key] for r in records if key in r]
+        summary[key], summary[f"{key}_ci"] = float(np.mean(values)), bootstrap_ci(values)[1:]
     for method in methods:
         for metric in INTERPRETABILITY:
             raw = [r[f"{metric}_raw_{method}"] for r in records]
@@ -424,7 +452,7 @@ def _example_grid(path: Path, pair: ModelPair, studies: list[Study], records: li
     fig, axes = plt.subplots(len(chosen), 4, figsize=(9, 2.3 * len(chosen)), squeeze=False)
     for row, i in zip(axes, chosen):
         image = read_image(studies[i].image).array
-        truth = read_image(studies[i].mask).array > 0
+        truth = ground_truth(pair, studies[i].label, read_image(studies[i].mask).array[0])[None]
         index = int(truth[0].reshape(-1, truth.shape[-1]).sum(0).argmax()) if truth.dim() == 4 else None
         result = explain(pair, studies[i].image, classes=[records[i]["predicted"]], method=method, device=device)
         k = result.classes.index(result.predicted)
@@ -469,7 +497,10 @@ def _report(summary: dict, methods: list[str], scores: list[str], class_names: l
     if evidence:
         lines += _evidence_lines(summary, methods, with_masks, fmt, ci)
     if with_masks:
-        lines += [f"Segmentation Dice {fmt(summary['dice'])} {ci(summary['dice_ci'])}", "",
+        per_label = [f"{k.removeprefix('dice_label_')} {fmt(summary[k])} {ci(summary[k + '_ci'])}" for k in summary
+                     if k.startswith("dice_label_") and not k.endswith("_ci")]  # fmt: skip
+        lines += [f"Segmentation Dice of the clinical region {fmt(summary['dice'])} {ci(summary['dice_ci'])}"
+                  + (f"; per label: {', '.join(per_label)}" if per_label else ""), "",
                   "Interpretability, raw explanation vs SegX, against the ground-truth mask (mean [95 % bootstrap CI]):", "",
                   "| method | metric | raw | SegX | SegX - raw |", "|---|---|---|---|---|"]  # fmt: skip
         for m in methods:
