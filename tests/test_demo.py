@@ -141,3 +141,21 @@ def test_the_kept_weights_are_those_of_the_epoch_the_log_names():
     log = _fit(after_three, (x, y), (x, y), torch.nn.functional.cross_entropy, constant, 3, recipe, "three epochs", masks_too=False)
     assert log["best_epoch"] == 0
     torch.testing.assert_close(after_three.weight, after_one.weight)
+
+
+def test_balanced_accuracy_selection_refuses_a_one_class_epoch_that_ranks_perfectly():
+    """demo3d selects epochs by balanced accuracy: logits that rank every tumour above every
+    cyst but call all of them tumour have macro AUROC 1 and balanced accuracy 0.5."""
+    import torch
+
+    from segx.training import RECIPES, SELECTION
+
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    one_class = torch.tensor([[0.0, 0.1], [0.0, 0.2], [0.0, 0.3], [0.0, 0.8], [0.0, 0.9]])  # argmax 1 everywhere
+    name, auroc = SELECTION["auroc"]
+    assert auroc(one_class, labels) == 1.0
+    name, balanced = SELECTION["balanced_accuracy"]
+    assert name == "balanced accuracy" and balanced(one_class, labels) == 0.5
+    two_right_of_three = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    assert balanced(two_right_of_three, labels) == pytest.approx((2 / 3 + 1) / 2)
+    assert RECIPES["demo3d"].selection == "balanced_accuracy"

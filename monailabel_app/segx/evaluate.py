@@ -118,10 +118,11 @@ def label_dice(pair: ModelPair, segmentation: torch.Tensor, mask: torch.Tensor) 
     """``{"dice_label_<label name>": Dice}`` of each segmenter label against the same value in
     ``mask`` (both ``S``), when the segmenter has several labels and the mask uses their
     values (else empty: a binary mask says nothing per label)."""
-    values = set(torch.unique(mask.round()).long().tolist()) - {0}
-    if len(pair.segment_names) < 2 or not values <= set(pair.segment_names):
+    if len(pair.segment_names) < 2:
         return {}
     labels = mask.round().long()
+    if not set(torch.unique(labels).tolist()) - {0} <= set(pair.segment_names):
+        return {}
     return {f"dice_label_{name}": dice(segmentation == value, labels == value) for value, name in sorted(pair.segment_names.items())}
 
 
