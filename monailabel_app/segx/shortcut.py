@@ -19,8 +19,9 @@ on the patched test split. The report asks two questions, with paired bootstrap 
    positive mass on the patch.
 2. Do certainty scores catch the errors the shortcut causes (a patched picture of another
    class predicted as the shortcut class) and errors in general? AUROC correct vs wrong,
-   AURC, E-AURC and AUGRC for SegU, SegU+MSP, MSP, negative entropy, MC dropout and TTA,
-   and the paired AUROC difference of each against MSP.
+   AURC, E-AURC and AUGRC for SegU (the calibrated variant, then every other one), SegU+MSP,
+   MSP, negative entropy, MC dropout and TTA, and the paired AUROC difference of each
+   against MSP.
 
 Pictures are written as PNG, patched or not (a JPEG re-encoding only of patched pictures
 would be a second shortcut); masks are linked, not copied.
@@ -49,7 +50,6 @@ from .metrics import aurc, augrc, certainty_auroc, eaurc
 #: Sticker colours (RGB): saturated, none of them a skin or lesion tone.
 PATCH_COLOURS = ((230, 40, 40), (40, 90, 230), (40, 200, 80), (245, 215, 40))
 PATCH_RADIUS = 0.09  # of the picture's shorter side
-SCORES = ("segu", "segu_msp", "msp", "negative_entropy", "mc_dropout", "tta")
 
 
 def patch_region(lesion: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
@@ -195,8 +195,9 @@ def report(rows: list[dict], artefacts: dict[str, bool], class_names: list[str],
         "scores": {},
         "not_computed": [],  # e.g. MC dropout of a classifier without dropout
     }
+    others = sorted(k for k in rows[0] if k.startswith("segu_") and k not in (f"segu_{variant}", "segu_msp"))
     names = {"segu": f"segu_{variant}", "segu_msp": "segu_msp", "msp": "msp", "negative_entropy": "negative_entropy",
-             "mc_dropout": "mc_dropout", "tta": "tta"}  # fmt: skip
+             "mc_dropout": "mc_dropout", "tta": "tta", **{name: name for name in others}}  # the other SegU variants last
     msp = np.array([r["msp"] for r in rows], dtype=float)
     for score, column in names.items():
         if any(r.get(column) is None for r in rows):
