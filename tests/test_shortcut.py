@@ -91,7 +91,7 @@ def test_report_figures_by_hand():
              "negative_entropy": msp, "segu_mass_inside": segu, "segu_msp": segu, "mc_dropout": None, "tta": msp}
             for i, (label, predicted, _, msp, segu) in enumerate(table)]  # fmt: skip
     artefacts = {f"r{i + 1}": bool(row[2]) for i, row in enumerate(table)}
-    summary = report(rows, artefacts, ["mel", "nv"], "nv", "mass_inside")
+    summary = report(rows, artefacts, "nv", "mass_inside")
     assert summary["n_wrong"] == 3 and summary["n_shortcut_errors"] == 1
     assert summary["accuracy"] == {"all": 0.5, "patched": 0.5, "unpatched": 0.5}
     assert summary["other_classes_predicted_nv"] == {"patched": 0.5, "unpatched": 0.5}  # r3 of {r3, r6}; r4 of {r1, r4}

@@ -3,7 +3,7 @@
 After the dermoscopy bias literature (Nauta et al. 2021: coloured patches beside benign
 lesions in ISIC; Bissoto et al. 2020: trap sets that decorrelate artefacts from classes in
 the test split), a coloured disc (a sticker) is drawn on each chosen picture *outside* its
-lesion, at least one disc diameter away from the ground-truth lesion mask:
+lesion, with at least one radius of skin between it and the ground-truth lesion mask:
 
 - ``train`` and ``val``: on ``train_rate`` of the pictures of the shortcut class and on no
   other picture, so that the patch predicts the class;
@@ -124,7 +124,7 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
     from .calibrate import calibrate
     from .config import load_model_pair, read_config
     from .imageio import read_image
-    from .training import RECIPES, _fit, _macro_auroc
+    from .training import RECIPES, fit_classifier
 
     config_file, out = Path(config_file).resolve(), Path(out)
     pair = load_model_pair(config_file)
@@ -135,12 +135,8 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
         x = [pair.classifier_input(read_image(s.image).array)[0] for s in tqdm(studies, desc=f"reading {split}", leave=False)]
         return torch.stack(x), torch.as_tensor([s.label for s in studies])
 
-    (x, y), validation = inputs("train"), inputs("val")
-    counts = torch.bincount(y, minlength=len(pair.class_names)).float()
-    class_weights = (counts.sum() / (len(counts) * counts.clamp_min(1))) ** recipe.class_weight_power
     classifier = pair.classifier.to(memory_format=torch.contiguous_format)
-    log = _fit(classifier, (x, y), validation, torch.nn.CrossEntropyLoss(weight=class_weights), _macro_auroc, epochs, recipe,
-               "fine-tuning on patched pictures", masks_too=False)  # fmt: skip
+    log = fit_classifier(classifier, inputs("train"), inputs("val"), recipe, epochs, "fine-tuning on patched pictures")
     (out / "weights").mkdir(parents=True, exist_ok=True)
     torch.save(classifier.state_dict(), out / "weights" / "shortcut_classifier.pt")
     config = read_config(config_file)
@@ -160,6 +156,7 @@ def patch_mass(config_file: str | Path, data: str | Path, image_ids: list[str], 
     from .config import load_model_pair
     from .engine import explain_many
     from .imageio import read_image
+    from .metrics import relevance_mass_accuracy
 
     pair = load_model_pair(config_file)
     shares: dict[str, list[float]] = {"raw": [], "segx": []}
@@ -171,16 +168,13 @@ def patch_mass(config_file: str | Path, data: str | Path, image_ids: list[str], 
             patch = read_image(data / "patches" / f"{image_id}.png").array[0] > 0  # (W, H), the pictures' axis order
             k = result.classes.index(result.predicted)
             for name, layer in (("raw", result.explanation[k]), ("segx", result.segx[k])):
-                positive = layer.clamp_min(0).double()
-                total = float(positive.sum())
-                shares[name].append(float((positive * patch).sum()) / total if total > 0 else 0.0)
+                shares[name].append(relevance_mass_accuracy(layer, patch))
     return shares
 
 
-def report(rows: list[dict], artefacts: dict[str, bool], class_names: list[str], shortcut_class: str, variant: str) -> dict:
-    """The figures of the module docstring from ``segx evaluate``'s rows of the test split
-    and the patch flag per image id."""
-    shortcut = shortcut_class
+def report(rows: list[dict], artefacts: dict[str, bool], shortcut: str, variant: str) -> dict:
+    """The figures of the module docstring from ``segx evaluate``'s rows of the test split,
+    the patch flag per image id, the shortcut class's name and the calibrated SegU variant."""
     patched = np.array([artefacts[r["image_id"]] for r in rows], dtype=bool)
     correct = np.array([r["correct"] for r in rows], dtype=bool)
     other_class = np.array([r["label"] != shortcut for r in rows])
@@ -251,12 +245,12 @@ def main(model: str, data: str, out: str, recipe: str, shortcut_class: str, epoc
     """``segx shortcut``: build the patched data (kept in ``out/data`` and reused when its
     settings match), fine-tune and calibrate, evaluate on test, write ``out/shortcut.md``
     and ``out/shortcut.json``; prints ``SHORTCUT {json}`` last."""
-    from .config import load_model_pair, model_config_file
+    from .config import load_model_pair, model_config_file, read_config
     from .evaluate import main as evaluate_main
 
     out_folder, data_folder = Path(out), Path(out) / "data"
     config_file = model_config_file(model).resolve()
-    class_names = load_model_pair(config_file).class_names
+    class_names = read_config(config_file)["classes"]  # the networks load once, in fine_tune
     settings = {"source": str(Path(data).resolve()), "layout": layout, "shortcut_class": shortcut_class, "train_rate": train_rate,
                 "test_rate": test_rate, "seed": seed, "limit": limit}  # fmt: skip
     manifest = data_folder / "shortcut_data.json"
@@ -276,7 +270,7 @@ def main(model: str, data: str, out: str, recipe: str, shortcut_class: str, epoc
         artefacts = {row["image_id"]: row["artefact"] == "1" for row in csv.DictReader(stream)}
     with open(evaluation / "rows.jsonl") as stream:
         rows = [json.loads(line) for line in stream.readlines()[1:]]  # after the run's header line; one row per study
-    summary = report(rows, artefacts, class_names, shortcut_class, pair.certainty_variant)
+    summary = report(rows, artefacts, shortcut_class, pair.certainty_variant)
     patched_ids = [r["image_id"] for r in rows if artefacts[r["image_id"]]]
     shares = patch_mass(tuned, data_folder, patched_ids, device)
     summary["patch_mass"] = {name: float(np.mean(values)) if values else None for name, values in shares.items()}

@@ -232,6 +232,18 @@ def _fit(network, train: tuple, val: tuple, loss_function, score, epochs: int, r
     return {"losses": losses, "val_scores": scores, "best_epoch": best_epoch}
 
 
+def fit_classifier(classifier: torch.nn.Module, train: tuple, val: tuple, recipe: Recipe, epochs: int, desc: str) -> dict:
+    """:func:`_fit` of a classifier on ``(inputs, labels)`` pairs: cross-entropy weighted by
+    the recipe's ``class_weight_power`` of the train labels' frequencies, the epoch kept by
+    the recipe's ``selection`` score (named in the returned log)."""
+    labels = train[1]
+    counts = torch.bincount(labels, minlength=len(recipe.classes)).float()
+    class_weights = (counts.sum() / (len(counts) * counts.clamp_min(1))) ** recipe.class_weight_power
+    selection, score = SELECTION[recipe.selection]
+    log = _fit(classifier, train, val, torch.nn.CrossEntropyLoss(weight=class_weights), score, epochs, recipe, desc, masks_too=False)
+    return {**log, "selection": selection}
+
+
 def _network(spec: dict, seed: int) -> torch.nn.Module:
     import monai.networks.nets as nets
 
@@ -262,14 +274,8 @@ def train(recipe_name: str, data: str | Path, out: str | Path, limit: int | None
     val_studies, _ = find_studies(recipe.classes, data, recipe.layout, "val", limit)
     images, segmenter_images, masks, labels = _load(train_studies, recipe, "loading train")
     val_images, val_segmenter_images, val_masks, val_labels = _load(val_studies, recipe, "loading val")
-    counts = torch.bincount(labels, minlength=len(recipe.classes)).float()
-    class_weights = (counts.sum() / (len(counts) * counts.clamp_min(1))) ** recipe.class_weight_power
-
     classifier = _network(recipe.classifier, recipe.seed)
-    selection, selection_score = SELECTION[recipe.selection]
-    classifier_log = _fit(classifier, (images, labels), (val_images, val_labels), torch.nn.CrossEntropyLoss(weight=class_weights),
-                          selection_score, recipe.epochs, recipe, f"{recipe.name} classifier", masks_too=False)  # fmt: skip
-    classifier_log["selection"] = selection
+    classifier_log = fit_classifier(classifier, (images, labels), (val_images, val_labels), recipe, recipe.epochs, f"{recipe.name} classifier")
     del images, val_images
     segmenter = _network(recipe.segmenter, recipe.seed)
     segmenter_log = _fit(segmenter, (segmenter_images, masks), (val_segmenter_images, val_masks), DiceCELoss(to_onehot_y=True, softmax=True),
