@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from scipy import ndimage
 from segx.cli import main
 from segx.datasets import Layout
 from segx.phantoms import generate
-from segx.shortcut import PATCH_RADIUS, build_dataset, patch_region, report
+from segx.metrics import certainty_auroc
+from segx.shortcut import PATCH_RADIUS, build_dataset, crossfit_combination, patch_region, report
 
 
 def test_patch_is_a_disc_clear_of_the_lesion_and_inside_the_picture():
@@ -105,6 +107,27 @@ def test_report_figures_by_hand():
     assert scores["segu"]["auroc_minus_msp"][0] == pytest.approx(6 / 9 - 8 / 9)
 
 
+def test_crossfit_combination_scores_each_row_by_the_other_fold():
+    rng = np.random.default_rng(3)
+    segu = rng.random(60)
+    rows = [{"image_id": f"ISIC_{i:07d}", "msp": float(m), "segu_topk_inside": float(s), "correct": int(s > 0.5)}
+            for i, (m, s) in enumerate(zip(rng.uniform(0.4, 1.0, 60), segu))]  # fmt: skip
+    scores, weights = crossfit_combination(rows, "topk_inside")
+    assert len(weights) == 2 and scores.shape == (60,)
+    # SegU alone decides correctness here and MSP is noise: fitted on either fold, the
+    # combination ranks the other fold's rows as SegU does
+    assert certainty_auroc(scores, [r["correct"] for r in rows]) > 0.95
+    # no row's score depends on its own correctness; the other fold's scores do
+    flipped = [dict(r) for r in rows]
+    flipped[0]["correct"] = 1 - flipped[0]["correct"]
+    again, _ = crossfit_combination(flipped, "topk_inside")
+    own_fold = np.array([zlib.crc32(r["image_id"].encode()) % 2 for r in rows]) == zlib.crc32(b"ISIC_0000000") % 2
+    assert np.array_equal(again[own_fold], scores[own_fold]) and not np.allclose(again[~own_fold], scores[~own_fold])
+    # one fold only (every id hashes alike): nothing to fit on for the other fold
+    same_fold = [r for r in rows if zlib.crc32(r["image_id"].encode()) % 2 == 0]
+    assert crossfit_combination(same_fold, "topk_inside") == (None, [])
+
+
 def test_shortcut_command_end_to_end_on_phantoms(phantom_data, capsys):
     out = phantom_data / "run"
     code = main(["shortcut", "--model", "demo2d", "--data", str(phantom_data / "source"), "--recipe", "demo2d", "--shortcut-class", "nevus",
@@ -112,8 +135,9 @@ def test_shortcut_command_end_to_end_on_phantoms(phantom_data, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("SHORTCUT "))
     assert summary["n"] == 24 and summary["counts"]["test"]["n"] == 24
-    assert {"segu", "segu_msp", "msp", "negative_entropy", "tta"} <= set(summary["scores"])
-    assert len([k for k in summary["scores"] if k.startswith("segu_") and k != "segu_msp"]) == 4  # every other SegU variant
+    assert {"segu", "segu_msp", "segu_msp_crossfit", "msp", "negative_entropy", "tta"} <= set(summary["scores"])
+    assert len([k for k in summary["scores"] if k.startswith("segu_") and not k.startswith("segu_msp")]) == 4  # every other SegU variant
+    assert len(summary["crossfit_weights"]) == 2
     assert summary["not_computed"] == ["mc_dropout"]  # the demo classifier has no dropout layer: said, not hidden
     assert 0 <= summary["patch_mass"]["raw"] <= 1 and 0 <= summary["patch_mass"]["segx"] <= 1
     assert (out / "weights" / "shortcut_classifier.pt").exists() and "certainty" in (out / "shortcut_model.yaml").read_text()
