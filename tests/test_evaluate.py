@@ -64,6 +64,16 @@ def test_evaluate_on_phantoms(tmp_path, capsys):
     for key in ("iou_control_uniform", "iou_control_edge", "road_segx_gradcam", "road_raw_occlusion", "road_control_random", "randcorr_raw_gradcam", "randcorr_segx_gradcam"):
         assert summary[key] is not None and len(summary[f"{key}_ci"]) == 2, key
     assert summary["iou_control_uniform"] == pytest.approx(np.mean([float(r["iou_control_uniform"]) for r in rows]))
+    # issue 13's headline names: the mask-only (uniform) control, the deletion areas, the randomisation check, the grid
+    for method in ("gradcam", "occlusion"):
+        assert summary[f"iou_mask_only_{method}"] == pytest.approx(np.mean([float(r["iou_control_uniform"]) for r in rows]))
+        assert summary[f"deletion_auc_mask_only_{method}"] == pytest.approx(np.mean([float(r["deletion_control_uniform"]) for r in rows]))
+        for kind in ("raw", "segx"):
+            assert summary[f"deletion_auc_{kind}_{method}"] == pytest.approx(np.mean([float(r[f"deletion_{kind}_{method}"]) for r in rows]))
+            assert 0 <= summary[f"deletion_auc_{kind}_{method}"] <= 1
+    correlations = [float(r["randcorr_raw_gradcam"]) for r in rows if r["randcorr_raw_gradcam"] != ""]
+    assert summary["randomisation_rank_corr"] == pytest.approx(np.mean(correlations))
+    assert summary["grid_size"] == summary["grid_gradcam"]
     assert "Does the map carry the classifier's evidence" in (out / "report.md").read_text()
     # demo2d's DenseNet: stem /4, two transitions /2 each: 128 x 128 -> an 8 x 8 Grad-CAM grid; occlusion: 8 x 8 patches in 2D
     assert summary["grid_gradcam"] == ["8 x 8 of 128 x 128"] and summary["grid_occlusion"] == ["8 x 8 of 128 x 128"]

@@ -208,8 +208,9 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
 
 def evidence_record(pair: ModelPair, randomised: ModelPair, image: Image, predicted: int, per_method: dict[str, SegXResult],
                     controls: dict[str, torch.Tensor], device: str = "cpu") -> dict:  # fmt: skip
-    """Figures only a map carrying the classifier's evidence can win: ROAD (LeRF - MoRF) of
-    the raw map, the SegX map and each region-only control (2D; None in 3D), and the rank
+    """Figures only a map carrying the classifier's evidence can win: ROAD (LeRF - MoRF) and
+    the deletion curve's area (MoRF) of the raw map, the SegX map and each region-only
+    control (2D; None in 3D), and the rank
     correlation of each method's raw and SegX maps with those of the randomised classifier
     (the same segmenter, so SegX's correlation shows how much the region alone decides)."""
     maps = {f"control_{name}": control for name, control in controls.items()}
@@ -222,7 +223,8 @@ def evidence_record(pair: ModelPair, randomised: ModelPair, image: Image, predic
         record[f"randcorr_raw_{method}"] = faithfulness.rank_correlation(current.explanation[k], twin.explanation[j])
         record[f"randcorr_segx_{method}"] = faithfulness.rank_correlation(current.segx[k], twin.segx[j])
     scores = faithfulness.road_score(pair, image, maps, predicted)
-    record.update({f"road_{name}": None if scores is None else scores[name] for name in maps})
+    for figure in ("road", "deletion"):
+        record.update({f"{figure}_{name}": None if scores is None else scores[name][figure] for name in maps})
     return record
 
 
@@ -279,10 +281,15 @@ def _interpretability(records: list[dict], methods: list[str]) -> dict:
 
 
 def _evidence(records: list[dict], methods: list[str]) -> dict:
-    """Means and CIs of ROAD (raw, SegX, each control) and of the randomisation rank
-    correlations; paired CIs of SegX's ROAD minus each control's."""
+    """Means and CIs of ROAD and the deletion area (raw, SegX, each control) and of the
+    randomisation rank correlations; paired CIs of SegX's ROAD minus each control's. The
+    headline names of issue 13 repeat some of them per method: ``iou_mask_only_<m>`` and
+    ``deletion_auc_mask_only_<m>`` (the uniform control: the region and nothing else),
+    ``deletion_auc_raw_<m>``, ``deletion_auc_segx_<m>``, and ``randomisation_rank_corr``
+    (the first method's raw map)."""
     summary = {}
-    names = [f"road_{kind}_{m}" for m in methods for kind in ("raw", "segx")] + [f"road_control_{c}" for c in faithfulness.CONTROLS]
+    maps = [f"{kind}_{m}" for m in methods for kind in ("raw", "segx")] + [f"control_{c}" for c in faithfulness.CONTROLS]
+    names = [f"{figure}_{name}" for figure in ("road", "deletion") for name in maps]
     names += [f"randcorr_{kind}_{m}" for m in methods for kind in ("raw", "segx")]
     for name in names:
         values = [r[name] for r in records if r.get(name) is not None]
@@ -292,6 +299,12 @@ def _evidence(records: list[dict], methods: list[str]) -> dict:
         for control in faithfulness.CONTROLS:
             paired = [(r[f"road_segx_{method}"], r[f"road_control_{control}"]) for r in records if r.get(f"road_segx_{method}") is not None]
             summary[f"road_segx_minus_{control}_{method}_ci"] = bootstrap_ci(np.subtract(*zip(*paired)))[1:] if paired else None
+        with_mask = [r["iou_control_uniform"] for r in records if "iou_control_uniform" in r]
+        summary[f"iou_mask_only_{method}"] = float(np.mean(with_mask)) if with_mask else None
+        summary[f"deletion_auc_mask_only_{method}"] = summary["deletion_control_uniform"]
+        for kind in ("raw", "segx"):
+            summary[f"deletion_auc_{kind}_{method}"] = summary[f"deletion_{kind}_{method}"]
+    summary["randomisation_rank_corr"] = summary[f"randcorr_raw_{methods[0]}"] if methods else None
     return summary
 
 
@@ -386,6 +399,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     if evidence:
         summary.update(_evidence(records, methods))
     summary.update({f"grid_{m}": sorted({r[f"grid_{m}"] for r in records}) for m in methods})
+    summary["grid_size"] = summary[f"grid_{methods[0]}"] if methods else None
     summary["segu_variant"] = pair.certainty_variant
     summary["segu_auroc"] = summary[f"segu_{pair.certainty_variant}_auroc"]
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -528,19 +542,20 @@ def _evidence_lines(summary: dict, methods: list[str], with_masks: bool, fmt, ci
     lines = ["## Does the map carry the classifier's evidence, or only the region?", "",
              "Controls know the predicted region and nothing of the classifier (uniform, random and distance-to-edge "
              "inside it). A figure SegX reaches that the controls reach too measures the segmenter. ROAD (LeRF - MoRF, "
-             "noisy linear imputation) and the rank correlation with the maps of a randomised classifier can only be won "
-             "by a map that follows the classifier (ROAD: higher is better; correlation: lower is better; n: studies "
-             "where both maps vary, the randomised classifier's map is often all zero).", "",
+             "noisy linear imputation), the deletion area (MoRF: the class probability left after removing the map's "
+             "top pixels) and the rank correlation with the maps of a randomised classifier can only be won by a map "
+             "that follows the classifier (ROAD: higher is better; deletion and correlation: lower is better; n: "
+             "studies where both maps vary, the randomised classifier's map is often all zero).", "",
              "Explanation grid (cells of the map before resampling, of the network input): "
              + "; ".join(f"{m}: {', '.join(summary[f'grid_{m}'])}" for m in methods), "",
-             "| map | top-5 % IoU | pointing game | relevance mass | ROAD | rank corr. with randomised classifier |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| map | top-5 % IoU | pointing game | relevance mass | ROAD | deletion area | rank corr. with randomised classifier |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     rows = [(f"raw {m}", f"raw_{m}") for m in methods] + [(f"SegX {m}", f"segx_{m}") for m in methods]
     rows += [(f"control: {c} x region", f"control_{c}") for c in faithfulness.CONTROLS]
     for title, key in rows:
         overlap = [cell(f"{metric}_{key}") if with_masks else "n/a" for metric in ("iou", "pointing", "mass")]
         correlation = "" if key.startswith("control") else f"{cell(f'randcorr_{key}')} (n = {summary.get(f'randcorr_{key}_n', 0)})"
-        lines.append(f"| {title} | " + " | ".join(overlap) + f" | {cell(f'road_{key}')} | {correlation} |")
+        lines.append(f"| {title} | " + " | ".join(overlap) + f" | {cell(f'road_{key}')} | {cell(f'deletion_{key}')} | {correlation} |")
     for m in methods:
         differences = [f"{c} {ci(summary[f'road_segx_minus_{c}_{m}_ci'])}" for c in faithfulness.CONTROLS if summary.get(f"road_segx_minus_{c}_{m}_ci")]
         if differences:
