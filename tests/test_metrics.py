@@ -12,6 +12,7 @@ from segx.metrics import (
     certainty_auroc,
     dice,
     eaurc,
+    map_figures,
     one_vs_rest_auroc,
     pixel_auroc,
     pointing_game,
@@ -361,3 +362,16 @@ def test_one_vs_rest_auroc_by_hand():
     macro, per_class = one_vs_rest_auroc(probabilities, [0, 0, 1, 1])
     assert per_class == [0.75, 0.75, None] and macro == pytest.approx(0.75)
     assert one_vs_rest_auroc([[0.2, 0.8], [0.3, 0.7]], [1, 1]) == (None, [None, None])
+
+
+def test_map_figures_are_the_single_metrics_of_one_map():
+    rng = np.random.default_rng(4)
+    explanation = rng.normal(size=(30, 40))
+    explanation[rng.random((30, 40)) < 0.3] = 0.0  # ties at zero
+    ground_truth = np.zeros((30, 40))
+    ground_truth[5:20, 10:30] = 255
+    figures = map_figures(explanation, ground_truth, 5.0)
+    assert figures == {**topk_overlap(explanation, ground_truth, 5.0), "pointing": pointing_game(explanation, ground_truth),
+                       "mass": relevance_mass_accuracy(explanation, ground_truth)}  # fmt: skip
+    with pytest.raises(ValueError, match="NaN"):
+        map_figures(np.full((3, 3), np.nan), np.ones((3, 3)))

@@ -23,7 +23,7 @@ from .datasets import Layout, Study, find_studies
 from .engine import SegXResult, explain, explain_many
 from .explainers import default_method, find_target_layer
 from .imageio import Image, read_image
-from .metrics import aurc, certainty_auroc, dice, eaurc, one_vs_rest_auroc, pointing_game, relevance_mass_accuracy, risk_coverage_curve, topk_overlap
+from .metrics import aurc, certainty_auroc, dice, eaurc, map_figures, one_vs_rest_auroc, risk_coverage_curve
 from .pair import ModelPair
 from .rows import RowFile
 
@@ -198,11 +198,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
         k = current.classes.index(predicted)
         layers += [(f"raw_{method}", current.explanation[k]), (f"segx_{method}", current.segx[k])]
     for name, layer in layers:
-        overlap = topk_overlap(layer, truth, 5.0)
-        for metric in ("iou", "dice", "precision"):
-            record[f"{metric}_{name}"] = overlap[metric]
-        record[f"pointing_{name}"] = pointing_game(layer, truth)
-        record[f"mass_{name}"] = relevance_mass_accuracy(layer, truth)
+        record.update({f"{metric}_{name}": value for metric, value in map_figures(layer, truth, 5.0).items()})
     return record
 
 

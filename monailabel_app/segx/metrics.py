@@ -108,14 +108,26 @@ def topk_overlap(explanation, ground_truth, percent: float = 5.0) -> dict:
     Returns:
         ``{"iou": float, "dice": float, "precision": float}``.
     """
-    values, region = _explanation_and_mask(explanation, ground_truth)
-    top = top_k_mask(torch.from_numpy(values), percent).cpu().numpy().astype(bool)
+    return _topk_overlap(*_explanation_and_mask(explanation, ground_truth), percent)
+
+
+def _topk_overlap(values: np.ndarray, region: np.ndarray, percent: float) -> dict:
+    top = top_k_mask(torch.from_numpy(values), percent).numpy()
     hits = np.count_nonzero(top & region)
     return {
         "iou": _ratio(hits, np.count_nonzero(top | region)),
         "dice": _ratio(2 * hits, np.count_nonzero(top) + np.count_nonzero(region)),
         "precision": _ratio(hits, np.count_nonzero(top)),
     }
+
+
+def map_figures(explanation, ground_truth, percent: float = 5.0) -> dict:
+    """:func:`topk_overlap` (``iou``, ``dice``, ``precision``), :func:`pointing_game`
+    (``pointing``) and :func:`relevance_mass_accuracy` (``mass``) of one map, its inputs
+    validated and converted once (``segx evaluate`` takes all five of several maps per
+    study)."""
+    values, region = _explanation_and_mask(explanation, ground_truth)
+    return {**_topk_overlap(values, region, percent), "pointing": _pointing(values, region), "mass": _mass(values, region)}
 
 
 def dice(prediction, ground_truth) -> float:
@@ -138,7 +150,10 @@ def pointing_game(explanation, ground_truth) -> float:
         explanation: relevance map, shape ``(H, W)`` or ``(D, H, W)``.
         ground_truth: mask of the same shape.
     """
-    values, region = _explanation_and_mask(explanation, ground_truth)
+    return _pointing(*_explanation_and_mask(explanation, ground_truth))
+
+
+def _pointing(values: np.ndarray, region: np.ndarray) -> float:
     return float(region.ravel()[np.argmax(values)])
 
 
@@ -152,7 +167,10 @@ def relevance_mass_accuracy(explanation, ground_truth) -> float:
         explanation: relevance map, shape ``(H, W)`` or ``(D, H, W)``.
         ground_truth: mask of the same shape.
     """
-    values, region = _explanation_and_mask(explanation, ground_truth)
+    return _mass(*_explanation_and_mask(explanation, ground_truth))
+
+
+def _mass(values: np.ndarray, region: np.ndarray) -> float:
     positive = np.clip(values, 0.0, None)
     return _ratio(positive[region].sum(), positive.sum())
 
