@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -39,6 +40,25 @@ def test_top_k_mask_breaks_ties_by_lower_index():
     assert not top_k_mask(constant, 25).any()  # zeros are no evidence: nothing is selected
     sparse = torch.tensor([0.0, 0.0, 0.4, 0.0, 0.0, 0.0])
     assert top_k_mask(sparse, 50).flatten().tolist() == [False, False, True, False, False, False]  # 3 asked, 1 positive
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_k_mask_equals_a_stable_sort(dtype):
+    """The selection rule stated in the docstring, by a full stable sort: highest first,
+    ties to the lower flat index, never a value <= 0; on maps with many ties, negative
+    values and fewer positive values than k."""
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        values = np.round(rng.normal(size=(13, 17)), 1 if trial % 2 else 3)  # coarse rounding: many ties
+        if trial % 5 == 0:
+            values = np.minimum(values, 0) + (rng.random((13, 17)) < 0.02)  # only a few positive values
+        percent = float(rng.choice([1.0, 5.0, 12.5, 50.0]))
+        keep = top_k_count(percent, values.size)
+        order = np.argsort(-values.ravel(), kind="stable")[:keep]
+        expected = np.zeros(values.size, dtype=bool)
+        expected[order] = True
+        expected &= values.ravel() > 0
+        assert np.array_equal(top_k_mask(torch.as_tensor(values, dtype=dtype), percent).numpy().ravel(), expected), (trial, percent)
 
 
 def test_expand_region_respects_anisotropic_spacing():
