@@ -128,6 +128,33 @@ def test_pytorch_grad_cam_adapters_leave_no_hooks(method):
     assert _all_hooks(model) == 0
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam", "xgradcam"])
+def test_gradient_adapters_equal_the_librarys_own_hooks(densenet2d, method):
+    """Gradients through the head only give the maps of pytorch-grad-cam's own procedure
+    (its hooks, one forward and one backward to the input per class, its weighting)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from segx.explainers import _pgc_class
+
+    torch.manual_seed(8)
+    x = torch.rand(1, 3, 96, 96)
+    classes = [1, 4, 6]
+    layer = find_target_layer(densenet2d)[1]
+    with _pgc_class(method)(model=densenet2d, target_layers=[layer]) as cam:
+        reference = []
+        for c in classes:
+            image = x.clone().requires_grad_(True)
+            output = cam.activations_and_grads(image)
+            output[0, c].backward()
+            activations, gradients = cam.activations_and_grads.activations[0].numpy(), cam.activations_and_grads.gradients[0].numpy()
+            reference.append(np.maximum(cam.get_cam_image(image, layer, [ClassifierOutputTarget(c)], activations, gradients, False)[0], 0))
+    ours = pytorch_grad_cam(densenet2d, x, classes, method)
+    assert ours.method == method and ours.logits.shape == (7,)
+    np.testing.assert_allclose(ours.maps.numpy(), np.stack(reference), rtol=1e-4, atol=1e-6 * float(np.abs(reference).max()))
+    assert not np.allclose(reference[0], reference[1])
+    assert _all_hooks(densenet2d) == 0
+
+
 def test_adapter_gradcam_equals_fast_gradcam(densenet2d):
     x = torch.rand(1, 3, 96, 96)
     adapter = pytorch_grad_cam(densenet2d, x, [2, 3], "gradcam")

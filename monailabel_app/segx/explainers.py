@@ -295,6 +295,19 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
             weights = head.weight[list(classes)].detach().float() / n_positions
             maps = torch.einsum("kc,bc...->bk...", weights, activation).clamp_min(0)
             return logits.detach(), maps, "cam"
+    logits, activation, gradients = _activation_gradients(model, x, classes, layer_name, layer)
+    spatial = tuple(range(3, gradients.dim()))
+    weights = gradients.float().mean(dim=spatial)
+    maps = torch.einsum("bkc,bc...->bk...", weights, activation.float()).clamp_min(0)
+    return logits, maps, "gradcam"
+
+
+def _activation_gradients(model: nn.Module, x: torch.Tensor, classes: Sequence[int], layer_name: str, layer: nn.Module):
+    """The target layer's activation ``A (B, Ch, *s)`` and ``d logit_bc / d A`` for every
+    image and class, ``(B, K, Ch, *s)``, from one forward: the backbone runs without
+    autograd, only the layers after the target run with autograd on ``K`` copies of each
+    image's activation, and gradients are taken with respect to those copies (no full
+    backward, no parameter gradients). Returns ``(logits (B, C), A, gradients)``."""
     copies = len(classes)
     with torch.no_grad(), _capture_activation(layer, copies=copies, spatial=x.shape[2:]) as state:
         logits = model(x)
@@ -306,10 +319,7 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
     with torch.enable_grad():
         (gradients,) = torch.autograd.grad(logits[rows, targets].sum(), state["leaf"])
     gradients = _as_feature_map(gradients, x.shape[2:])
-    spatial = tuple(range(2, gradients.dim()))
-    weights = gradients.float().mean(dim=spatial).reshape(len(x), copies, -1)
-    maps = torch.einsum("bkc,bc...->bk...", weights, state["activation"].float()).clamp_min(0)
-    return logits[::copies].detach(), maps, "gradcam"
+    return logits[::copies].detach(), state["activation"], gradients.reshape(len(x), copies, *gradients.shape[1:])
 
 
 def fast_gradcam(
@@ -339,6 +349,10 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return _model_locks.setdefault(model, threading.RLock())
 
 
+#: pytorch-grad-cam methods whose weights come from the target layer's gradients.
+GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam")
+
+
 def _pgc_class(method: str):
     import pytorch_grad_cam as pgc
 
@@ -363,33 +377,34 @@ def pytorch_grad_cam(
     """Raw maps of a pytorch-grad-cam method at the target layer's resolution.
 
     Uses the library's own weighting (``get_cam_image``) and ReLU, but neither its
-    normalisation nor its resizing (scipy cubic zoom in 3D). Hooks live only inside this
-    call and calls on one model are serialised. Cost: one forward (+ one full backward for
-    gradient methods) per class.
+    normalisation nor its resizing (scipy cubic zoom in 3D). Gradient methods get the
+    target layer's activation and gradients of all classes from
+    :func:`_activation_gradients` (one forward, gradients through the head only) instead of
+    the library's hooks, which run one forward and one backward down to the input per class
+    (the same gradients: tests/test_explainers.py). Gradient-free methods (EigenCAM,
+    ScoreCAM) run the library's own forward. Calls on one model are serialised.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     _check_input(x, classes)
     if method == "scorecam" and x.dim() == 5:
         raise ValueError("scorecam supports 2D images only")
-    _, layer = find_target_layer(model, target_layer)
+    layer_name, layer = find_target_layer(model, target_layer)
     cam_class = _pgc_class(method)
-    maps, logits = [], None
     reshape = lambda output: _as_feature_map(output, x.shape[2:])  # noqa: E731 (transformer tokens -> grid)
-    with model_lock(model), torch.enable_grad(), cam_class(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-        for c in classes:
-            image = x.detach().clone().requires_grad_(True)
-            output = cam.activations_and_grads(image)
-            if logits is None:
-                logits = output[0].detach()
+    with model_lock(model):
+        if method in GRADIENT_METHODS:
+            logits, activation, gradients = _activation_gradients(model, x, classes, layer_name, layer)
+            activations, per_class = activation.float().cpu().numpy(), [g.float().cpu().numpy() for g in gradients[0, :, None]]
+            logits = logits[0]
+        with torch.enable_grad(), cam_class(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+            if method not in GRADIENT_METHODS:
+                image = x.detach().clone().requires_grad_(True)
+                logits = cam.activations_and_grads(image)[0].detach()
                 _check_classes(classes, logits.shape[0])
-            targets = [ClassifierOutputTarget(c)]
-            if cam.uses_gradients:
-                output[0, c].backward(inputs=[image])
-            activations = cam.activations_and_grads.activations[0].numpy()
-            gradients = cam.activations_and_grads.gradients[0].numpy() if cam.uses_gradients else None
-            raw = cam.get_cam_image(image, layer, targets, activations, gradients, False)
-            maps.append(torch.as_tensor(raw[0]).clamp_min(0))
+                activations, per_class = cam.activations_and_grads.activations[0].numpy(), [None] * len(classes)
+            maps = [torch.as_tensor(cam.get_cam_image(x, layer, [ClassifierOutputTarget(c)], activations, g, False)[0]).clamp_min(0)
+                    for c, g in zip(classes, per_class)]  # fmt: skip
     return ExplainerOutput(logits, torch.stack(maps).to(x.device), list(classes), method)
 
 
