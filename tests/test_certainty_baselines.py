@@ -3,7 +3,9 @@ difference, and ``segx calibrate`` on phantoms with the shipped demo2d model."""
 
 from __future__ import annotations
 
+import csv
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -92,6 +94,7 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
     models = tmp_path / "models"
     shutil.copytree(BUILTIN_MODELS_DIR / "weights", models / "weights")
     shutil.copy(BUILTIN_MODELS_DIR / "demo2d.yaml", models / "demo2d.yaml")
+    (models / "demo2d_model_card.md").write_text("# Model card\n\n## Certainty levels\n\nstale\n\n## Known limits\n\nkept\n")
     generate(tmp_path / "data", 2, 16, seed=4, split="val", progress=False)
     assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data")]) == 0
     printed = capsys.readouterr().out
@@ -107,6 +110,15 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
     assert section["high"] is None and "high_not_earned" in summary["levels"]
     assert pair.levels is None if section["low"] is None else pair.levels.variant == summary["variant"]
     assert Combination.from_config(config).weights == summary["combination"]["weights"]
+    # where the levels were calibrated: in the configuration and in the model card beside it
+    with open(tmp_path / "data" / "labels.csv", newline="") as stream:
+        counts = {"melanoma": 0, "nevus": 0} | dict(Counter(row["label"] for row in csv.DictReader(stream)))
+    assert section["calibrated_on"] == {"data": "data", "split": "val", "n": 16, "accuracy": summary["accuracy"],
+                                        "class_counts": dict(sorted(counts.items()))}  # fmt: skip
+    card = (models / "demo2d_model_card.md").read_text()
+    assert "stale" not in card and card.count("## Certainty levels") == 1 and card.endswith("## Known limits\n\nkept\n")
+    assert f"`val` split of `data` (16 studies: melanoma {counts['melanoma']}, nevus {counts['nevus']}" in card
+    assert "**high**: not shown" in card and "do not transfer to another site" in card
     assert main(["calibrate", "--model", str(models / "demo2d.yaml"), "--data", str(tmp_path / "data"), "--variant", "topk_inside"]) == 0
     printed = capsys.readouterr().out
     kept = yaml.safe_load(printed[printed.index("{") :])

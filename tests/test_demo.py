@@ -76,6 +76,8 @@ def test_training_writes_a_loadable_calibrated_configuration(tmp_path):
     assert pair.class_names == ["nevus", "melanoma"]
     # 8 val studies earn no level (each needs at least 10): none is shown rather than a guess
     assert config["certainty"]["low"] is None and config["certainty"]["high"] is None and pair.levels is None
+    card = (tmp_path / "models" / "demo2d_model_card.md").read_text()
+    assert "## Certainty levels" in card and "(8 studies: melanoma" in card and 'readouts therefore say "not calibrated"' in card
     losses = log["classifier"]["losses"]
     assert len(losses) == 12 and losses[-1] < losses[0]
     scores = log["segmenter"]["val_scores"]

@@ -262,7 +262,7 @@ def train(recipe_name: str, data: str | Path, out: str | Path, limit: int | None
     """
     from monai.losses import DiceCELoss
 
-    from .calibrate import calibrate
+    from .calibrate import calibrate, update_model_card
 
     if recipe_name not in RECIPES:
         raise ValueError(f"unknown recipe {recipe_name!r}; choose one of {sorted(RECIPES)}")
@@ -309,6 +309,7 @@ def train(recipe_name: str, data: str | Path, out: str | Path, limit: int | None
     log["seconds"] = round(time.perf_counter() - start, 1)
     (out / f"{recipe.name}_training.json").write_text(json.dumps(log, indent=2) + "\n")
     (out / f"{recipe.name}_model_card.md").write_text(model_card(recipe, log, limit))
+    update_model_card(config_file)  # the certainty levels and where they were calibrated
     return log
 
 
@@ -339,15 +340,10 @@ def model_card(recipe: Recipe, log: dict, limit: int | None = None) -> str:
         f"| accuracy of the final pair | {calibration['accuracy']:.3f} |",
         f"| max softmax probability: AUROC correct vs wrong | {calibration['msp_auroc']:.3f} |",
         *[f"| SegU `{v}`: AUROC correct vs wrong | {a:.3f} |" for v, a in calibration["auroc"].items()],
-        f"| chosen SegU variant / levels low, high | `{calibration['variant']}` / {_threshold(calibration['levels']['low'])}, {_threshold(calibration['levels']['high'])} |",
+        f"| chosen SegU variant (levels: see Certainty levels) | `{calibration['variant']}` |",
         f"| SegU (`{calibration['combination']['variant']}`) + MSP, in-sample AUROC | {calibration['combination']['auroc']:.3f} |",
         "",
         "Test-split figures: `segx evaluate` (see docs/RESULTS.md). Not a medical device: for research and education.",
         "",
     ]
     return "\n".join(lines)
-
-
-def _threshold(value: float | None) -> str:
-    """A level threshold for the model card (None: the validation split did not earn it)."""
-    return "not earned" if value is None else f"{value:.3f}"
