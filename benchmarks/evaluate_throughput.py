@@ -9,7 +9,9 @@ of CAM mass inside the region):
   work of ``segx evaluate --methods gradcam --mc-samples 0`` (Grad-CAM and the segmenter
   on 16 studies at a time); it also computes every SegU variant, the pointing game and
   relevance mass, which the reference skips;
-* ``reference``: the approach of the paper's reference code: a classifier forward for the
+* ``ours_torch``: the same with every forward in torch (the configuration's ``runtime:``
+  switched off; the shipped HAM10000 model runs its plain CPU forwards in ONNX Runtime);
+* ``reference``: the approach of the paper's reference code (torch): a classifier forward for the
   prediction, then one pytorch-grad-cam ``GradCAM`` call for the predicted class
   (``ClassifierOutputTarget``), the map copied to numpy and resized to the image grid,
   ``np.percentile`` binarisation of the top 5 %, and the segmenter run separately.
@@ -51,6 +53,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monailabel_app"))
 
 from common import cpu_name  # noqa: E402
+from segx import onnxrt  # noqa: E402
 from segx.config import BUILTIN_MODELS_DIR, load_model_pair, model_config_file  # noqa: E402
 from segx.datasets import Layout, Study, find_studies  # noqa: E402
 from segx.evaluate import study_records  # noqa: E402
@@ -144,9 +147,13 @@ def main() -> int:
     from pytorch_grad_cam import GradCAM
 
     _, layer = find_target_layer(pair.classifier, pair.target_layer)
+    torch_pair = load_model_pair(model_config_file(model)).to(args.device)  # the same pair with every forward in torch
+    for network in (torch_pair.classifier, torch_pair.segmenter):
+        onnxrt.disable(network)
     with GradCAM(model=pair.classifier, target_layers=[layer]) as cam:
         workloads = {
             "ours": lambda chosen: study_records(pair, chosen, ["gradcam"], args.device, mc_samples=0, desc="segx evaluate"),
+            "ours_torch": lambda chosen: study_records(torch_pair, chosen, ["gradcam"], args.device, mc_samples=0, desc="segx evaluate, torch"),
             "reference": lambda chosen: [reference_record(pair, s, cam, args.device) for s in tqdm(chosen, desc="reference")],
         }
         with precision:
@@ -172,6 +179,9 @@ def main() -> int:
         "images_per_second_ours": len(studies) / median["ours"],
         "images_per_second_reference": len(studies) / median["reference"],
         "speedup_vs_reference": median["reference"] / median["ours"],
+        "runtimes": {name: "onnxruntime" if onnxrt.enabled(network) else "torch" for name, network in (("classifier", pair.classifier), ("segmenter", pair.segmenter))},
+        "images_per_second_ours_torch": len(studies) / median["ours_torch"],
+        "speedup_vs_reference_torch_only": median["reference"] / median["ours_torch"],
         "iou_raw_ours": float(np.mean([r["iou_raw_gradcam"] for r in outputs["ours"]])),
         "iou_raw_reference": float(np.mean([r["iou_raw"] for r in outputs["reference"]])),
         "iou_segx_ours": float(np.mean([r["iou_segx_gradcam"] for r in outputs["ours"]])),
@@ -183,7 +193,9 @@ def main() -> int:
         result["ray_efficiency_2_workers"] = result["ray_studies_per_second_2_workers"] / (2 * result["ray_studies_per_second_1_workers"])
     if keep is not None:
         keep.cleanup()
-    print(f"segx evaluate {result['images_per_second_ours']:.1f} images/s, reference {result['images_per_second_reference']:.1f} images/s, speedup {result['speedup_vs_reference']:.2f}")
+    print(f"segx evaluate {result['images_per_second_ours']:.1f} images/s (runtimes {result['runtimes']}; all in torch: "
+          f"{result['images_per_second_ours_torch']:.1f}), reference {result['images_per_second_reference']:.1f} images/s, "
+          f"speedup {result['speedup_vs_reference']:.2f} (torch only: {result['speedup_vs_reference_torch_only']:.2f})")
     print("RESULT " + json.dumps(result))
     return 0
 

@@ -106,6 +106,7 @@ def test_torchscript_and_bundle(model_dir):
         (lambda c: c["segmenter"].update(torchscript="x.ts"), "exactly one of network, torchscript, bundle"),
         (lambda c: c["classifier"].update(memory_format="nhwc"), "classifier.memory_format: unknown format"),
         (lambda c: c["segmenter"].update(memory_format="channels_last"), "segmenter.memory_format: channels_last does not fit"),  # 3D
+        (lambda c: c["classifier"].update(runtime="tensorrt"), "classifier.runtime: unknown runtime 'tensorrt'"),
     ],
 )
 def test_broken_configs_name_the_file_and_field(model_dir, change, message):
@@ -133,6 +134,42 @@ def test_channels_last_keeps_the_outputs_and_lays_the_weights_out_as_nhwc(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(nhwc.classifier(x), plain.classifier(x), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(nhwc.segmenter(x), plain.segmenter(x), atol=1e-5, rtol=1e-4)
+
+
+def test_onnxruntime_gives_the_torch_results_and_runs_the_plain_forwards(tmp_path):
+    """``runtime: onnxruntime`` (a speed option) runs the segmenter and the classifier's
+    exact-CAM forward through ONNX Runtime, and every figure stays what torch computes."""
+    from segx.engine import explain_many
+    from segx.config import BUILTIN_MODELS_DIR
+    from segx.phantoms import generate
+
+    config = yaml.safe_load((BUILTIN_MODELS_DIR / "demo2d.yaml").read_text())
+    for section in ("classifier", "segmenter"):
+        config[section]["weights"] = str(BUILTIN_MODELS_DIR / config[section]["weights"])
+    (tmp_path / "torch.yaml").write_text(yaml.safe_dump(config))
+    config["classifier"]["runtime"] = config["segmenter"]["runtime"] = "onnxruntime"
+    (tmp_path / "ort.yaml").write_text(yaml.safe_dump(config))
+    generate(tmp_path / "data", 2, 6, seed=2, split="test", progress=False)
+    images = sorted(str(p) for p in (tmp_path / "data" / "images").iterdir())
+    reference = explain_many(load_model_pair(tmp_path / "torch.yaml"), images, classes="predicted")
+    pair = load_model_pair(tmp_path / "ort.yaml")
+    explain_many(pair, images[:1], classes="predicted")  # the first call exports each network (tracing its torch forward)
+    torch_calls = []
+    for network in (pair.classifier, pair.segmenter):
+        network.register_forward_hook(lambda module, inputs, output: torch_calls.append(module))
+    ours = explain_many(pair, images, classes="predicted")
+    assert torch_calls == []  # a batch of another size reuses the export: every forward ran in ONNX Runtime
+    for a, b in zip(reference, ours):
+        assert a.predicted == b.predicted and a.classes == b.classes and a.method == b.method == "cam"
+        np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
+        torch.testing.assert_close(b.explanation, a.explanation, atol=1e-4, rtol=1e-4)
+        assert float((b.segmentation != a.segmentation).float().mean()) < 1e-3  # a boundary pixel may flip on a 1e-5 tie
+        assert b.segu.value == pytest.approx(a.segu.value, abs=1e-3)
+    with pytest.raises(ConfigError, match="onnxruntime is offered for `network:` sections only"):
+        config["segmenter"] = {**config["segmenter"], "torchscript": "x.ts"}
+        del config["segmenter"]["network"]
+        (tmp_path / "ts.yaml").write_text(yaml.safe_dump(config))
+        load_model_pair(tmp_path / "ts.yaml")
 
 
 def test_missing_weights_error_carries_the_path(model_dir):

@@ -20,6 +20,7 @@ or a MONAI bundle folder. Relative paths are resolved against the config file's 
       # output_key: 0                   # which entry of a tuple/dict output is the logits
       target_layer: class_layers.relu   # optional, auto-detected
       # memory_format: channels_last    # optional (2D): often faster convolutions on CPU
+      # runtime: onnxruntime            # optional: plain CPU forwards by ONNX Runtime (faster)
     segmenter:
       network: UNet
       args: {spatial_dims: 2, in_channels: 3, out_channels: 2, channels: [8, 16], strides: [2]}
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import onnxrt
 from .certainty import DEFAULT_VARIANT, VARIANTS, load_levels
 from .pair import ModelPair
 from .preprocessing import BundlePipeline, Preprocessing, read_bundle
@@ -156,6 +158,17 @@ def load_network(section: dict, config_file: Path, field: str) -> nn.Module:
         return network.to(memory_format=MEMORY_FORMATS[name])
     except RuntimeError as error:  # 3D weights (rank 5) have no channels_last
         raise ConfigError(f"{config_file}: {field}.memory_format: {name} does not fit this network: {error}") from error
+
+
+def _runtime(section: dict, config_file: Path, field: str) -> str:
+    """The section's ``runtime`` (``torch``, or ``onnxruntime``: plain CPU forwards by ONNX
+    Runtime, :mod:`segx.onnxrt`, for ``network:`` sections only), checked before loading."""
+    name = section.get("runtime", "torch")
+    if name not in onnxrt.RUNTIMES:
+        raise ConfigError(f"{config_file}: {field}.runtime: unknown runtime {name!r}; choose one of {list(onnxrt.RUNTIMES)}")
+    if name == "onnxruntime" and "network" not in section:
+        raise ConfigError(f"{config_file}: {field}.runtime: onnxruntime is offered for `network:` sections only")
+    return name
 
 
 def _load_network(section: dict, config_file: Path, field: str) -> nn.Module:
@@ -302,6 +315,7 @@ def load_model_pair(path: str | Path) -> ModelPair:
         levels = load_levels(config) if "high" in certainty else None
     except TypeError as error:
         raise ConfigError(f"{config_file}: certainty: {error}") from error
+    runtimes = {"classifier": _runtime(classifier_section, config_file, "classifier"), "segmenter": _runtime(segmenter_section, config_file, "segmenter")}
     labels = segmenter_section.get("labels", {1: "region"})
     segmenter_input = _preprocessing(segmenter_section, config_file, "segmenter")
     default_output = segmenter_input.output if isinstance(segmenter_input, BundlePipeline) else "logits"
@@ -326,4 +340,7 @@ def load_model_pair(path: str | Path) -> ModelPair:
         raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{config_file}: {error}") from error
+    for network, runtime in ((pair.classifier, runtimes["classifier"]), (pair.segmenter, runtimes["segmenter"])):
+        if runtime == "onnxruntime":
+            onnxrt.enable(network)
     return pair

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import onnxrt
 from .certainty import NEEDS_RUNNER_UP, VARIANTS, Certainty, segu
 from .explainers import explain_classes, gradcam_batch, normalise, resample
 from .imageio import Image, as_image
@@ -142,10 +143,11 @@ def _segment_all(pair: ModelPair, images: list[Image], device: torch.device, pre
     pipeline = pair.segmenter_input
     prepared = prepared or [pipeline.prepare(image.array, image.affine) for image in images]
     xs = [p.input[None].to(device) for p in prepared]
+    network = onnxrt.runner(pair.segmenter, device)
     if len({tuple(x.shape) for x in xs}) == 1:
-        outputs = list(pipeline.run(pair.segmenter, torch.cat(xs)))
+        outputs = list(pipeline.run(network, torch.cat(xs)))
     else:
-        outputs = [pipeline.run(pair.segmenter, x)[0] for x in xs]
+        outputs = [pipeline.run(network, x)[0] for x in xs]
     nearest = pair.segmenter_output == "label"
     return [_segmenter_output(pair, pipeline.postprocess(output.float(), p, nearest)) for output, p in zip(outputs, prepared)]
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onnxrt
+
 #: Target layers of the MONAI (and torchvision) classifiers, by class name.
 DEFAULT_TARGET_LAYERS = {
     "DenseNet": "class_layers.relu",
@@ -285,12 +287,17 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
         raise ValueError("no class to explain")
     layer_name, layer = find_target_layer(model, target_layer)
     if allow_cam and _gap_linear_heads.get(model, {}).get(layer_name, True) is not None:
-        with torch.no_grad(), _capture_activation(layer, copies=0, spatial=x.shape[2:]) as state:
-            logits = model(x)
+        if onnxrt.usable(model, x):
+            logits, output = onnxrt.forward(model, x, layer_name, layer)
+            activation = _as_feature_map(output, x.shape[2:])
+        else:
+            with torch.no_grad(), _capture_activation(layer, copies=0, spatial=x.shape[2:]) as state:
+                logits = model(x)
+            activation = state["activation"]
         _check_classes(classes, logits.shape[1])
-        head = _gap_linear_head(model, layer_name, state["activation"], logits)
+        head = _gap_linear_head(model, layer_name, activation, logits)
         if head is not None:
-            activation = state["activation"].float()
+            activation = activation.float()
             n_positions = activation[0, 0].numel()
             weights = head.weight[list(classes)].detach().float() / n_positions
             maps = torch.einsum("kc,bc...->bk...", weights, activation).clamp_min(0)
