@@ -116,15 +116,22 @@ def test_broken_configs_name_the_file_and_field(model_dir, change, message):
     assert str(path) in str(error.value)
 
 
-def test_channels_last_keeps_the_outputs_and_lays_the_weights_out_as_nhwc(tmp_path):
-    """``memory_format: channels_last`` (a speed option) changes the weights' layout, not
-    what the networks compute."""
+def demo2d_config(folder, name: str) -> dict:
+    """The shipped demo2d configuration with absolute weight paths, written to
+    ``folder/name``; returned for changing and writing again."""
     from segx.config import BUILTIN_MODELS_DIR
 
     config = yaml.safe_load((BUILTIN_MODELS_DIR / "demo2d.yaml").read_text())
     for section in ("classifier", "segmenter"):
         config[section]["weights"] = str(BUILTIN_MODELS_DIR / config[section]["weights"])
-    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(config))
+    (folder / name).write_text(yaml.safe_dump(config))
+    return config
+
+
+def test_channels_last_keeps_the_outputs_and_lays_the_weights_out_as_nhwc(tmp_path):
+    """``memory_format: channels_last`` (a speed option) changes the weights' layout, not
+    what the networks compute."""
+    config = demo2d_config(tmp_path, "plain.yaml")
     config["classifier"]["memory_format"] = config["segmenter"]["memory_format"] = "channels_last"
     (tmp_path / "nhwc.yaml").write_text(yaml.safe_dump(config))
     plain, nhwc = load_model_pair(tmp_path / "plain.yaml"), load_model_pair(tmp_path / "nhwc.yaml")
@@ -140,13 +147,9 @@ def test_onnxruntime_gives_the_torch_results_and_runs_the_plain_forwards(tmp_pat
     """``runtime: onnxruntime`` (a speed option) runs the segmenter and the classifier's
     exact-CAM forward through ONNX Runtime, and every figure stays what torch computes."""
     from segx.engine import explain_many
-    from segx.config import BUILTIN_MODELS_DIR
     from segx.phantoms import generate
 
-    config = yaml.safe_load((BUILTIN_MODELS_DIR / "demo2d.yaml").read_text())
-    for section in ("classifier", "segmenter"):
-        config[section]["weights"] = str(BUILTIN_MODELS_DIR / config[section]["weights"])
-    (tmp_path / "torch.yaml").write_text(yaml.safe_dump(config))
+    config = demo2d_config(tmp_path, "torch.yaml")
     config["classifier"]["runtime"] = config["segmenter"]["runtime"] = "onnxruntime"
     (tmp_path / "ort.yaml").write_text(yaml.safe_dump(config))
     generate(tmp_path / "data", 2, 6, seed=2, split="test", progress=False)
