@@ -354,6 +354,19 @@ def test_dice_of_two_masks():
         dice(prediction, np.zeros((3, 2)))
 
 
+def test_dice_is_monais_compute_dice():
+    from monai.metrics import compute_dice
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        shape = (17, 23) if trial % 2 else (5, 9, 7)
+        prediction = rng.random(shape) < rng.uniform(0, 0.6) * (trial % 7 != 0)  # some empty predictions
+        truth = (rng.random(shape) < rng.uniform(0, 0.6) * (trial % 5 != 0)) * 255.0  # some empty truths
+        as_batch = lambda mask: torch.as_tensor(mask > 0, dtype=torch.float32)[None, None]  # noqa: E731
+        expected = float(compute_dice(as_batch(prediction), as_batch(truth), include_background=True, ignore_empty=False))
+        assert dice(prediction, truth) == pytest.approx(expected, abs=1e-6), trial
+
+
 def test_one_vs_rest_auroc_by_hand():
     # class 0: positives score 0.9, 0.4; negatives 0.5, 0.1 -> pairs won 3 of 4 -> 0.75
     # class 1: positives score 0.5, 0.9 (rows 2, 3) vs 0.1, 0.6 -> 0.5 loses to 0.6 -> 3 of 4 -> 0.75

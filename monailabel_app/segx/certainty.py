@@ -59,9 +59,14 @@ def mass_inside(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certain
     bad = _degenerate(explanation, region, "mass_inside")
     if bad:
         return bad
-    positive = explanation.clamp_min(0).double()
-    value = float((positive * region).sum() / positive.sum())
+    value = _mass_share(explanation, region)
     return Certainty(value, "mass_inside", _describe(value, "the explanation's mass"))
+
+
+def _mass_share(explanation: torch.Tensor, region: torch.Tensor) -> float:
+    """``sum_{x in M} E+(x) / sum_x E+(x)`` of a checked, non-degenerate pair."""
+    positive = explanation.clamp_min(0).double()
+    return float((positive * region).sum() / positive.sum())
 
 
 def mass_enrichment(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certainty:
@@ -72,8 +77,8 @@ def mass_enrichment(explanation: torch.Tensor, region: torch.Tensor, **_) -> Cer
     bad = _degenerate(explanation, region, "mass_enrichment")
     if bad:
         return bad
-    mass = mass_inside(explanation, region).value
-    area = float(region.double().mean())
+    mass = _mass_share(explanation, region)
+    area = float(torch.count_nonzero(region)) / region.numel()
     value = mass if area >= 1.0 else float(np.clip((mass - area) / (1.0 - area), 0.0, 1.0))
     return Certainty(value, "mass_enrichment", f"explanation mass {100 * mass:.0f}% inside a region of {100 * area:.0f}% of the image")
 

@@ -74,7 +74,8 @@ class SegXResult:
     timings: dict[str, float] = field(default_factory=dict)
     top_percent: float = 5.0
     explanation_grid: dict = field(default_factory=dict)
-    _distances: dict = field(default_factory=dict, repr=False)
+    _distances: dict = field(default_factory=dict, init=False, repr=False)
+    _regions: dict = field(default_factory=dict, init=False, repr=False)
 
     def certainty_of(self, class_index: int, variant: str) -> Certainty:
         """SegU ``variant`` of an explained class, from the stored raw map and region
@@ -84,7 +85,7 @@ class SegXResult:
         per_variant = self.certainty.setdefault(class_index, {})
         if variant not in per_variant:
             k = self.classes.index(class_index)
-            region = self.clinical_mask[k] >= 0.5
+            region = self.binary_region(class_index)
             options = {"spacing": self.spacing, "percent": self.top_percent}
             if variant in NEEDS_RUNNER_UP:
                 p = np.clip(self.probabilities.astype(float), 1e-12, 1.0)
@@ -103,6 +104,13 @@ class SegXResult:
                 options["distance"] = self._distances[key]
             per_variant[variant] = segu(self.explanation[k], region, variant, **options)
         return per_variant[variant]
+
+    def binary_region(self, class_index: int) -> torch.Tensor:
+        """The clinical region of an explained class as a bool map ``S`` (``mask >= 0.5``),
+        computed once."""
+        if class_index not in self._regions:
+            self._regions[class_index] = self.clinical_mask[self.classes.index(class_index)] >= 0.5
+        return self._regions[class_index]
 
     def runner_up(self, class_index: int) -> int:
         """The most probable class other than ``class_index`` (lower index on ties)."""

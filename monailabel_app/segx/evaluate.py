@@ -183,7 +183,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
         record[f"segu_{pair.certainty_variant}_{method}"] = per_method[method].certainty_of(predicted, pair.certainty_variant).value
     for method, current in per_method.items():
         record[f"grid_{method}"] = " x ".join(map(str, current.explanation_grid["maps"])) + " of " + " x ".join(map(str, current.explanation_grid["input"]))
-    region = result.clinical_mask[result.classes.index(predicted)] >= 0.5
+    region = result.binary_region(predicted)
     controls = {}
     if randomised is not None:
         controls = faithfulness.control_maps(region, image.spacing, seed=zlib.crc32(study.image_id.encode()))
