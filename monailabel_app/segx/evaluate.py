@@ -279,10 +279,10 @@ def _interpretability(records: list[dict], methods: list[str]) -> dict:
 def _evidence(records: list[dict], methods: list[str]) -> dict:
     """Means and CIs of ROAD and the deletion area (raw, SegX, each control) and of the
     randomisation rank correlations; paired CIs of SegX's ROAD minus each control's. The
-    headline names of issue 13 repeat some of them per method: ``iou_mask_only_<m>`` and
-    ``deletion_auc_mask_only_<m>`` (the uniform control: the region and nothing else),
-    ``deletion_auc_raw_<m>``, ``deletion_auc_segx_<m>``, and ``randomisation_rank_corr``
-    (the first method's raw map)."""
+    headline names of issue 13 repeat some of them per method: ``deletion_auc_mask_only_<m>``
+    (the uniform control: the region and nothing else), ``deletion_auc_raw_<m>``,
+    ``deletion_auc_segx_<m>``, and ``randomisation_rank_corr`` (the first method's raw map);
+    ``iou_mask_only_<m>`` repeats :func:`_interpretability`'s ``iou_control_uniform``."""
     summary = {}
     maps = [f"{kind}_{m}" for m in methods for kind in ("raw", "segx")] + [f"control_{c}" for c in faithfulness.CONTROLS]
     names = [f"{figure}_{name}" for figure in ("road", "deletion") for name in maps]
@@ -295,8 +295,6 @@ def _evidence(records: list[dict], methods: list[str]) -> dict:
         for control in faithfulness.CONTROLS:
             paired = [(r[f"road_segx_{method}"], r[f"road_control_{control}"]) for r in records if r.get(f"road_segx_{method}") is not None]
             summary[f"road_segx_minus_{control}_{method}_ci"] = bootstrap_ci(np.subtract(*zip(*paired)))[1:] if paired else None
-        with_mask = [r["iou_control_uniform"] for r in records if "iou_control_uniform" in r]
-        summary[f"iou_mask_only_{method}"] = float(np.mean(with_mask)) if with_mask else None
         summary[f"deletion_auc_mask_only_{method}"] = summary["deletion_control_uniform"]
         for kind in ("raw", "segx"):
             summary[f"deletion_auc_{kind}_{method}"] = summary[f"deletion_{kind}_{method}"]
@@ -394,6 +392,7 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
     summary.update(_certainty(records, scores))
     if evidence:
         summary.update(_evidence(records, methods))
+        summary.update({f"iou_mask_only_{m}": summary.get("iou_control_uniform") for m in methods})
     summary.update({f"grid_{m}": sorted({r[f"grid_{m}"] for r in records}) for m in methods})
     summary["grid_size"] = summary[f"grid_{methods[0]}"] if methods else None
     summary["segu_variant"] = pair.certainty_variant

@@ -287,7 +287,7 @@ def _gradcam_batch(model: nn.Module, x: torch.Tensor, classes: Sequence[int], ta
         raise ValueError("no class to explain")
     layer_name, layer = find_target_layer(model, target_layer)
     if allow_cam and _gap_linear_heads.get(model, {}).get(layer_name, True) is not None:
-        if onnxrt.usable(model, x):
+        if onnxrt.usable(model, x.device):
             logits, output = onnxrt.forward(model, x, layer_name, layer)
             activation = _as_feature_map(output, x.shape[2:])
         else:

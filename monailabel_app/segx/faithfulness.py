@@ -95,9 +95,8 @@ def impute(pixels: np.ndarray, keep: np.ndarray, noise: float, generator: torch.
     equations, variables, weights = (np.concatenate([e[i] for e in entries] + [extra]) for i, extra in enumerate((diagonal, diagonal, -weight_sum)))
     system = coo_matrix((weights, (equations, variables)), shape=(unknown.size, unknown.size)).tocsc()
     solution = spsolve(system, rhs).reshape(unknown.size, -1)
-    filled = flat.copy()
-    filled[:, unknown] = solution.T + noise * torch.randn(solution.T.shape, generator=generator, dtype=torch.float64).numpy()
-    return torch.from_numpy(filled.reshape(pixels.shape)).float()
+    flat[:, unknown] = solution.T + noise * torch.randn(solution.T.shape, generator=generator, dtype=torch.float64).numpy()  # flat is astype's copy
+    return torch.from_numpy(flat.reshape(pixels.shape)).float()
 
 
 def road_score(pair: ModelPair, image: Image, maps: dict[str, torch.Tensor], class_index: int, seed: int = 0,

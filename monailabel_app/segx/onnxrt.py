@@ -92,9 +92,9 @@ def _session(network: nn.Module, layer_name: str | None, layer: nn.Module | None
     return sessions[key]
 
 
-def usable(network: nn.Module, x: torch.Tensor) -> bool:
-    """True when ``network`` is enabled and ``x`` lives on the CPU."""
-    return enabled(network) and x.device.type == "cpu"
+def usable(network: nn.Module, device: torch.device | str) -> bool:
+    """True when ``network`` is enabled and its input lives on ``device``, the CPU."""
+    return enabled(network) and torch.device(device).type == "cpu"
 
 
 def forward(network: nn.Module, x: torch.Tensor, layer_name: str | None = None, layer: nn.Module | None = None):
@@ -110,6 +110,6 @@ def forward(network: nn.Module, x: torch.Tensor, layer_name: str | None = None, 
 def runner(network: nn.Module, device: torch.device):
     """What runs ``network``'s plain forward on ``device``: a callable using ONNX Runtime
     when the network is enabled and the device is the CPU, else the module itself."""
-    if enabled(network) and torch.device(device).type == "cpu":
+    if usable(network, device):
         return lambda x: forward(network, x)
     return network
