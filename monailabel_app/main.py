@@ -15,10 +15,20 @@
 - ``hold_minutes``: an image given to one annotator by ``segu_lowest_certainty`` is not
   given to another for this long (default 15);
 - ``tokens_file``: API tokens (``segx token``); with it every route needs a bearer token
-  and admin-only routes the admin role (see ``lib/security.py``).
+  and admin-only routes the admin role (see ``lib/security.py``);
+- ``network_modules``: comma-separated Python modules that model configurations may take
+  ``network:`` classes from, beyond ``monai.networks.nets``, ``torchvision.models`` and
+  ``segx.networks`` (exact modules, not their submodules; only modules whose code you
+  trust: see ``segx/config.py``); read by ``load_model_configs`` from ``conf``;
+- ``allowed_hosts``: host names clients may use besides IP addresses, ``localhost`` and
+  this computer's name (comma-separated; ``*``: any);
+- ``cors_origins``: web sites (``https://viewer.example.org``) whose pages may call the
+  server (comma-separated; default none).
 
-Every route's ids and tags are checked to be plain names, and no answer names a folder of
-the server. Start it on loopback (``--host 127.0.0.1``) unless ``tokens_file`` is set.
+Only the routes of the route table (``lib/routes.py``) are served, each to its role; every
+file a client sends goes through ``lib/ingest.py``; ids and tags are plain names, and no
+answer names a folder of the server (``docs/SECURITY.md``). Start it on loopback
+(``--host 127.0.0.1``) unless ``tokens_file`` is set.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +49,7 @@ from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.dicomweb import dicomweb_datastore  # noqa: E402
 from lib.endpoints import install_activelearning_route, install_infer_route  # noqa: E402
 from lib.security import install_gate, public  # noqa: E402
+from lib.uploads import install_upload_routes  # noqa: E402
 from segx.headers import DEFAULT_MAX_VOXELS  # noqa: E402
 from segx.tokens import Tokens  # noqa: E402
 from lib.trainers.pair_trainers import trainers_for  # noqa: E402
@@ -66,13 +78,23 @@ class SegXApp(MONAILabelApp):
             description="Classifier explanations aligned to the clinical region (SegX) with certainty (SegU)",
             version="0.1.0",
         )
+        self.tokens = Tokens(Path(conf["tokens_file"])) if conf.get("tokens_file") else None
         install_infer_route(self, self.max_upload_bytes, self.max_voxels)
         install_activelearning_route(self)
-        tokens = Tokens(Path(conf["tokens_file"])) if conf.get("tokens_file") else None
+        install_upload_routes(self, self.max_upload_bytes, self.max_voxels, self.label_values)
         from monailabel.app import app as fastapi_app  # the server's FastAPI app (imported by uvicorn)
+        from monailabel.config import settings
 
-        install_gate(fastapi_app, tokens)
-        _warn_if_exposed(tokens)
+        folders = {"studies": studies, "app": app_dir, "sessions": settings.MONAI_LABEL_SESSION_PATH or str(Path.home() / ".cache" / "monailabel"),
+                   "tmp": tempfile.gettempdir(), "home": str(Path.home()), "python": sys.prefix}  # fmt: skip
+        folders.update({f"models{i}": folder for i, folder in enumerate(conf.get("models_dir", "").split(os.pathsep)) if folder})
+        install_gate(fastapi_app, self.tokens, conf, self.max_upload_bytes, folders)
+        _warn_if_exposed(self.tokens)
+
+    def label_values(self) -> set[int]:
+        """Label values the segmenters of the loaded models know (a saved label may hold
+        these and 0)."""
+        return {int(value) for model in self.models.values() for value in model.runtime.pair.segment_names}
 
     def init_infers(self):
         tasks = {}

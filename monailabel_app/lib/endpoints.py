@@ -15,14 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from typing import Optional
 
 import requests
 
-from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints import activelearning as stock_activelearning
 from monailabel.endpoints import infer as stock_infer
@@ -32,20 +29,13 @@ from monailabel.interfaces.exception import MONAILabelException
 
 from segx.headers import check_image_file
 
+from . import ingest
 from .dicomweb import SegXDicomWebDatastore
 from .infers.runtime import ModelUnavailable
-from .security import public
+from .security import public, request_user
+from .uploads import owned_session, received, replace_route
 
 logger = logging.getLogger(__name__)
-
-
-def _upload_size(upload: UploadFile) -> int:
-    if upload.size is not None:
-        return upload.size
-    upload.file.seek(0, os.SEEK_END)
-    size = upload.file.tell()
-    upload.file.seek(0)
-    return size
 
 
 #: The params a SegX task reads (``lib.infers.tasks``); every other key is dropped, above all
@@ -82,21 +72,6 @@ def _checked_params(params: str) -> dict:
     return kept
 
 
-#: Image file types the SegX tasks read (the uploaded file keeps its type for the readers).
-UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
-
-
-def _save_upload(upload: UploadFile) -> str:
-    """The upload in a temporary file of its image type (the caller removes it)."""
-    name = (upload.filename or "").lower()
-    suffix = next((s for s in UPLOAD_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
-        raise HTTPException(status_code=400, detail=f"unsupported file type {os.path.basename(name)[-40:]!r}; send one of {UPLOAD_SUFFIXES}")
-    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as stream:
-        shutil.copyfileobj(upload.file, stream)
-    return stream.name
-
-
 def _store_dicom(segx_app, model: str, image_id: str, image_path: str, params: dict, result: dict) -> None:
     """With a DICOMweb datastore, store a SegX task's result in the PACS (SEG, Parametric
     Maps, SR in the source study; ``store_dicom: false`` skips it) and add their UIDs to
@@ -131,13 +106,10 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
         max_upload_bytes: larger uploads are refused with 413.
         max_voxels: images with more voxels are refused with 413 before decoding.
     """
-    router = stock_infer.router
-    path = f"{router.prefix}/{{model}}"
-    for route in [r for r in router.routes if getattr(r, "path", None) == path and "POST" in r.methods]:
-        router.routes.remove(route)
 
     def segx_run_inference(
         background_tasks: BackgroundTasks,
+        request: Request,
         model: str,
         image: str = "",
         session_id: str = "",
@@ -158,30 +130,20 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
             segx_app.infer_tasks()[model].check(request_params)
         except ValueError as error:
             raise HTTPException(status_code=400, detail=public(str(error))) from error
-        if file:
-            if _upload_size(file) > max_upload_bytes:
-                raise HTTPException(
-                    status_code=413,
-                    detail=f"upload {os.path.basename(file.filename or '')!r} exceeds the limit of {max_upload_bytes / 2**20:g} MiB "
-                    "(set it with --conf max_upload_mb N)",
-                )
-            if _upload_size(file) == 0:
-                raise HTTPException(status_code=400, detail=f"upload {os.path.basename(file.filename or '')!r} is empty")
-        elif session_id:
-            session = segx_app.sessions().get_session(session_id) if segx_app.sessions() is not None else None
-            if session is None:
-                raise HTTPException(status_code=404, detail=f"session {session_id!r} is not known or has expired: upload the image again")
-        elif image:
+        if session_id:
+            session = owned_session(segx_app, session_id, request_user(request))
+        elif image and not file:
             if image not in segx_app.datastore().list_images():
                 raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
-        else:
+        elif not file:
             raise HTTPException(status_code=400, detail="send an image file or the id of an image in the datastore")
-        uploaded = _save_upload(file) if file else None
+        workdir, uploaded = received([file], max_upload_bytes, max_voxels) if file and not session_id else (None, None)
         try:
-            image_path = uploaded or (session.image if session_id else segx_app.datastore().get_image_uri(image))
-            check_image_file(image_path, max_voxels)
+            image_path = str(uploaded) if uploaded else (session.image if session_id else segx_app.datastore().get_image_uri(image))
+            if not uploaded:
+                check_image_file(image_path, max_voxels)
             result = segx_app.infer({"model": model, "image": image_path, **request_params})
-            if image and not (file or session_id):
+            if image and not uploaded and not session_id:
                 _store_dicom(segx_app, model, image, image_path, request_params, result)
             return send_response(segx_app.datastore(), result, output, background_tasks)
         except ModelUnavailable as error:
@@ -194,15 +156,15 @@ def install_infer_route(segx_app, max_upload_bytes: int, max_voxels: int) -> Non
         except (ValueError, MONAILabelException) as error:
             message = public(getattr(error, "msg", None) or str(error))
             if uploaded:  # name the client's file, not our temporary one
-                message = message.replace(os.path.basename(uploaded), os.path.basename(file.filename or "upload"))
+                message = message.replace(uploaded.name, (file.filename or "upload").rsplit("/", 1)[-1][-80:])
             logger.warning(f"infer {model}: bad request: {message}")
             status = 413 if "over the limit" in message else 400
             raise HTTPException(status_code=status, detail=message) from error
         finally:
-            if uploaded:
-                os.remove(uploaded)
+            if workdir:
+                ingest.remove(workdir)
 
-    router.add_api_route("/{model}", segx_run_inference, methods=["POST"], summary="Run inference (threaded, 4xx on bad input)")
+    replace_route(stock_infer.router, "/{model}", "POST", segx_run_inference, "Run inference (threaded, 4xx on bad input)")
 
 
 def install_activelearning_route(segx_app) -> None:
@@ -210,18 +172,17 @@ def install_activelearning_route(segx_app) -> None:
     the strategy, and with it any scoring, on the event loop, which blocked ``/info`` for
     16 s) by a plain function that FastAPI runs in its thread pool, with 404 for an unknown
     strategy and 400 for a bad request. MONAI Label's own ``sample`` does the rest
-    (recording which client got the image)."""
-    router = stock_activelearning.router
-    path = f"{router.prefix}/{{strategy}}"
-    for route in [r for r in router.routes if getattr(r, "path", None) == path and "POST" in r.methods]:
-        router.routes.remove(route)
+    (recording which client got the image); the reply names the image by its id only."""
 
     def segx_sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
         if strategy not in segx_app._strategies:  # MONAI Label keeps them there
             raise HTTPException(status_code=404, detail=f"unknown strategy {strategy!r}; available: {sorted(segx_app._strategies)}")
+        if segx_app.tokens is not None:  # each token's user is one annotator: holds are per user
+            params = {**(params or {}), "client_id": user.username}
         try:
-            return stock_activelearning.sample(strategy, params, user.username)
+            chosen = stock_activelearning.sample(strategy, params, user.username)
+            return {key: value for key, value in chosen.items() if key != "path"}
         except ValueError as error:
             raise HTTPException(status_code=400, detail=public(str(error))) from error
 
-    router.add_api_route("/{strategy}", segx_sample, methods=["POST"], summary="Next sample (threaded, 4xx on bad input)")
+    replace_route(stock_activelearning.router, "/{strategy}", "POST", segx_sample, "Next sample (threaded, 4xx on bad input)")

@@ -33,12 +33,12 @@ class Tokens:
                 raise ValueError(f"{self.path.name}: each token needs a role in {ROLES} and a sha256 digest; got {entry.get('name')!r}")
         self.entries = entries
 
-    def role_of(self, token: str) -> str | None:
-        """The role of ``token``, or ``None`` (constant-time comparison)."""
+    def entry_of(self, token: str) -> dict | None:
+        """``{"name", "role", "sha256"}`` of ``token``, or ``None`` (constant-time comparison)."""
         found = None
         for entry in self.entries:
             if hmac.compare_digest(entry["sha256"], digest(token)):
-                found = entry["role"]
+                found = entry
         return found
 
     def add(self, name: str, role: str) -> str:
