@@ -90,10 +90,13 @@ def unpack_archive(archive: Path, into: Path, max_bytes: int, archive_name: str)
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
-                for info in bundle.infolist():
+                members = [info for info in bundle.infolist() if not info.is_dir()]
+                if len(members) > MAX_MEMBERS:  # the central directory says so: refuse before writing anything
+                    raise Refused(f"{archive_name} holds more than {MAX_MEMBERS} files")
+                if sum(info.file_size for info in members) > max_bytes:
+                    raise Refused(f"{archive_name} holds more than {max_bytes / 2**20:g} MiB", 413)
+                for info in members:
                     kind = stat.S_IFMT(info.external_attr >> 16)
-                    if info.is_dir():
-                        continue
                     if kind not in (0, stat.S_IFREG):
                         raise Refused(f"{archive_name}: member {info.filename[:80]!r} is a link or a special file")
                     with bundle.open(info) as source:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 from urllib.parse import parse_qsl, urlsplit
@@ -111,8 +112,6 @@ class Redactor:
 
 
 def _resolved(folder: str) -> str:
-    import os
-
     return os.path.realpath(folder).rstrip("/")
 
 
@@ -222,25 +221,49 @@ class Gate:
                 state["status"], state["headers"] = message["status"], message.get("headers", [])
                 return None
             if message["type"] == "http.response.body" and state["redact"]:
-                state["body"].append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return None
-                body = self.redact(b"".join(state["body"]))
-                headers = [(k, v) for k, v in state["headers"] if k.lower() != b"content-length"]
-                state["started"] = True
-                await send({"type": "http.response.start", "status": state["status"], "headers": headers + [(b"content-length", str(len(body)).encode())]})
-                return await send({"type": "http.response.body", "body": body})
+                state["body"].append(message.get("body", b""))  # sent once the app has returned
+                return None
             return await send(message)
 
         try:
             await self.app(scope, limited_receive, filtered_send)
         except _BodyTooLarge:
             pass
-        except Exception:
+        except Exception as error:  # a handler failed: its 500 page is buffered (text), not sent
             if not state["over"]:
-                raise
+                status, detail = _failure(error)
+                if status >= 500 or state["started"]:
+                    logger.exception(f"{scope['method']} {scope['path']} failed")
+                return None if state["started"] else await _answer(send, status, detail)
         if state["over"] and not state["started"]:
-            await _answer(send, 413, _too_large(limit, route))
+            return await _answer(send, 413, _too_large(limit, route))
+        if state["redact"]:
+            body = self.redact(b"".join(state["body"]))
+            headers = [(k, v) for k, v in state["headers"] if k.lower() != b"content-length"]
+            await send({"type": "http.response.start", "status": state["status"], "headers": headers + [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+def _failure(error: Exception) -> tuple[int, str]:
+    """The answer to an exception a route let through (MONAI Label's routes answer unknown
+    ids with an exception, hence a 500): not-found -> 404, invalid input -> 400, anything
+    else a 500 that names no file and carries no trace."""
+    from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException, MONAILabelError, MONAILabelException
+
+    if isinstance(error, (ImageNotFoundException, LabelNotFoundException, FileNotFoundError)):
+        return 404, public(str(getattr(error, "msg", None) or "not found"))
+    if isinstance(error, MONAILabelException) and error.error == MONAILabelError.INVALID_INPUT:
+        return 400, public(str(error.msg))
+    if isinstance(error, AssertionError) and _raised_in_monailabel(error):  # its routes assert their preconditions
+        return 400, public(str(error))
+    return 500, "internal error: the server log has the details"
+
+
+def _raised_in_monailabel(error: Exception) -> bool:
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"{os.sep}monailabel{os.sep}" in frames[-1].filename
 
 
 class _BodyTooLarge(Exception):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from monailabel.interfaces.config import TaskConfig
 
-from segx.config import CONFIG_SUFFIXES, ConfigError
+from segx.config import CONFIG_SUFFIXES, NETWORK_MODULES_CONF, ConfigError, allow_network_modules
 
 from ..infers.runtime import ModelRuntime, resolve_device
 from ..infers.tasks import infer_tasks
@@ -57,10 +57,20 @@ class SegXModelConfig(TaskConfig):
 def load_model_configs(folders: list[Path], selected: str, conf: dict) -> tuple[dict[str, SegXModelConfig], dict[str, str]]:
     """Load the selected models (comma-separated names, or ``all``).
 
+    ``conf["network_modules"]`` (comma-separated module names) is the admin's addition to
+    the modules a configuration's ``network:`` may come from (see :mod:`segx.config`); it
+    holds for this process, reloads and trainers included.
+
     Returns:
         ``(models, unavailable)``: the loaded configs by NAME, and NAME -> reason for those
         that could not be loaded (broken config, missing weights, unknown name).
+
+    Raises:
+        ConfigError: ``network_modules`` names something that is not a dotted module name.
     """
+    allowed = allow_network_modules(conf.get(NETWORK_MODULES_CONF, ""))
+    if allowed:
+        logger.info(f"network modules allowed by --conf {NETWORK_MODULES_CONF}: {', '.join(allowed)}")
     files = find_config_files(folders)
     names = list(files) if selected.strip() in ("", "all") else [n.strip() for n in selected.split(",") if n.strip()]
     models: dict[str, SegXModelConfig] = {}
