@@ -134,7 +134,7 @@ def test_ras_and_lps_storage_give_the_same_answer_on_the_same_anatomy(bundle):
     np.testing.assert_allclose(lps_map, ras_map, atol=1e-3)
 
 
-def test_an_input_section_without_orientation_gets_lps_wrong(bundle, tmp_path):
+def test_an_input_section_without_orientation_gets_lps_wrong(bundle, monkeypatch):
     """The control that shows the checks above can fail: the same steps written as an
     ``input:`` section, once with and once without ``orientation: RAS``."""
     folder, reference = bundle
@@ -143,15 +143,15 @@ def test_an_input_section_without_orientation_gets_lps_wrong(bundle, tmp_path):
     for name, orientation in (("oriented", {"orientation": "RAS"}), ("unoriented", {})):
         config["segmenter"] = {
             "network": "bundle_networks.RampThreshold",
-            "weights": str(folder / "models" / "model.pt"),
+            "weights": "models/model.pt",
             "labels": {1: "bright"},
             "input": {**steps, **orientation},
         }
-        config["classifier"]["weights"] = str(folder / "classifier.pt")
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config))  # beside pair.yaml: its paths stay inside
+    monkeypatch.setenv("SEGX_NETWORK_MODULES", "bundle_networks")  # a test module, allowed as an admin would
     image = folder / "data" / "lps.nii.gz"
-    oriented = explain_file(tmp_path / "oriented.yaml", image).segmentation.numpy()
-    unoriented = explain_file(tmp_path / "unoriented.yaml", image).segmentation.numpy()
+    oriented = explain_file(folder / "oriented.yaml", image).segmentation.numpy()
+    unoriented = explain_file(folder / "unoriented.yaml", image).segmentation.numpy()
     assert dice(oriented == 1, reference["lps"] == 1) >= 0.98
     assert dice(unoriented == 1, reference["lps"] == 1) < 0.8
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -122,8 +123,9 @@ def demo2d_config(folder, name: str) -> dict:
     from segx.config import BUILTIN_MODELS_DIR
 
     config = yaml.safe_load((BUILTIN_MODELS_DIR / "demo2d.yaml").read_text())
+    (folder / "weights").mkdir(exist_ok=True)
     for section in ("classifier", "segmenter"):
-        config[section]["weights"] = str(BUILTIN_MODELS_DIR / config[section]["weights"])
+        shutil.copy(BUILTIN_MODELS_DIR / config[section]["weights"], folder / "weights")
     (folder / name).write_text(yaml.safe_dump(config))
     return config
 

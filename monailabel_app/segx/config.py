@@ -1,14 +1,16 @@
 """Model-pair configuration files: one YAML or JSON file per model configuration.
 
 Each network is a MONAI network name with arguments and a state_dict, a TorchScript file,
-or a MONAI bundle folder. Relative paths are resolved against the config file's folder::
+or a MONAI bundle folder. Paths are resolved against the config file's folder and must
+stay in it (see "What a configuration may name" below)::
 
     name: demo2d
     spatial_dims: 2
     classes: [benign, malignant]        # class labels, logit order
     multi_label: false                  # softmax (false) or one sigmoid per class
     classifier:
-      network: DenseNet121              # any monai.networks.nets name, or module.Class
+      network: DenseNet121              # a monai.networks.nets name, or module.Name from an
+                                        # allowed module (below), e.g. torchvision.models.resnet18
       args: {spatial_dims: 2, in_channels: 3, out_channels: 2}
       weights: demo2d_classifier.pt     # state_dict
       # torchscript: classifier.ts      # ... or a TorchScript file
@@ -31,14 +33,50 @@ or a MONAI bundle folder. Relative paths are resolved against the config file's 
       # input: {..., inferer: sliding_window, roi_size: [96, 96, 96], overlap: 0.25}
     region_labels: {malignant: [1]}     # optional; default: every foreground label
     certainty: {variant: mass_inside, low: 0.3, high: 0.6, ...}   # optional, calibrated
+
+What a configuration may name. A configuration file is data, and whoever can write one
+(an upload into a models folder) must not gain code execution from it:
+
+- ``network:`` comes from an allow-list of *modules*: ``monai.networks.nets`` (bare names),
+  ``torchvision.models`` and ``segx.networks`` (:data:`BUILTIN_NETWORK_MODULES`), plus the
+  modules an admin names: the server's ``--conf network_modules a.b,c.d``, or the
+  environment variable ``SEGX_NETWORK_MODULES=a.b,c.d`` (for the ``segx`` command on a
+  researcher's own machine; the server honours it too, as whoever sets a server's
+  environment is its admin). ``module.Name`` is allowed only if ``module`` *equals* an
+  allowed module: submodules are not included (``torchvision.models.resnet.resnet18`` is
+  refused; name ``torchvision.models.resnet18``, or have the admin allow the submodule).
+  A module that is not allowed is never imported. ``Name`` must be a class deriving from
+  ``torch.nn.Module``, a function annotated to return one (MONAI's ``resnet10``), or a
+  torchvision builder registered in ``torchvision.models.list_models()`` (built by
+  ``torchvision.models.get_model(name, **args)``). Anything else (``os.system``,
+  ``subprocess.Popen``, ``torch.nn.Linear``) is a :class:`ConfigError` that says how to
+  allow a module.
+- ``args:`` is plain YAML/JSON data passed to the constructor; arguments that read or
+  download files (:data:`FILE_ARGS`: ``pretrained``, ``pretrained_url``, ``weights``, ...) are
+  refused: the weights come from ``weights:`` alone.
+- ``weights:``, ``torchscript:`` and ``bundle:`` are paths inside the configuration's folder
+  or its subfolders: ``..``, absolute paths elsewhere and symlinks that lead out are refused.
+  ``weights`` is read with ``torch.load(weights_only=True)``; ``torchscript`` with
+  ``torch.jit.load``. A MONAI bundle **is code**: its ``configs/inference.*`` runs Python
+  through ``$`` expressions and ``_target_``, by design. Only an admin should install a
+  bundle; the folder rule keeps a configuration from pointing at one elsewhere.
+- Every other key is data or a name looked up in a fixed table: ``input.intensity``,
+  ``resize``, ``inferer`` (:mod:`segx.preprocessing`), ``memory_format``, ``runtime``,
+  ``segmenter.output``, ``certainty.variant``; ``classifier.target_layer`` is looked up in
+  the network's ``named_modules()``, ``output_key`` indexes its output. The full table is
+  in ``tests/test_config_allowlist.py``, which fails when the loader reads a key it lacks.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import json
+import os
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -89,18 +127,127 @@ def _require(section: dict, key: str, where: str, config_file: Path) -> Any:
     return section[key]
 
 
-def _network_class(name: str, config_file: Path, field: str):
-    import monai.networks.nets as nets
+#: Modules a configuration may take networks from without an admin's say-so.
+BUILTIN_NETWORK_MODULES = ("monai.networks.nets", "torchvision.models", "segx.networks")
+#: The environment variable naming more allowed modules (comma-separated), for the ``segx``
+#: CLI and Python use; the server takes ``--conf network_modules`` (and honours it too).
+NETWORK_MODULES_ENV = "SEGX_NETWORK_MODULES"
+#: The server's ``--conf`` key naming more allowed modules (comma-separated).
+NETWORK_MODULES_CONF = "network_modules"
+#: Constructor arguments that make a network read a file or download one (MONAI 1.5
+#: ``ResNet``'s ``pretrained`` path, ``HoVerNet``'s ``pretrained_url``, ``Transchex``'s
+#: hub/file arguments, torchvision's ``weights``): a network's weights come from
+#: ``weights:`` alone. Refused when given a value other than None/false.
+FILE_ARGS = ("pretrained", "pretrained_url", "path_or_repo_id", "filename", "cache_dir", "weights", "weights_backbone")
 
-    if "." not in name:
-        if not hasattr(nets, name):
-            raise ConfigError(f"{config_file}: {field}: unknown MONAI network {name!r}")
-        return getattr(nets, name)
-    module_name, _, class_name = name.rpartition(".")
+_admin_network_modules: tuple[str, ...] = ()
+
+
+def _module_names(names: str | Iterable[str], source: str) -> tuple[str, ...]:
+    """Comma-separated (or listed) dotted module names, checked to be names (no paths)."""
+    names = names.split(",") if isinstance(names, str) else list(names)
+    names = tuple(n.strip() for n in names if n and n.strip())
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"{source}: {name!r} is not a dotted module name")
+    return names
+
+
+def allow_network_modules(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Set the modules an admin allows beyond :data:`BUILTIN_NETWORK_MODULES` for this
+    process (the server's ``--conf network_modules``; replaces an earlier call)."""
+    global _admin_network_modules
+    _admin_network_modules = _module_names(names, f"--conf {NETWORK_MODULES_CONF}")
+    return _admin_network_modules
+
+
+def allowed_network_modules(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The modules networks may come from: the built-in ones, the admin's
+    (:func:`allow_network_modules`), ``$SEGX_NETWORK_MODULES`` (read now) and ``extra``."""
+    from_env = _module_names(os.environ.get(NETWORK_MODULES_ENV, ""), f"${NETWORK_MODULES_ENV}")
+    return tuple(dict.fromkeys((*BUILTIN_NETWORK_MODULES, *_admin_network_modules, *from_env, *_module_names(extra, "network_modules"))))
+
+
+def _builds_a_module(obj: Any) -> bool:
+    """A class deriving from ``nn.Module``, or a function whose return annotation is one
+    (MONAI's ``resnet10``)."""
+    if isinstance(obj, type):
+        return issubclass(obj, nn.Module)
+    if not inspect.isfunction(obj):
+        return False
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(f"{config_file}: {field}: cannot import {name!r}: {error}") from error
+        returned = typing.get_type_hints(obj).get("return")
+    except Exception:  # an annotation that does not resolve: not a declared builder
+        return False
+    return isinstance(returned, type) and issubclass(returned, nn.Module)
+
+
+def _network_class(name: Any, config_file: Path, field: str, modules: Iterable[str] | None = None) -> Callable[..., nn.Module]:
+    """The class or builder function that ``network:`` names, from an allowed module only.
+
+    ``name`` is a bare ``monai.networks.nets`` name (``UNet``) or ``module.Name``; its module
+    part must equal an allowed module exactly (submodules are not included: an admin names
+    each module), and the module is imported only once it is found allowed. ``Name`` must
+    be a class deriving from ``nn.Module``, a function annotated to return one, or, in
+    ``torchvision.models``, a builder that ``torchvision.models.list_models()`` registers
+    (built with ``torchvision.models.get_model``).
+    """
+    modules = allowed_network_modules() if modules is None else tuple(modules)
+    if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+        raise ConfigError(f"{config_file}: {field}: expected a network name (UNet, module.Class), got {name!r}")
+    module_name, _, attribute = name.rpartition(".")
+    module_name = module_name or "monai.networks.nets"
+    if module_name not in modules:
+        raise ConfigError(
+            f"{config_file}: {field}: network {name!r} refused: module {module_name!r} is not allowed "
+            f"(allowed: {', '.join(modules)}; submodules are not included). An admin who trusts that module's code "
+            f"allows it with the server's `--conf {NETWORK_MODULES_CONF} {module_name}` or, for the segx command, "
+            f"the environment variable {NETWORK_MODULES_ENV}={module_name} (comma-separated)"
+        )
+    if attribute.startswith("_"):
+        raise ConfigError(f"{config_file}: {field}: {name!r} is private, not a network")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"{config_file}: {field}: cannot import {module_name!r}: {error}") from error
+    if module_name == "torchvision.models" and attribute in module.list_models():
+        return functools.partial(module.get_model, attribute)
+    if not hasattr(module, attribute):
+        unknown = "unknown MONAI network" if module_name == "monai.networks.nets" else f"no network in {module_name}:"
+        raise ConfigError(f"{config_file}: {field}: {unknown} {attribute!r}")
+    network_class = getattr(module, attribute)
+    if not _builds_a_module(network_class):
+        raise ConfigError(f"{config_file}: {field}: {name!r} refused: not a torch.nn.Module class or a builder function annotated to return one")
+    return network_class
+
+
+def _network_args(section: dict, config_file: Path, field: str) -> dict:
+    """The section's ``args``: a mapping of plain values, none of :data:`FILE_ARGS` set."""
+    args = section.get("args", {})
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise ConfigError(f"{config_file}: {field}.args: expected a mapping of argument names to values")
+    for key in FILE_ARGS:
+        if args.get(key) not in (None, False):
+            raise ConfigError(f"{config_file}: {field}.args.{key}: refused: arguments that make a network read or download "
+                              f"files are not accepted ({', '.join(FILE_ARGS)}); give a state_dict in {field}.weights")  # fmt: skip
+    return args
+
+
+def _confined(value: Any, config_file: Path, field: str) -> Path:
+    """A path field (``weights``, ``torchscript``, ``bundle``) resolved against the
+    configuration's folder, symlinks followed; a :class:`ConfigError` unless it lies in that
+    folder or one of its subfolders (``..``, absolute paths elsewhere, links out: refused)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{config_file}: {field}: expected a path relative to the configuration's folder, got {value!r}")
+    base = config_file.parent.resolve()
+    try:
+        path = (base / value).resolve()
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a symlink loop
+        raise ConfigError(f"{config_file}: {field}: bad path {value!r}: {error}") from error
+    if not path.is_relative_to(base):
+        raise ConfigError(f"{config_file}: {field}: {value!r} refused: it lies outside the configuration's folder "
+                          "(weights, TorchScript files and bundles must be in that folder or its subfolders, symlinks included)")  # fmt: skip
+    return path
 
 
 def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: str) -> None:
@@ -115,6 +262,18 @@ def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: 
         model.load_state_dict(state)
     except RuntimeError as error:
         raise ConfigError(f"{config_file}: {field}: weights {weights} do not fit the network: {error}") from error
+
+
+BUNDLE_FILES = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml", "models/model.pt", "models/model.ts")
+
+
+def _bundle_folder(value: Any, config_file: Path, field: str) -> Path:
+    """The ``bundle:`` folder, confined to the configuration's folder (:func:`_confined`),
+    as are the files read from it (:data:`BUNDLE_FILES`: a symlink out is refused too)."""
+    folder = _confined(value, config_file, field)
+    for name in BUNDLE_FILES:
+        _confined(str(folder / name), config_file, f"{field} ({name})")
+    return folder
 
 
 def _bundle(folder: Path, config_file: Path, field: str):
@@ -145,15 +304,16 @@ def _bundle_network(folder: Path, config_file: Path, field: str) -> nn.Module:
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def load_network(section: dict, config_file: Path, field: str) -> nn.Module:
+def load_network(section: dict, config_file: Path, field: str, network_modules: Iterable[str] | None = None) -> nn.Module:
     """Build one network from its config section (``network`` + ``args`` + ``weights``,
     ``torchscript`` or ``bundle``), weights loaded, in eval mode, its weights in the
     section's ``memory_format`` (``channels_last`` makes 2D convolutions run in NHWC order,
-    which oneDNN often runs faster on CPU; docs/BENCHMARKS.md)."""
+    which oneDNN often runs faster on CPU; docs/BENCHMARKS.md). ``network_modules``: the
+    modules ``network:`` may name (default :func:`allowed_network_modules`)."""
     name = section.get("memory_format", "contiguous")
-    if name not in MEMORY_FORMATS:
+    if not isinstance(name, str) or name not in MEMORY_FORMATS:
         raise ConfigError(f"{config_file}: {field}.memory_format: unknown format {name!r}; choose one of {sorted(MEMORY_FORMATS)}")
-    network = _load_network(section, config_file, field)
+    network = _load_network(section, config_file, field, network_modules)
     try:
         return network.to(memory_format=MEMORY_FORMATS[name])
     except RuntimeError as error:  # 3D weights (rank 5) have no channels_last
@@ -164,31 +324,35 @@ def _runtime(section: dict, config_file: Path, field: str) -> str:
     """The section's ``runtime`` (``torch``, or ``onnxruntime``: plain CPU forwards by ONNX
     Runtime, :mod:`segx.onnxrt`, for ``network:`` sections only), checked before loading."""
     name = section.get("runtime", "torch")
-    if name not in onnxrt.RUNTIMES:
+    if not isinstance(name, str) or name not in onnxrt.RUNTIMES:
         raise ConfigError(f"{config_file}: {field}.runtime: unknown runtime {name!r}; choose one of {list(onnxrt.RUNTIMES)}")
     if name == "onnxruntime" and "network" not in section:
         raise ConfigError(f"{config_file}: {field}.runtime: onnxruntime is offered for `network:` sections only")
     return name
 
 
-def _load_network(section: dict, config_file: Path, field: str) -> nn.Module:
-    base = config_file.parent
+def _load_network(section: dict, config_file: Path, field: str, network_modules: Iterable[str] | None = None) -> nn.Module:
     kinds = [k for k in ("network", "torchscript", "bundle") if k in section]
     if len(kinds) != 1:
         raise ConfigError(f"{config_file}: {field}: give exactly one of network, torchscript, bundle")
     if kinds[0] == "torchscript":
-        path = base / section["torchscript"]
+        path = _confined(section["torchscript"], config_file, f"{field}.torchscript")
         if not path.exists():
             raise MissingWeightsError(config_file, f"{field}.torchscript", path)
         return torch.jit.load(str(path), map_location="cpu").eval()
     if kinds[0] == "bundle":
-        return _bundle_network(base / section["bundle"], config_file, f"{field}.bundle").eval()
-    network_class = _network_class(section["network"], config_file, f"{field}.network")
+        folder = _bundle_folder(section["bundle"], config_file, f"{field}.bundle")
+        return _bundle_network(folder, config_file, f"{field}.bundle").eval()
+    # every check before anything is imported or built
+    network_class = _network_class(section["network"], config_file, f"{field}.network", network_modules)
+    args = _network_args(section, config_file, field)
+    weights = _confined(_require(section, "weights", f"{field}.", config_file), config_file, f"{field}.weights")
     try:
-        network = network_class(**section.get("args", {}))
+        network = network_class(**args)
     except Exception as error:
         raise ConfigError(f"{config_file}: {field}.args: cannot build {section['network']}: {error}") from error
-    weights = base / _require(section, "weights", f"{field}.", config_file)
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"{config_file}: {field}.network: {section['network']} built a {type(network).__name__}, not a torch.nn.Module")
     if not weights.exists():
         raise MissingWeightsError(config_file, f"{field}.weights", weights)
     _load_state_dict(network, weights, config_file, f"{field}.weights")
@@ -230,20 +394,27 @@ def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessin
     bundle's own preprocessing, inferer and postprocessing."""
     try:
         if "bundle" in section and "input" not in section:
-            return BundlePipeline(_bundle(config_file.parent / section["bundle"], config_file, field), section["bundle"])
+            folder = _bundle_folder(section["bundle"], config_file, f"{field}.bundle")
+            return BundlePipeline(_bundle(folder, config_file, f"{field}.bundle"), section["bundle"])
         return Preprocessing(**section.get("input", {}))
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{config_file}: {field}.input: {error}") from error
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks; of a folder (a DICOM series),
+    over its files' names and bytes in name order."""
     import hashlib
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
+    digest, folder = hashlib.sha256(), Path(path).is_dir()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()) if folder else [Path(path)]:
+        if folder:
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -265,11 +436,11 @@ def weight_files(path: str | Path) -> list[Path]:
     for field in ("classifier", "segmenter"):
         section = config.get(field) or {}
         if "weights" in section:
-            files.append(config_file.parent / section["weights"])
+            files.append(_confined(section["weights"], config_file, f"{field}.weights"))
         if "torchscript" in section:
-            files.append(config_file.parent / section["torchscript"])
+            files.append(_confined(section["torchscript"], config_file, f"{field}.torchscript"))
         if "bundle" in section:
-            models = config_file.parent / section["bundle"] / "models"
+            models = _bundle_folder(section["bundle"], config_file, f"{field}.bundle") / "models"
             files += [models / "model.pt", models / "model.ts"]
     return files
 
@@ -290,8 +461,9 @@ def model_config_file(name_or_path: str | Path) -> Path:
     raise ConfigError(f"no model configuration {str(name_or_path)!r}: not a file, and the built-in models are {names}")
 
 
-def load_model_pair(path: str | Path) -> ModelPair:
+def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> ModelPair:
     """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
+    ``network_modules``: modules allowed for ``network:`` beyond :func:`allowed_network_modules`.
 
     Returns:
         the pair; ``pair.config`` is the parsed configuration dict.
@@ -302,6 +474,7 @@ def load_model_pair(path: str | Path) -> ModelPair:
     """
     config_file = Path(path).resolve()
     config = read_config(config_file)
+    modules = allowed_network_modules(network_modules)
     classes = _require(config, "classes", "", config_file)
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"{config_file}: classes: expected a non-empty list of names")
@@ -321,8 +494,8 @@ def load_model_pair(path: str | Path) -> ModelPair:
     default_output = segmenter_input.output if isinstance(segmenter_input, BundlePipeline) else "logits"
     try:
         pair = ModelPair(
-            classifier=logits_only(load_network(classifier_section, config_file, "classifier"), classifier_section.get("output_key"), len(classes)),
-            segmenter=load_network(segmenter_section, config_file, "segmenter"),
+            classifier=logits_only(load_network(classifier_section, config_file, "classifier", modules), classifier_section.get("output_key"), len(classes)),
+            segmenter=load_network(segmenter_section, config_file, "segmenter", modules),
             class_names=classes,
             spatial_dims=int(config.get("spatial_dims", 2)),
             multi_label=bool(config.get("multi_label", False)),

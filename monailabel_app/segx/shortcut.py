@@ -148,7 +148,9 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
     config = read_config(config_file)
     config.pop("certainty", None)
     config["classifier"]["weights"] = "weights/shortcut_classifier.pt"
-    config["segmenter"]["weights"] = str((config_file.parent / config["segmenter"]["weights"]).resolve())
+    # weights must lie in the configuration's folder (segx.config): a copy of the segmenter's
+    shutil.copyfile(config_file.parent / config["segmenter"]["weights"], out / "weights" / "shortcut_segmenter.pt")
+    config["segmenter"]["weights"] = "weights/shortcut_segmenter.pt"
     model = out / "shortcut_model.yaml"
     model.write_text(yaml.safe_dump(config, sort_keys=False))
     log["calibration"] = calibrate(model, data, Layout(), "val")
