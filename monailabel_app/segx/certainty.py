@@ -65,8 +65,9 @@ def mass_inside(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certain
 
 def _mass_share(explanation: torch.Tensor, region: torch.Tensor) -> float:
     """``sum_{x in M} E+(x) / sum_x E+(x)`` of a checked, non-degenerate pair."""
-    positive = explanation.clamp_min(0).double()
-    return float((positive * region).sum() / positive.sum())
+    positive = explanation.clamp_min(0)  # float32, changed in place; float64 sums (memory: no float64 copy of S)
+    total = positive.sum(dtype=torch.float64)
+    return float(positive.mul_(region).sum(dtype=torch.float64) / total)
 
 
 def mass_enrichment(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certainty:
@@ -136,9 +137,11 @@ def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: to
     bad = _degenerate(explanation, region, "region_margin")
     if bad:
         return bad
-    difference = explanation.clamp_min(0).double() - (runner_up.clamp_min(0).double() if runner_up is not None else 0.0)
-    total = float(difference.sum())
-    share = float(np.clip(float((difference * region).sum()) / total, 0.0, 1.0)) if total > 0 else 0.0
+    difference = explanation.clamp_min(0)  # float32, changed in place; float64 sums (memory: no float64 copies of S)
+    if runner_up is not None:
+        difference.sub_(runner_up.clamp_min(0))
+    total = float(difference.sum(dtype=torch.float64))
+    share = float(np.clip(float(difference.mul_(region).sum(dtype=torch.float64)) / total, 0.0, 1.0)) if total > 0 else 0.0
     value = float(1.0 / (1.0 + np.exp(-share * logit_margin)))
     return Certainty(value, "region_margin", f"{100 * share:.0f}% of the evidence for the prediction over the runner-up lies in the clinical region")
 

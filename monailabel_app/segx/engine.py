@@ -38,8 +38,8 @@ class SegXResult:
             when it was not requested.
         method: explanation method actually used (``cam`` is exact Grad-CAM).
         explanation: raw, unnormalised maps ``(K, *S)`` (>= 0).
-        explanation_normalised: ``explanation`` min-max scaled to [0, 1], ``(K, *S)``.
-        segx: ``explanation_normalised * clinical_mask``, ``(K, *S)`` in [0, 1].
+        explanation_normalised: (property) ``explanation`` min-max scaled to [0, 1], ``(K, *S)``.
+        segx: (property) ``explanation_normalised * clinical_mask``, ``(K, *S)`` in [0, 1].
         clinical_mask: region per explained class ``(K, *S)``, float (binary 0/1 or soft).
         segmentation: segmenter label map ``(*S)`` int64.
         segment_names: label value -> name.
@@ -61,8 +61,6 @@ class SegXResult:
     classes: list[int]
     method: str
     explanation: torch.Tensor
-    explanation_normalised: torch.Tensor
-    segx: torch.Tensor
     clinical_mask: torch.Tensor
     segmentation: torch.Tensor
     segment_names: dict[int, str]
@@ -120,20 +118,30 @@ class SegXResult:
     def predicted_label(self) -> str:
         return self.class_names[self.predicted]
 
+    # The normalised and SegX maps are computed when read, not stored: on a large volume
+    # each is 4 bytes per voxel and class, and most callers read one class of one of them.
+    @property
+    def explanation_normalised(self) -> torch.Tensor:
+        return normalise(self.explanation)
+
+    @property
+    def segx(self) -> torch.Tensor:
+        return segx_map(self.explanation_normalised, self.clinical_mask)
+
     def map_of(self, layer: str, class_index: int) -> torch.Tensor:
         """One layer (``segx``, ``explanation``, ``explanation_normalised``, ``mask``) for a class,
         shape ``S``."""
         if class_index not in self.classes:
             raise ValueError(f"class {class_index} was not explained; explained: {self.classes}")
         layers = {
-            "segx": self.segx,
-            "explanation": self.explanation,
-            "explanation_normalised": self.explanation_normalised,
-            "mask": self.clinical_mask,
+            "segx": lambda k: segx_map(normalise(self.explanation[k : k + 1])[0], self.clinical_mask[k]),
+            "explanation": lambda k: self.explanation[k],
+            "explanation_normalised": lambda k: normalise(self.explanation[k : k + 1])[0],
+            "mask": lambda k: self.clinical_mask[k],
         }
         if layer not in layers:
             raise ValueError(f"unknown layer {layer!r}; choose one of {sorted(layers)}")
-        return layers[layer][self.classes.index(class_index)]
+        return layers[layer](self.classes.index(class_index))
 
 
 def runner_up(probabilities: np.ndarray, class_index: int) -> int:
@@ -172,8 +180,15 @@ def _segmenter_output(pair: ModelPair, output: torch.Tensor) -> tuple[torch.Tens
         foreground = output[0] if pair.segmenter_output == "probabilities" else output[0].sigmoid()
         probabilities = torch.stack([1 - foreground, foreground])
     else:
-        probabilities = output if pair.segmenter_output == "probabilities" else output.softmax(0)
+        probabilities = output if pair.segmenter_output == "probabilities" else _softmax_(output)
     return probabilities, _argmax_channels(probabilities)
+
+
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over axis 0 of ``(L, *S)`` in place (``Tensor.softmax`` makes a copy of the
+    L label maps on the image grid: 4 L bytes per voxel)."""
+    logits.sub_(logits.amax(0, keepdim=True)).exp_()
+    return logits.div_(logits.sum(0, keepdim=True))
 
 
 def _classify_explain(pair: ModelPair, xs: list[torch.Tensor], indices: list[int], method: str) -> tuple[torch.Tensor, list[torch.Tensor], str]:
@@ -313,16 +328,19 @@ def explain_many(
         segmented = _segment_all(pair, images, device, prepared if pair.segmenter_input == pair.classifier_input else None)
     timings["segment"] = time.perf_counter() - tick
 
+    geometry = [(image.spacing, image.affine) for image in images]
+    del images, prepared, xs  # the decoded images are not needed any more (memory: 4+ bytes per voxel)
     results = []
-    for image, (probabilities, predicted, image_indices, raw, grid), (region_probabilities, segmentation) in zip(images, explained, segmented):
+    for i, ((spacing, affine), (probabilities, predicted, image_indices, raw, grid)) in enumerate(zip(geometry, explained)):
         tick = time.perf_counter()
+        (region_probabilities, segmentation), segmented[i] = segmented[i], None  # probabilities: freed after the regions
         regions: dict[tuple, torch.Tensor] = {}  # classes sharing segmenter labels share a region
         for c in image_indices:
             key = tuple(pair.region_of(c))
             if key not in regions:
-                regions[key] = _clinical_region(pair, c, segmentation, region_probabilities, margin_mm, image.spacing, soft_mask)
+                regions[key] = _clinical_region(pair, c, segmentation, region_probabilities, margin_mm, spacing, soft_mask)
+        del region_probabilities
         clinical_mask = torch.stack([regions[tuple(pair.region_of(c))] for c in image_indices])
-        normalised = normalise(raw)
         result = SegXResult(
             class_names=list(pair.class_names),
             probabilities=probabilities.detach().cpu().numpy(),
@@ -330,16 +348,14 @@ def explain_many(
             classes=image_indices,
             method=used,
             explanation=raw,
-            explanation_normalised=normalised,
-            segx=segx_map(normalised, clinical_mask),
             clinical_mask=clinical_mask,
             segmentation=segmentation,
             segment_names=dict(pair.segment_names),
             certainty={},
             segu=None,
             level=None,
-            spacing=image.spacing,
-            affine=image.affine,
+            spacing=spacing,
+            affine=affine,
             timings=dict(timings),
             top_percent=top_percent,
             explanation_grid=grid,

@@ -164,9 +164,9 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
     Scale-invariant (no epsilon, so maps of tiny magnitude keep their shape); a constant
     map becomes all zeros."""
     flat = maps.reshape(maps.shape[0], -1)
-    shifted = flat - flat.min(dim=1, keepdim=True).values
+    shifted = flat - flat.min(dim=1, keepdim=True).values  # the one copy: scaled in place below
     peak = shifted.max(dim=1, keepdim=True).values
-    return torch.where(peak > 0, shifted / torch.where(peak > 0, peak, 1), 0).reshape(maps.shape)
+    return shifted.div_(torch.where(peak > 0, peak, 1)).mul_(peak > 0).reshape(maps.shape)
 
 
 @contextlib.contextmanager
