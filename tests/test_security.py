@@ -407,14 +407,37 @@ def test_labels_are_checked_against_their_image_and_name_who_saved_them(attack, 
 # --- without tokens (as shipped) and through the Slicer module's client ------------------
 
 
-def test_without_tokens_the_table_still_holds(tmp_path, toy_models):
-    studies = write_studies(tmp_path / "studies")
-    with running_server(studies, "toy2d", tmp_path / "server.log", models_dir=toy_models) as server:
-        assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
-        for method, path in (("POST", "/reload"), ("POST", "/infer/wsi_v2/toy2d_segx"), ("GET", "/proxy/dicom/qido/studies"), ("PUT", "/model/toy2d_segx")):
-            answer = requests.request(method, server.url + path, timeout=30)
-            assert answer.status_code == 404 and "is not served" in answer.json()["detail"]
-        assert requests.get(f"{server.url}/info/", headers={"Origin": "http://evil.example"}, timeout=30).status_code == 403
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory, toy_models):
+    """A server without tokens, as shipped: (url, RunningServer)."""
+    root = tmp_path_factory.mktemp("open")
+    with running_server(write_studies(root / "studies"), "toy2d,toy3d", root / "server.log", models_dir=toy_models) as server:
+        yield server
+
+
+def test_without_tokens_the_table_still_holds(open_server):
+    assert requests.get(f"{open_server.url}/info/", timeout=30).status_code == 200
+    for method, path in (("POST", "/reload"), ("POST", "/infer/wsi_v2/toy2d_segx"), ("GET", "/proxy/dicom/qido/studies"), ("PUT", "/model/toy2d_segx")):
+        answer = requests.request(method, open_server.url + path, timeout=30)
+        assert answer.status_code == 404 and "is not served" in answer.json()["detail"]
+    assert requests.get(f"{open_server.url}/info/", headers={"Origin": "http://evil.example"}, timeout=30).status_code == 403
+
+
+#: Peak RSS growth per voxel of the image that docs/SECURITY.md states for a SegX request
+#: of a 2-class model with a 2-label segmenter (measured ~51 bytes: benchmarks/server_load.py).
+RSS_BYTES_PER_VOXEL = 64
+
+
+def test_peak_memory_per_accepted_voxel_is_bounded(open_server, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    shape = (256, 256, 128)
+    nib.save(nib.Nifti1Image((np.random.default_rng(0).random(shape) * 100).astype(np.int16), np.diag([0.8, 0.8, 2.5, 1])), str(tmp_path / "ct.nii.gz"))
+    data = (tmp_path / "ct.nii.gz").read_bytes()
+    send = lambda: requests.post(f"{open_server.url}/infer/toy3d_segx", params={"output": "all"}, files={"file": ("ct.nii.gz", data)}, timeout=600).raise_for_status()  # noqa: E731
+    per_voxel = open_server.peak_rss_per_voxel(send, int(np.prod(shape)))
+    assert per_voxel < RSS_BYTES_PER_VOXEL, per_voxel
 
 
 def test_the_slicer_client_sends_its_token(attack):

@@ -58,6 +58,20 @@ class RunningServer:
     url: str
     process: subprocess.Popen
 
+    def peak_rss_per_voxel(self, request, voxels: int) -> float:
+        """Peak RSS growth of the server (its largest process) while ``request()`` runs, in
+        bytes per voxel of an image of ``voxels`` voxels (Linux: the peak is reset through
+        ``/proc/PID/clear_refs`` and read as ``VmHWM``)."""
+        import psutil
+
+        tree = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        pid = max(tree, key=lambda p: p.memory_info().rss).pid
+        status = lambda key: int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith(key))) * 1024  # noqa: E731
+        before = status("VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        request()
+        return (status("VmHWM") - before) / voxels
+
 
 @contextmanager
 def running_server(
