@@ -448,3 +448,9 @@ def test_the_slicer_client_sends_its_token(attack):
     session = client.create_session("ct.nii.gz", (attack.studies / "ct0.nii.gz").read_bytes())
     assert session and os.sep not in session
     client.delete_session(session)
+
+
+def test_security_md_shows_the_route_table_of_the_code():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md").read_text()
+    start = text.index("\n", text.index("<!-- route-table")) + 1
+    assert text[start : text.index("<!-- /route-table -->")].strip() == routes.markdown(), "regenerate: cd monailabel_app && python -m lib.routes"
