@@ -42,7 +42,7 @@ def server(toy_models, tmp_path_factory):
     clear_cache()
     from monailabel.app import app
 
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # the gate refuses host names it does not serve
         yield client, app_instance(), studies
     clear_cache()
 
