@@ -154,6 +154,7 @@ def test_no_answer_of_any_kept_route_names_a_server_folder(attack):
         ("DELETE", "/session/{session_id}"): {"path": f"/session/{'0' * 32}"},
         ("PUT", "/datastore/label"): {"params": {"image": "ct0"}, "files": {"label": ("l.nii.gz", b"junk")}},
         ("PUT", "/datastore/image"): {"params": {"image": "new"}, "files": {"file": ("n.png", b"junk")}},
+        ("PUT", "/datastore/"): {"params": {"image": "new"}, "files": {"file": ("n.nrrd", b"NRRD0004\ndata file: /etc/passwd\n\n")}},
         ("GET", "/datastore/"): {"params": {"output": "train"}},
         ("HEAD", "/datastore/image"): {"params": {"image": "ct0"}},
         ("GET", "/datastore/image"): {"params": {"image": "nosuchimage"}},

@@ -28,10 +28,9 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from segx.headers import SUFFIXES as IMAGE_SUFFIXES  # the image types the header checks accept
 from segx.headers import check_image_file
 
-#: Image file types the readers take (a name without one of these is refused).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 #: Archives of a DICOM series (or of one image file).
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 #: Members an archive may hold (a CT series has a few hundred to a few thousand slices).

@@ -6,7 +6,7 @@ it: a request that matches no entry, or an entry marked :data:`REMOVED`, is answ
 the entry's role decides 401/403 (with API tokens) and its ``body`` the largest request body.
 :func:`served_routes` lists what the FastAPI application actually serves, so a test (and the
 start-up log) can find a route that a MONAI Label upgrade added and nobody classified.
-``docs/SECURITY.md`` prints this table (``python -m lib.routes``).
+``docs/SECURITY.md`` shows this table (``python -m lib.routes`` rewrites it there).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ TABLE: tuple[Route, ...] = (
     Route(("DELETE",), "/session/{session_id}", ANNOTATOR, NO_BODY, "", "the caller's own session", ours=True),
     Route(("PUT",), "/datastore/label", ANNOTATOR, UPLOAD, "the image's header", "a label checked against its image, its info naming the caller", ours=True),
     Route(("PUT",), "/datastore/image", ADMIN, UPLOAD, "", "one checked image in the studies folder", ours=True),
+    Route(("PUT",), "/datastore/", ADMIN, UPLOAD, "", "as PUT /datastore/image (MONAI Label's client still calls it)", ours=True),
     # MONAI Label's, kept
     Route(("GET",), "/datastore/", ANNOTATOR, reads="image and label ids, tags and info (no paths)"),
     Route(("HEAD",), "/datastore/image", ANNOTATOR, reads="whether an image exists"),
@@ -99,7 +100,6 @@ TABLE: tuple[Route, ...] = (
     _removed("DELETE", "/batch/infer", "batch inference is not offered"),
     _removed("POST", "/train/", "deprecated: POST /train/{model}"),
     _removed("POST", "/scoring/", "deprecated: POST /scoring/{method}"),
-    _removed("PUT", "/datastore/", "deprecated: PUT /datastore/image"),
     _removed("DELETE", "/datastore/", "deprecated: DELETE /datastore/image"),
     _removed("PUT", "/datastore/updatelabelinfo", "deprecated: PUT /datastore/label/info"),
     _removed("GET POST", "/proxy/dicom/{path:path}", "forwards with the server's PACS credentials: viewers read the PACS directly"),
@@ -160,5 +160,17 @@ def markdown() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(markdown())
+def write_into(document) -> None:
+    """Replace the table between ``<!-- route-table ...-->`` and ``<!-- /route-table -->``
+    in ``document`` (docs/SECURITY.md) with :func:`markdown`."""
+    from pathlib import Path
+
+    text = Path(document).read_text()
+    start = text.index("\n", text.index("<!-- route-table")) + 1
+    Path(document).write_text(text[:start] + markdown() + "\n" + text[text.index("<!-- /route-table -->") :])
+
+
+if __name__ == "__main__":  # python -m lib.routes (in monailabel_app/): rewrite the table in docs/SECURITY.md
+    from pathlib import Path
+
+    write_into(Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md")

@@ -147,6 +147,7 @@ def install_upload_routes(segx_app, max_upload_bytes: int, max_voxels: int, labe
     replace_route(stock_session.router, "/{session_id}", "GET", get_session, "The caller's session")
     replace_route(stock_session.router, "/{session_id}", "DELETE", remove_session, "Remove the caller's session")
     replace_route(stock_datastore.router, "/image", "PUT", add_image, "Add a checked image (admin)")
+    replace_route(stock_datastore.router, "/", "PUT", add_image, "Add a checked image (admin; the official MONAILabelClient.upload_image calls this)")
     replace_route(stock_datastore.router, "/label", "PUT", save_label, "Save a label checked against its image")
 
 
