@@ -12,7 +12,6 @@ request handling (``run_inference``) for everything else.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Optional
@@ -32,7 +31,7 @@ from segx.headers import check_image_file
 from . import ingest
 from .dicomweb import SegXDicomWebDatastore
 from .infers.runtime import ModelUnavailable
-from .security import public, request_user
+from .security import params_object, public, request_user
 from .uploads import owned_session, received, replace_route
 
 logger = logging.getLogger(__name__)
@@ -47,12 +46,7 @@ INFER_PARAMS = ("class", "method", "variant", "layer", "margin_mm", "result_exte
 def _checked_params(params: str) -> dict:
     """The request's JSON params reduced to :data:`INFER_PARAMS`, with their types checked
     (HTTP 400 otherwise), before any work is done."""
-    try:
-        given = json.loads(params) if params else {}
-    except ValueError:
-        raise HTTPException(status_code=400, detail="params is not JSON") from None
-    if not isinstance(given, dict):
-        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    given = params_object(params)
     dropped = sorted(set(given) - set(INFER_PARAMS))
     if dropped:
         logger.warning(f"infer: ignoring params {dropped}")

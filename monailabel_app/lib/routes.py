@@ -153,10 +153,11 @@ def unclassified(fastapi_app) -> set[tuple[str, str]]:
 
 def markdown() -> str:
     """The table as Markdown (docs/SECURITY.md)."""
-    rows = ["| method | route | role | body | reads | writes |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| method | route | role | body | handler | reads | writes |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for route in TABLE:
         reads = f"*removed*: {route.reads}" if route.role == REMOVED else route.reads
-        rows.append(f"| {' '.join(route.methods)} | `{route.path}` | {route.role} | {route.body} | {reads} | {route.writes} |")
+        handler = "" if route.role == REMOVED else ("ours" if route.ours else "MONAI Label")
+        rows.append(f"| {' '.join(route.methods)} | `{route.path}` | {route.role} | {route.body} | {handler} | {reads} | {route.writes} |")
     return "\n".join(rows)
 
 

@@ -74,6 +74,17 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def params_object(params: str) -> dict:
+    """A request's ``params`` form field (JSON) as a dict, else HTTP 400."""
+    try:
+        given = json.loads(params) if params else {}
+    except ValueError:
+        raise HTTPException(status_code=400, detail="params is not JSON") from None
+    if not isinstance(given, dict):
+        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    return given
+
+
 def _split_list(value) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in str(value or "").split(",") if item.strip())
 

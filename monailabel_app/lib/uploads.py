@@ -10,7 +10,6 @@ of any shape or value with the client's ``params`` (``user`` included) as label 
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import tempfile
@@ -28,7 +27,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from . import ingest
 from .labels import check_label
-from .security import check_name, public, request_user
+from .security import check_name, params_object, public, request_user
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +170,7 @@ def _stem(filename: str) -> str:
 def _label_info(params: str) -> dict:
     """The label info a client may set: ``label_info`` (segment names and values, as the
     MONAI Label Slicer plugin sends them); the rest is the server's to write."""
-    try:
-        given = json.loads(params) if params else {}
-    except ValueError:
-        raise HTTPException(status_code=400, detail="params is not JSON") from None
-    if not isinstance(given, dict):
-        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    given = params_object(params)
     segments = given.get("label_info")
     if segments is None:
         return {}
