@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .refine import distance_to_region_mm, top_k_mask
-from .tensors import all_finite, any_true
+from .tensors import all_finite, any_true, sum64
 
 #: Certainty given when the explanation or the region is empty: nothing supports the
 #: prediction, so it is flagged for review.
@@ -63,11 +63,17 @@ def mass_inside(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certain
     return Certainty(value, "mass_inside", _describe(value, "the explanation's mass"))
 
 
+def _positive_sums(explanation: torch.Tensor, region: torch.Tensor) -> tuple[float, float]:
+    """``(sum_x E+(x), sum_{x in M} E+(x))`` accumulated in float64 from one float32 copy of
+    the map (memory: about 5 bytes per voxel, not the 16+ of float64 copies)."""
+    positive = explanation.clamp_min(0)
+    return sum64(positive), sum64(positive.masked_fill_(~region, 0))
+
+
 def _mass_share(explanation: torch.Tensor, region: torch.Tensor) -> float:
     """``sum_{x in M} E+(x) / sum_x E+(x)`` of a checked, non-degenerate pair."""
-    positive = explanation.clamp_min(0)  # float32, changed in place; float64 sums (memory: no float64 copy of S)
-    total = positive.sum(dtype=torch.float64)
-    return float(positive.mul_(region).sum(dtype=torch.float64) / total)
+    total, inside = _positive_sums(explanation, region)
+    return inside / total
 
 
 def mass_enrichment(explanation: torch.Tensor, region: torch.Tensor, **_) -> Certainty:
@@ -137,11 +143,11 @@ def region_margin(explanation: torch.Tensor, region: torch.Tensor, runner_up: to
     bad = _degenerate(explanation, region, "region_margin")
     if bad:
         return bad
-    difference = explanation.clamp_min(0)  # float32, changed in place; float64 sums (memory: no float64 copies of S)
-    if runner_up is not None:
-        difference.sub_(runner_up.clamp_min(0))
-    total = float(difference.sum(dtype=torch.float64))
-    share = float(np.clip(float(difference.mul_(region).sum(dtype=torch.float64)) / total, 0.0, 1.0)) if total > 0 else 0.0
+    total, inside = _positive_sums(explanation, region)
+    if runner_up is not None:  # sums of E+ - R+ as differences of sums
+        runner_total, runner_inside = _positive_sums(runner_up, region)
+        total, inside = total - runner_total, inside - runner_inside
+    share = float(np.clip(inside / total, 0.0, 1.0)) if total > 0 else 0.0
     value = float(1.0 / (1.0 + np.exp(-share * logit_margin)))
     return Certainty(value, "region_margin", f"{100 * share:.0f}% of the evidence for the prediction over the runner-up lies in the clinical region")
 

@@ -41,7 +41,8 @@ class SegXResult:
         explanation_normalised: (property) ``explanation`` min-max scaled to [0, 1], ``(K, *S)``.
         segx: (property) ``explanation_normalised * clinical_mask``, ``(K, *S)`` in [0, 1].
         clinical_mask: region per explained class ``(K, *S)``, float (binary 0/1 or soft).
-        segmentation: segmenter label map ``(*S)`` int64.
+        segmentation: segmenter label map ``(*S)``, uint8 (int64 for label values over 255:
+            a label map is 1 byte per voxel where it can be).
         segment_names: label value -> name.
         certainty: per explained class index, per SegU variant computed so far, a
             :class:`Certainty`; :meth:`certainty_of` computes (and stores) any other.
@@ -175,7 +176,7 @@ def _segmenter_output(pair: ModelPair, output: torch.Tensor) -> tuple[torch.Tens
         labels = output[0].round().long()
         n_labels = max(int(labels.max()) + 1, max(pair.segment_names, default=0) + 1)
         probabilities = torch.nn.functional.one_hot(labels, n_labels).movedim(-1, 0).float()
-        return probabilities, labels
+        return probabilities, labels.to(_label_dtype(n_labels))
     if output.shape[0] == 1:
         foreground = output[0] if pair.segmenter_output == "probabilities" else output[0].sigmoid()
         probabilities = torch.stack([1 - foreground, foreground])
@@ -201,10 +202,15 @@ def _classify_explain(pair: ModelPair, xs: list[torch.Tensor], indices: list[int
     return torch.stack([o.logits for o in outputs]), [o.maps for o in outputs], outputs[0].method
 
 
+def _label_dtype(n_labels: int) -> torch.dtype:
+    """uint8 for label values 0..255, else int64."""
+    return torch.uint8 if n_labels <= 256 else torch.long
+
+
 def _argmax_channels(probabilities: torch.Tensor) -> torch.Tensor:
     """``probabilities.argmax(0)`` for ``(L, *S)`` as ``L - 1`` elementwise comparisons
     (torch's reduction over the outer axis is ~10x slower on CPU); ties -> lower label."""
-    labels = torch.zeros(probabilities.shape[1:], dtype=torch.long, device=probabilities.device)
+    labels = torch.zeros(probabilities.shape[1:], dtype=_label_dtype(probabilities.shape[0]), device=probabilities.device)
     best = probabilities[0]
     for label in range(1, probabilities.shape[0]):
         better = probabilities[label] > best

@@ -25,3 +25,9 @@ def all_finite(x: torch.Tensor) -> bool:
 def any_true(mask: torch.Tensor) -> bool:
     """True when any element of ``mask`` (any shape, device and dtype) is non-zero."""
     return bool(torch.count_nonzero(mask))
+
+
+def sum64(x: torch.Tensor, chunk: int = 1 << 20) -> float:
+    """Sum of ``x`` (any shape) accumulated in float64, chunk by chunk: ``x.sum(dtype=
+    torch.float64)`` first makes a float64 copy of all of ``x`` (8 bytes per element)."""
+    return math.fsum(float(part.sum(dtype=torch.float64)) for part in x.reshape(-1).split(chunk))

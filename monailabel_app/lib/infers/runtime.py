@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _result_bytes(result: SegXResult) -> int:
-    tensors = (result.explanation, result.explanation_normalised, result.segx, result.clinical_mask, result.segmentation)
+    tensors = (result.explanation, result.clinical_mask, result.segmentation)  # the normalised and SegX maps are computed when read
     return sum(t.element_size() * t.numel() for t in tensors)
 
 
