@@ -452,6 +452,6 @@ def test_the_slicer_client_sends_its_token(attack):
 
 
 def test_security_md_shows_the_route_table_of_the_code():
-    text = (Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md").read_text(encoding="utf-8")
     start = text.index("\n", text.index("<!-- route-table")) + 1
     assert text[start : text.index("<!-- /route-table -->")].strip() == routes.markdown(), "regenerate: cd monailabel_app && python -m lib.routes"

@@ -166,9 +166,9 @@ def write_into(document) -> None:
     in ``document`` (docs/SECURITY.md) with :func:`markdown`."""
     from pathlib import Path
 
-    text = Path(document).read_text()
+    text = Path(document).read_text(encoding="utf-8")
     start = text.index("\n", text.index("<!-- route-table")) + 1
-    Path(document).write_text(text[:start] + markdown() + "\n" + text[text.index("<!-- /route-table -->") :])
+    Path(document).write_text(text[:start] + markdown() + "\n" + text[text.index("<!-- /route-table -->") :], encoding="utf-8")
 
 
 if __name__ == "__main__":  # python -m lib.routes (in monailabel_app/): rewrite the table in docs/SECURITY.md
