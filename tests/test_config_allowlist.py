@@ -71,6 +71,9 @@ NETWORK_KEYS = {  # both classifier and segmenter
     "memory_format": TABLE,  # config.MEMORY_FORMATS
     "runtime": TABLE,  # onnxrt.RUNTIMES
     "input": SECTION,
+    "strict": DATA,  # a bool: load_state_dict(strict=...)
+    "key_map": DATA,  # state_dict key prefixes renamed (strings only)
+    "bundle_overrides": "code: values set by id into the bundle's configuration, as `monai.bundle run --key value` (a bundle is code an admin installs)",
 }
 INPUT_KEYS = {  # Preprocessing(**input): its dataclass fields, nothing else
     "channels": DATA,
@@ -504,15 +507,22 @@ def test_the_loader_reads_only_classified_keys(tmp_path, monkeypatch):
         config["name"] = "ignored"
         config["multi_label"] = False
         config["region_labels"] = {"melanoma": [1]}
-        config["classifier"].update(output_key=0, target_layer="features", memory_format="contiguous", runtime="torch", input=full_input, unread="x")
+        config["classifier"].update(output_key=0, target_layer="features", memory_format="contiguous", runtime="torch", input=full_input, unread="x",
+                                    strict=True, key_map={"features.": "features."})  # fmt: skip
         config["segmenter"] = {"torchscript": "bright.ts", "output": "logits", "labels": {1: "lesion"}, "input": dict(full_input, inferer="sliding_window", roi_size=[32, 32])}
 
     def bundles(config):
-        config["segmenter"] = {"bundle": "bundle", "labels": {1: "lesion"}}
+        config["segmenter"] = {"bundle": "bundle", "labels": {1: "lesion"}, "bundle_overrides": {"preprocessing#transforms": []}}
         config["certainty"]["combination"] = None
 
     def bundle_with_input(config):
         config["segmenter"] = {"bundle": "bundle", "labels": {1: "lesion"}, "input": {"channels": 3}}
+        (models / "classifier_bundle" / "configs").mkdir(parents=True)
+        (models / "classifier_bundle" / "models").mkdir()
+        network_def = {"_target_": config["classifier"]["network"], **config["classifier"]["args"]}
+        (models / "classifier_bundle" / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+        shutil.copy(models / config["classifier"]["weights"], models / "classifier_bundle" / "models" / "model.pt")
+        config["classifier"] = {"bundle": "classifier_bundle", "bundle_overrides": {"network_def#out_channels": 2}, "input": config["classifier"]["input"]}
 
     read = set()
     for name, change in (("plain.yaml", None), ("everything.yaml", everything), ("bundle.yaml", bundles), ("bundle_input.json", bundle_with_input)):

@@ -73,6 +73,7 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 import os
 import typing
 from pathlib import Path
@@ -84,7 +85,10 @@ from torch import nn
 from . import onnxrt
 from .certainty import DEFAULT_VARIANT, VARIANTS, load_levels
 from .pair import ModelPair
-from .preprocessing import BundlePipeline, Preprocessing, read_bundle
+from .bundles import BundleError, build_network_def, checkpoint_of, metadata_input, metadata_names, read_bundle
+from .preprocessing import BundlePipeline, Preprocessing
+
+logger = logging.getLogger(__name__)
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -250,18 +254,39 @@ def _confined(value: Any, config_file: Path, field: str) -> Path:
     return path
 
 
-def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: str) -> None:
+def _load_state_dict(model: nn.Module, weights: Path, config_file: Path, field: str, section: dict, key: str | None = None, strict: bool = True) -> None:
+    """Load a state_dict file into ``model``: the entry ``key`` of a checkpoint dict (a
+    bundle loader's ``load_dict`` key), else its ``state_dict``/``model`` entry, else the
+    dict itself. The section's ``key_map`` (``{"swinViT.": "encoder."}``) renames key
+    prefixes first; ``strict: false`` loads what fits and logs what did not (refused when
+    nothing fits)."""
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ConfigError(f"{config_file}: {field}: cannot read weights {weights}: {error}") from error
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    for entry in ((key,) if key else ()) + ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(entry), dict):
+            state = state[entry]
+            break
+    key_map = section.get("key_map") or {}
+    if not isinstance(key_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in key_map.items()):
+        raise ConfigError(f"{config_file}: {field}.key_map: expected a mapping of key prefixes to new prefixes")
+    for old, new in key_map.items():
+        state = {new + name[len(old):] if name.startswith(old) else name: value for name, value in state.items()}
+    strict = section.get("strict", strict)
+    if not isinstance(strict, bool):
+        raise ConfigError(f"{config_file}: {field}.strict: expected true or false")
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=strict)
     except RuntimeError as error:
-        raise ConfigError(f"{config_file}: {field}: weights {weights} do not fit the network: {error}") from error
+        raise ConfigError(f"{config_file}: {field}: weights {weights.name} do not fit the network: {error} "
+                          "(strict: false loads what fits; key_map renames key prefixes)") from error  # fmt: skip
+    if missing or unexpected:
+        if len(missing) == len(model.state_dict()):
+            raise ConfigError(f"{config_file}: {field}: no weight of {weights.name} fits the network (first keys: "
+                              f"{sorted(state)[:3]}, the network's: {sorted(model.state_dict())[:3]}); set key_map")  # fmt: skip
+        logger.warning(f"{config_file.name}: {field}: {weights.name}: {len(missing)} network keys not loaded "
+                       f"{sorted(missing)[:5]}, {len(unexpected)} checkpoint keys not used {sorted(unexpected)[:5]}")  # fmt: skip
 
 
 BUNDLE_FILES = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml", "models/model.pt", "models/model.ts")
@@ -276,28 +301,40 @@ def _bundle_folder(value: Any, config_file: Path, field: str) -> Path:
     return folder
 
 
-def _bundle(folder: Path, config_file: Path, field: str):
-    """A bundle's parsed inference configuration (see :func:`segx.preprocessing.read_bundle`)."""
+def _bundle(folder: Path, config_file: Path, field: str, section: dict):
+    """A bundle's parsed inference configuration with the section's ``bundle_overrides``
+    (see :func:`segx.bundles.read_bundle`)."""
+    overrides = section.get("bundle_overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise ConfigError(f"{config_file}: {field}_overrides: expected a mapping of bundle keys (a#b#c) to values")
     try:
-        return read_bundle(folder)
-    except FileNotFoundError as error:
+        return read_bundle(folder, overrides)
+    except (FileNotFoundError, BundleError) as error:
         raise ConfigError(f"{config_file}: {field}: {error}") from error
 
 
-def _bundle_network(folder: Path, config_file: Path, field: str) -> nn.Module:
-    """A bundle's ``network_def`` with ``models/model.pt``, or its ``models/model.ts``."""
-    parser = _bundle(folder, config_file, field)
-    scripted = folder / "models" / "model.ts"
-    weights = folder / "models" / "model.pt"
-    if not weights.exists() and scripted.exists():
-        return torch.jit.load(str(scripted), map_location="cpu")
-    if not weights.exists():
-        raise MissingWeightsError(config_file, field, weights)
+def _bundle_network(section: dict, config_file: Path, field: str) -> nn.Module:
+    """A bundle's network with the weights its own checkpoint loader chooses
+    (:func:`segx.bundles.checkpoint_of`), or its ``models/model.ts`` when that file is all
+    there is."""
+    folder = _bundle_folder(section["bundle"], config_file, f"{field}.bundle")
+    parser = _bundle(folder, config_file, f"{field}.bundle", section)
     try:
-        network = parser.get_parsed_content("network_def")
-    except Exception as error:
-        raise ConfigError(f"{config_file}: {field}: bundle {folder}: cannot build network_def: {error}") from error
-    _load_state_dict(network, weights, config_file, field)
+        checkpoint = checkpoint_of(parser, folder)
+    except BundleError as error:
+        raise ConfigError(f"{config_file}: {field}.bundle: {error}") from error
+    weights = _confined(str(checkpoint.path), config_file, f"{field}.bundle (checkpoint chosen by {checkpoint.chosen_by})")
+    scripted = folder / "models" / "model.ts"
+    if not weights.exists():
+        if scripted.exists():
+            return torch.jit.load(str(scripted), map_location="cpu")
+        raise MissingWeightsError(config_file, f"{field}.bundle (the checkpoint {checkpoint.chosen_by} chooses)", weights)
+    try:
+        network = build_network_def(parser, folder)
+    except BundleError as error:
+        raise ConfigError(f"{config_file}: {field}.bundle: {error}") from error
+    _load_state_dict(network, weights, config_file, f"{field}.bundle", section, checkpoint.key, checkpoint.strict)
+    logger.info(f"{config_file.name}: {field}: bundle {folder.name}: weights {weights.name} (chosen by {checkpoint.chosen_by})")
     return network
 
 
@@ -341,8 +378,7 @@ def _load_network(section: dict, config_file: Path, field: str, network_modules:
             raise MissingWeightsError(config_file, f"{field}.torchscript", path)
         return torch.jit.load(str(path), map_location="cpu").eval()
     if kinds[0] == "bundle":
-        folder = _bundle_folder(section["bundle"], config_file, f"{field}.bundle")
-        return _bundle_network(folder, config_file, f"{field}.bundle").eval()
+        return _bundle_network(section, config_file, field).eval()
     # every check before anything is imported or built
     network_class = _network_class(section["network"], config_file, f"{field}.network", network_modules)
     args = _network_args(section, config_file, field)
@@ -355,7 +391,7 @@ def _load_network(section: dict, config_file: Path, field: str, network_modules:
         raise ConfigError(f"{config_file}: {field}.network: {section['network']} built a {type(network).__name__}, not a torch.nn.Module")
     if not weights.exists():
         raise MissingWeightsError(config_file, f"{field}.weights", weights)
-    _load_state_dict(network, weights, config_file, f"{field}.weights")
+    _load_state_dict(network, weights, config_file, f"{field}.weights", section)
     return network.eval()
 
 
@@ -395,7 +431,7 @@ def _preprocessing(section: dict, config_file: Path, field: str) -> Preprocessin
     try:
         if "bundle" in section and "input" not in section:
             folder = _bundle_folder(section["bundle"], config_file, f"{field}.bundle")
-            return BundlePipeline(_bundle(folder, config_file, f"{field}.bundle"), section["bundle"])
+            return BundlePipeline(_bundle(folder, config_file, f"{field}.bundle", section), section["bundle"])
         return Preprocessing(**section.get("input", {}))
     except ConfigError:
         raise
@@ -440,8 +476,8 @@ def weight_files(path: str | Path) -> list[Path]:
         if "torchscript" in section:
             files.append(_confined(section["torchscript"], config_file, f"{field}.torchscript"))
         if "bundle" in section:
-            models = _bundle_folder(section["bundle"], config_file, f"{field}.bundle") / "models"
-            files += [models / "model.pt", models / "model.ts"]
+            folder = _bundle_folder(section["bundle"], config_file, f"{field}.bundle")
+            files += [checkpoint_of(_bundle(folder, config_file, f"{field}.bundle", section), folder).path, folder / "models" / "model.ts"]
     return files
 
 
@@ -461,6 +497,38 @@ def model_config_file(name_or_path: str | Path) -> Path:
     raise ConfigError(f"no model configuration {str(name_or_path)!r}: not a file, and the built-in models are {names}")
 
 
+def _names_and_dims(config: dict, classifier: dict, segmenter: dict, config_file: Path) -> tuple[list[str], dict[int, str], int]:
+    """``(class names, segmenter label -> name, spatial dims)`` from the configuration, or,
+    where it is silent, from the bundles' ``configs/metadata.json`` (``channel_def``,
+    ``spatial_shape``); given on both sides they must agree (a ConfigError names both)."""
+
+    def bundle_folder(section, field):
+        return _bundle_folder(section["bundle"], config_file, f"{field}.bundle") if "bundle" in section else None
+
+    try:
+        class_folder, label_folder = bundle_folder(classifier, "classifier"), bundle_folder(segmenter, "segmenter")
+        class_meta = metadata_names(class_folder) if class_folder else {}
+        label_meta = {k: v for k, v in metadata_names(label_folder).items() if k != 0} if label_folder else {}
+        dims_meta = {metadata_input(f)[1] for f in (class_folder, label_folder) if f} - {None}
+    except BundleError as error:
+        raise ConfigError(f"{config_file}: {error}") from error
+    classes = config.get("classes", [class_meta[k] for k in sorted(class_meta)] or None)
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"{config_file}: classes: expected a non-empty list of names (or a classifier bundle whose metadata names them)")
+    if class_meta and len(class_meta) != len(classes):
+        raise ConfigError(f"{config_file}: classes: {len(classes)} names {classes}, the classifier bundle's metadata has {len(class_meta)}: {sorted(class_meta.values())}")
+    labels = segmenter.get("labels", label_meta or {1: "region"})
+    if not isinstance(labels, dict):
+        raise ConfigError(f"{config_file}: segmenter.labels: expected a mapping of label values to names")
+    labels = {int(k): str(v) for k, v in labels.items()}
+    if label_meta and not set(labels) <= set(label_meta):
+        raise ConfigError(f"{config_file}: segmenter.labels: values {sorted(set(labels) - set(label_meta))} are not outputs of the bundle, whose metadata names {label_meta}")
+    spatial_dims = int(config.get("spatial_dims", next(iter(dims_meta), 2)))
+    if len(dims_meta) > 1 or (dims_meta and spatial_dims not in dims_meta):
+        raise ConfigError(f"{config_file}: spatial_dims: {spatial_dims}, the bundles' metadata says {sorted(dims_meta)}")
+    return classes, labels, spatial_dims
+
+
 def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> ModelPair:
     """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
     ``network_modules``: modules allowed for ``network:`` beyond :func:`allowed_network_modules`.
@@ -475,11 +543,9 @@ def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> Mo
     config_file = Path(path).resolve()
     config = read_config(config_file)
     modules = allowed_network_modules(network_modules)
-    classes = _require(config, "classes", "", config_file)
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise ConfigError(f"{config_file}: classes: expected a non-empty list of names")
     classifier_section = _require(config, "classifier", "", config_file)
     segmenter_section = _require(config, "segmenter", "", config_file)
+    classes, labels, spatial_dims = _names_and_dims(config, classifier_section, segmenter_section, config_file)
     certainty = config.get("certainty") or {}
     variant = certainty.get("variant", DEFAULT_VARIANT)
     if variant not in VARIANTS:
@@ -489,7 +555,6 @@ def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> Mo
     except TypeError as error:
         raise ConfigError(f"{config_file}: certainty: {error}") from error
     runtimes = {"classifier": _runtime(classifier_section, config_file, "classifier"), "segmenter": _runtime(segmenter_section, config_file, "segmenter")}
-    labels = segmenter_section.get("labels", {1: "region"})
     segmenter_input = _preprocessing(segmenter_section, config_file, "segmenter")
     default_output = segmenter_input.output if isinstance(segmenter_input, BundlePipeline) else "logits"
     try:
@@ -497,10 +562,10 @@ def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> Mo
             classifier=logits_only(load_network(classifier_section, config_file, "classifier", modules), classifier_section.get("output_key"), len(classes)),
             segmenter=load_network(segmenter_section, config_file, "segmenter", modules),
             class_names=classes,
-            spatial_dims=int(config.get("spatial_dims", 2)),
+            spatial_dims=spatial_dims,
             multi_label=bool(config.get("multi_label", False)),
             segmenter_output=segmenter_section.get("output", default_output),
-            segment_names={int(k): str(v) for k, v in labels.items()},
+            segment_names=labels,
             region_labels={k: [int(v) for v in vs] for k, vs in config.get("region_labels", {}).items()},
             classifier_input=_preprocessing(classifier_section, config_file, "classifier"),
             segmenter_input=segmenter_input,

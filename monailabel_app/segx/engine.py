@@ -169,14 +169,15 @@ def _segment_all(pair: ModelPair, images: list[Image], device: torch.device, pre
     return [_segmenter_output(pair, pipeline.postprocess(output.float(), p, nearest)) for output, p in zip(outputs, prepared)]
 
 
-def _segmenter_output(pair: ModelPair, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _segmenter_output(pair: ModelPair, output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One segmenter output on the image grid ``(L, *S)`` -> ``(probabilities (L, *S),
-    labels (*S))``. For a label-map segmenter ``probabilities`` is the one-hot map."""
+    labels (*S))``. A label-map segmenter has no probabilities (``None``): its regions come
+    from the labels alone (a one-hot map on the source grid would cost 4 bytes per voxel and
+    label: 19 GB for a 105-label CT bundle)."""
     if pair.segmenter_output == "label":
-        labels = output[0].round().long()
+        labels = output[0].round()
         n_labels = max(int(labels.max()) + 1, max(pair.segment_names, default=0) + 1)
-        probabilities = torch.nn.functional.one_hot(labels, n_labels).movedim(-1, 0).float()
-        return probabilities, labels.to(_label_dtype(n_labels))
+        return None, labels.to(_label_dtype(n_labels))
     if output.shape[0] == 1:
         foreground = output[0] if pair.segmenter_output == "probabilities" else output[0].sigmoid()
         probabilities = torch.stack([1 - foreground, foreground])
@@ -384,7 +385,7 @@ def _clinical_region(
     pair: ModelPair,
     class_index: int,
     segmentation: torch.Tensor,
-    probabilities: torch.Tensor,
+    probabilities: torch.Tensor | None,
     margin_mm: float,
     spacing: Sequence[float],
     soft: bool,
@@ -393,12 +394,14 @@ def _clinical_region(
 
     Binary: the class's segmenter labels, grown by ``margin_mm``. Soft: the summed
     probability of those labels ``(L, *S) -> (*S)``, raised to 1 inside the grown region
-    when a margin is set.
+    when a margin is set (a label-map segmenter, ``probabilities`` None: the binary region).
     """
     labels = pair.region_of(class_index)
     region = torch.isin(segmentation, torch.as_tensor(labels, device=segmentation.device))
     region = expand_region(region, margin_mm, spacing).float()
     if not soft:
+        return region
+    if probabilities is None:  # a label-map segmenter: its labels are certain
         return region
     present = [label for label in labels if label < probabilities.shape[0]]
     soft_region = probabilities[present].sum(0).clamp(0, 1) if present else torch.zeros_like(region)

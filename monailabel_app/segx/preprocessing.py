@@ -303,20 +303,3 @@ def _output_kind(post: list) -> str:
     return kind
 
 
-def read_bundle(folder: Path) -> Any:
-    """A bundle's inference configuration, parsed (``configs/inference.{json,yaml,yml}``;
-    ``bundle_root`` set to the folder, as ``monai.bundle.run`` does).
-
-    Raises:
-        FileNotFoundError: no inference configuration.
-    """
-    from monai.bundle import ConfigParser
-
-    found = [folder / "configs" / f"inference{s}" for s in (".json", ".yaml", ".yml")]
-    found = [c for c in found if c.exists()]
-    if not found:
-        raise FileNotFoundError(f"bundle {folder} has no configs/inference.json or .yaml")
-    parser = ConfigParser()
-    parser.read_config(str(found[0]))
-    parser["bundle_root"] = str(folder)
-    return parser
