@@ -19,7 +19,13 @@ time and of peak resident memory (``ru_maxrss``, which includes ~0.5 GB of Pytho
 
     .venv/bin/python benchmarks/clinical_volume.py [--quick] [--threads 2]
 
-Last line: ``RESULT {json}`` with ``time_ratio``, ``rss_ratio``, ``dice_vs_bundle``.
+A second bundle has many labels (``--many-labels``, default 105, as wholeBody_ct_segmentation):
+the same UNet with 105 output channels, post-processed as that bundle does (softmax,
+argmax, then ``Invertd`` of the label map with nearest interpolation).
+
+Last line: ``RESULT {json}`` with ``time_ratio``, ``rss_ratio``, ``dice_vs_bundle`` and, for
+the many-label bundle, ``time_ratio_many_labels``, ``rss_ratio_many_labels``,
+``dice_vs_bundle_many_labels``.
 """
 
 from __future__ import annotations
@@ -47,9 +53,10 @@ RESNET = {"spatial_dims": 3, "n_input_channels": 1, "num_classes": 2}
 CLASSIFIER_INPUT = {"channels": 1, "orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "intensity": list(WINDOW), "spatial_size": [128, 112, 112]}
 
 
-def prepare(folder: Path, seed: int) -> None:
-    """The clinical CT in ``bundle/data/ct.nii.gz``, the bundle, the classifier weights and
-    ``pair.yaml``."""
+def prepare(folder: Path, seed: int, labels: int = 2) -> None:
+    """The clinical CT in ``bundle/data/ct.nii.gz``, the bundle (a UNet with ``labels``
+    output channels; beyond 2, post-processed as wholeBody_ct_segmentation: argmax before
+    ``Invertd``), the classifier weights and ``pair.yaml``."""
     import nibabel as nib
     import torch
     import yaml
@@ -72,11 +79,15 @@ def prepare(folder: Path, seed: int) -> None:
     nib.save(nib.Nifti1Image(resampled[0].numpy().astype(np.int16), resampled.affine.numpy()), str(bundle / "data" / "ct.nii.gz"))
     from bundle_networks import zoo_inference  # the model zoo's CT bundle layout, shared with tests/test_bundles.py
 
-    inference = zoo_inference({"_target_": "UNet", **UNET}, [1.5, 1.5, 2.0], WINDOW, [96, 96, 96])
+    unet = {**UNET, "out_channels": labels}
+    inference = zoo_inference({"_target_": "UNet", **unet}, [1.5, 1.5, 2.0], WINDOW, [96, 96, 96])
+    if labels > 2:  # wholeBody's order: the label map, not 105 probability maps, is inverted
+        softmax, invert, argmax, save = inference["postprocessing"]["transforms"]
+        inference["postprocessing"]["transforms"] = [softmax, argmax, {**invert, "nearest_interp": True}, save]
     (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
     (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.1.0", "name": "clinical_unet"}))
     torch.manual_seed(seed)
-    torch.save(UNet(**UNET).state_dict(), bundle / "models" / "model.pt")
+    torch.save(UNet(**unet).state_dict(), bundle / "models" / "model.pt")
     torch.save(resnet18(**RESNET).state_dict(), folder / "classifier.pt")
     pair = {
         "spatial_dims": 3,
@@ -142,6 +153,7 @@ def main() -> None:
     add_timing_arguments(parser, "torch threads of each side", "3 rounds instead of 7")
     parser.add_argument("--role", choices=("reference", "segx"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--many-labels", type=int, default=105, help="output channels of the many-label bundle")
     args = parser.parse_args()
     sys.path[:0] = [str(ROOT / "monailabel_app"), str(ROOT / "tests")]
     import torch
@@ -154,25 +166,29 @@ def main() -> None:
         print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     repeats = checked_repeats(parser, args)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        prepare(folder, args.seed)
-        import nibabel as nib
+    result = {"benchmark": "clinical_volume", "cpu": cpu_name(), "threads": args.threads, "repeats": repeats}
+    for labels, suffix in ((2, ""), (args.many_labels, "_many_labels")):
+        with tempfile.TemporaryDirectory() as tmp:
+            result.update({f"{key}{suffix}": value for key, value in compare(Path(tmp), args, repeats, labels).items()})
+    print("RESULT " + json.dumps(result))
 
-        shape = nib.load(folder / "bundle" / "data" / "ct.nii.gz").shape
-        rounds = {"reference": [], "segx": []}
-        for round_index in range(repeats):
-            for role in ("reference", "segx") if round_index % 2 == 0 else ("segx", "reference"):
-                rounds[role].append(measured(role, folder, args.threads))
-                print(f"round {round_index + 1}/{repeats} {role}: {rounds[role][-1]}", file=sys.stderr)
-        dice = dice_vs_bundle(folder)
-        summary = json.loads((folder / "segx_summary.json").read_text())
+
+def compare(folder: Path, args, repeats: int, labels: int) -> dict:
+    """The bundle's own run and segx's, interleaved in fresh processes: medians and ratios."""
+    import nibabel as nib
+
+    prepare(folder, args.seed, labels)
+    shape = nib.load(folder / "bundle" / "data" / "ct.nii.gz").shape
+    rounds = {"reference": [], "segx": []}
+    for round_index in range(repeats):
+        for role in ("reference", "segx") if round_index % 2 == 0 else ("segx", "reference"):
+            rounds[role].append(measured(role, folder, args.threads))
+            print(f"{labels} labels, round {round_index + 1}/{repeats} {role}: {rounds[role][-1]}", file=sys.stderr)
+    dice = dice_vs_bundle(folder)
+    summary = json.loads((folder / "segx_summary.json").read_text())
     medians = {role: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak_rss_mb")} for role, runs in rounds.items()}
-    result = {
-        "benchmark": "clinical_volume",
-        "cpu": cpu_name(),
-        "threads": args.threads,
-        "repeats": repeats,
+    return {
+        "labels": labels,
         "shape": list(shape),
         "source": SOURCE_CT.name if SOURCE_CT.exists() else "phantom",
         "reference_seconds": round(medians["reference"]["seconds"], 2),
@@ -184,7 +200,6 @@ def main() -> None:
         "dice_vs_bundle": round(dice, 4),
         "segx_timings_s": summary["timings_s"],
     }
-    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":
