@@ -199,3 +199,31 @@ def test_weights_of_another_network_load_with_strict_false_and_a_key_map(tmp_pat
     name = next(k for k in loaded if k.startswith("swinViT.") and k.endswith("weight"))
     assert torch.equal(loaded[name], unetr.state_dict()[name])
     assert isinstance(SwinClassifier, type)
+
+
+def test_a_served_zoo_bundle_answers_with_the_labels_of_the_cli(zoo, tmp_path):
+    """The switched bundle with ``bundle_overrides`` behind ``monailabel start_server``:
+    the official client's segmentation equals what ``explain`` gives in this process and
+    what ``monai.bundle run --highres true`` gives."""
+    import shutil
+
+    import SimpleITK as sitk
+    from monailabel.client import MONAILabelClient
+    from segx.demo import running_server
+
+    folder, references = zoo
+    models = tmp_path / "models"
+    shutil.copytree(folder, models / "bundle", ignore=shutil.ignore_patterns("eval", "data"))
+    shutil.copy(folder.parent / "classifier.pt", models)
+    config = pair_config(models, "served.yaml", {"bundle": "bundle", "bundle_overrides": {"highres": True}})
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(folder / "data" / "ras.nii.gz", studies / "ct.nii.gz")
+    _, expected = segment(config, studies / "ct.nii.gz")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent)}  # the bundle's network class lives in tests/bundle_networks.py
+    with running_server(studies, "served", tmp_path / "server.log", models_dir=models, env=env) as server:
+        result_file, _ = MONAILabelClient(server.url, tmpdir=str(tmp_path)).infer("served_segmentation", "ct", {})
+    served = sitk.GetArrayFromImage(sitk.ReadImage(result_file)).transpose()
+    assert served.shape == expected.shape
+    assert dice(served == 1, expected == 1) >= 0.99
+    assert dice(served == 1, references["highres"]["ras"] == 1) >= 0.98
