@@ -47,7 +47,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.dicomweb import dicomweb_datastore  # noqa: E402
-from lib.endpoints import install_activelearning_route, install_infer_route  # noqa: E402
+from lib.endpoints import install_activelearning_route, install_infer_route, install_train_route  # noqa: E402
 from lib.security import install_gate, public  # noqa: E402
 from lib.uploads import install_upload_routes  # noqa: E402
 from segx.headers import DEFAULT_MAX_VOXELS  # noqa: E402
@@ -81,6 +81,7 @@ class SegXApp(MONAILabelApp):
         self.tokens = Tokens(Path(conf["tokens_file"])) if conf.get("tokens_file") else None
         install_infer_route(self, self.max_upload_bytes, self.max_voxels)
         install_activelearning_route(self)
+        install_train_route(self)
         install_upload_routes(self, self.max_upload_bytes, self.max_voxels, self.label_values)
         from monailabel.app import app as fastapi_app  # the server's FastAPI app (imported by uvicorn)
         from monailabel.config import settings

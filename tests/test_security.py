@@ -238,6 +238,25 @@ def test_malformed_params_are_a_400_with_a_message(attack, params, message):
     assert answer.status_code == 400 and message in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/train/toy3d_classifier", {"name": "../../../planted"}, "does not take ['name']"),
+        ("/train/toy3d_classifier", {"train_ds": "/etc/passwd"}, "does not take ['train_ds']"),
+        ("/train/toy3d_classifier", {"max_epochs": "10; rm -rf /"}, "max_epochs must be an integer"),
+        ("/train/toy3d_classifier", {"learning_rate": 1e9}, "learning_rate must be a number"),
+        ("/train/nosuchtrainer", {}, "unknown trainer"),
+        ("/activelearning/segu_lowest_certainty", {"client_id": "../" * 40}, "client_id must be a plain name"),
+        ("/activelearning/segu_lowest_certainty", {"model": {"$ne": 1}}, "model must be a plain name"),
+    ],
+)
+def test_json_params_of_training_and_sampling_are_checked_before_any_work(attack, path, body, message):
+    before = files_under(attack.root)
+    answer = attack.call("POST", path, attack.bob, json=body)
+    assert answer.status_code in (400, 404) and message in answer.json()["detail"], answer.text
+    assert not attack.written(before)
+
+
 def test_pages_of_other_sites_and_rebound_host_names_are_refused(attack):
     port = attack.url.rsplit(":", 1)[1]
     for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Origin": f"http://localhost:{int(port) + 1}"}):

@@ -21,6 +21,7 @@ import requests
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints import activelearning as stock_activelearning
+from monailabel.endpoints import train as stock_train
 from monailabel.endpoints import infer as stock_infer
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.endpoints.user.auth import RBAC, User
@@ -31,7 +32,7 @@ from segx.headers import check_image_file
 from . import ingest
 from .dicomweb import SegXDicomWebDatastore
 from .infers.runtime import ModelUnavailable
-from .security import params_object, public, request_user
+from .security import SAMPLE_PARAMS, TRAIN_PARAMS, checked_params, params_object, public, request_user
 from .uploads import owned_session, received, replace_route
 
 logger = logging.getLogger(__name__)
@@ -171,8 +172,9 @@ def install_activelearning_route(segx_app) -> None:
     def segx_sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
         if strategy not in segx_app._strategies:  # MONAI Label keeps them there
             raise HTTPException(status_code=404, detail=f"unknown strategy {strategy!r}; available: {sorted(segx_app._strategies)}")
+        params = checked_params(params, SAMPLE_PARAMS, f"activelearning/{strategy}", strict=False)
         if segx_app.tokens is not None:  # each token's user is one annotator: holds are per user
-            params = {**(params or {}), "client_id": user.username}
+            params["client_id"] = user.username
         try:
             chosen = stock_activelearning.sample(strategy, params, user.username)
             return {key: value for key, value in chosen.items() if key != "path"}
@@ -180,3 +182,18 @@ def install_activelearning_route(segx_app) -> None:
             raise HTTPException(status_code=400, detail=public(str(error))) from error
 
     replace_route(stock_activelearning.router, "/{strategy}", "POST", segx_sample, "Next sample (threaded, 4xx on bad input)")
+
+
+def install_train_route(segx_app) -> None:
+    """Replace the stock ``POST /train/{model}``: 404 for an unknown trainer, and of the
+    params only :data:`lib.security.TRAIN_PARAMS`, checked (400 otherwise): MONAI Label's
+    trainers also take keys that name server paths and URLs. MONAI Label's own
+    ``run_model`` does the rest (one training at a time, 429 while one runs)."""
+
+    def segx_train(model: str, params: Optional[dict] = None, run_sync: bool = False, enqueue: bool = False,
+                   user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):  # fmt: skip
+        if model not in segx_app._trainers:  # MONAI Label keeps them there
+            raise HTTPException(status_code=404, detail=f"unknown trainer {model!r}; available: {sorted(segx_app._trainers)}")
+        return stock_train.run_model(model, checked_params(params, TRAIN_PARAMS, f"train/{model}", strict=True), run_sync, enqueue)
+
+    replace_route(stock_train.router, "/{model}", "POST", segx_train, "Train one model (admin; checked params)")

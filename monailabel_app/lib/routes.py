@@ -74,7 +74,7 @@ TABLE: tuple[Route, ...] = (
     Route(("PUT",), "/datastore/label/info", ADMIN, SMALL, writes="label info (who saved it lives there)"),
     Route(("GET",), "/datastore/dataset", ADMIN, reads="every image and label, as a zip"),
     Route(("GET",), "/train/", ANNOTATOR, reads="training status"),
-    Route(("POST",), "/train/{model}", ADMIN, SMALL, "final labels", "new weights in the model folder (kept: .previous)"),
+    Route(("POST",), "/train/{model}", ADMIN, SMALL, "final labels; only max_epochs, learning_rate, val_split, batch sizes from params", "new weights in the model folder (kept: .previous)", ours=True),
     Route(("DELETE",), "/train/", ADMIN, writes="stops training"),
     Route(("GET",), "/scoring/", ANNOTATOR, reads="scoring status"),
     Route(("POST",), "/scoring/{method}", ADMIN, SMALL, "datastore images", "SegU scores (image info)"),

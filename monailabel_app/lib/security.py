@@ -85,6 +85,49 @@ def params_object(params: str) -> dict:
     return given
 
 
+def _number(low: float, high: float, whole: bool = False):
+    """A check: a JSON number (an integer when ``whole``) in [low, high]."""
+
+    def check(value) -> bool:
+        kinds = (int,) if whole else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+
+    check.describe = f"{'an integer' if whole else 'a number'} from {low:g} to {high:g}"
+    return check
+
+
+def _plain_name(value) -> bool:
+    return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
+
+
+_plain_name.describe = "a plain name (letters, digits, spaces, '.', '_', '-')"
+
+#: Training params an admin may set (``POST /train/{model}``): MONAI Label's trainers also
+#: take ``name`` (the output folder), ``train_ds``/``val_ds`` (datalist files),
+#: ``distributed_url``, ``tracking_uri`` ... which name paths and URLs on the server.
+TRAIN_PARAMS = {"max_epochs": _number(1, 10000, whole=True), "learning_rate": _number(1e-8, 1.0), "val_split": _number(0.0, 0.9),
+                "train_batch_size": _number(1, 1024, whole=True), "val_batch_size": _number(1, 1024, whole=True)}  # fmt: skip
+#: Params of ``POST /activelearning/{strategy}`` (others are dropped): what SegU-first reads.
+SAMPLE_PARAMS = {"model": _plain_name, "client_id": _plain_name}
+
+
+def checked_params(given, allowed: dict, what: str, strict: bool) -> dict:
+    """``given`` (a JSON object or None) reduced to the keys of ``allowed`` (name -> check);
+    HTTP 400 for a value that fails its check, and for other keys when ``strict`` (else
+    they are dropped)."""
+    given = given or {}
+    if not isinstance(given, dict):
+        raise HTTPException(status_code=400, detail=f"{what} params must be a JSON object")
+    given = {key: value for key, value in given.items() if value is not None}  # MONAI Label's client sends client_id: null
+    unknown = sorted(set(given) - set(allowed))
+    if unknown and strict:
+        raise HTTPException(status_code=400, detail=f"{what} does not take {unknown[:10]}; it takes {sorted(allowed)}")
+    for key, check in allowed.items():
+        if key in given and not check(given[key]):
+            raise HTTPException(status_code=400, detail=f"{what}: {key} must be {check.describe}, got {str(given[key])[:80]!r}")
+    return {key: given[key] for key in allowed if key in given}
+
+
 def _split_list(value) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in str(value or "").split(",") if item.strip())
 

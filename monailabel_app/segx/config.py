@@ -512,7 +512,9 @@ def _names_and_dims(config: dict, classifier: dict, segmenter: dict, config_file
         dims_meta = {metadata_input(f)[1] for f in (class_folder, label_folder) if f} - {None}
     except BundleError as error:
         raise ConfigError(f"{config_file}: {error}") from error
-    classes = config.get("classes", [class_meta[k] for k in sorted(class_meta)] or None)
+    if "classes" not in config and not class_meta:
+        raise ConfigError(f"{config_file}: missing field classes (or a classifier bundle whose metadata names them)")
+    classes = config.get("classes", [class_meta[k] for k in sorted(class_meta)])
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"{config_file}: classes: expected a non-empty list of names (or a classifier bundle whose metadata names them)")
     if class_meta and len(class_meta) != len(classes):
