@@ -227,3 +227,18 @@ def test_a_served_zoo_bundle_answers_with_the_labels_of_the_cli(zoo, tmp_path):
     assert served.shape == expected.shape
     assert dice(served == 1, expected == 1) >= 0.99
     assert dice(served == 1, references["highres"]["ras"] == 1) >= 0.98
+
+
+def test_the_command_line_overrides_a_bundle_switch(zoo, tmp_path):
+    import SimpleITK as sitk
+    from segx.cli import main
+
+    folder, references = zoo
+    config = pair_config(folder.parent, "cli.yaml", {"bundle": "bundle"})
+    image = folder / "data" / "lps.nii.gz"
+    assert main(["explain", str(image), "--config", str(config), "--out", str(tmp_path / "high"), "--bundle-override", "segmenter:highres=true"]) == 0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "high" / "segmentation.nrrd"))).transpose()
+    assert dice(labels == 1, references["highres"]["lps"] == 1) >= 0.98
+    assert dice(labels == 1, references["lowres"]["lps"] == 1) < 0.5
+    with pytest.raises(SystemExit, match="segmenter:KEY=VALUE"):
+        main(["explain", str(image), "--config", str(config), "--bundle-override", "highres=true"])

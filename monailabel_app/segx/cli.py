@@ -13,6 +13,21 @@ from .export import LAYERS
 from .training import RECIPES
 
 
+def _bundle_overrides(given: list[str] | None) -> dict[str, dict]:
+    """``["segmenter:highres=true", ...]`` -> ``{"segmenter": {"highres": True}}`` (values
+    read as YAML, as ``monai.bundle run --key value`` reads them)."""
+    import yaml
+
+    overrides: dict[str, dict] = {}
+    for item in given or []:
+        field, _, assignment = item.partition(":")
+        key, equals, value = assignment.partition("=")
+        if field not in ("classifier", "segmenter") or not key or not equals:
+            raise SystemExit(f"--bundle-override {item!r}: write classifier:KEY=VALUE or segmenter:KEY=VALUE (KEY as monai.bundle run takes it)")
+        overrides.setdefault(field, {})[key] = yaml.safe_load(value)
+    return overrides
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .config import load_model_pair, model_config_file
     from .engine import explain
@@ -20,7 +35,7 @@ def _explain(args: argparse.Namespace) -> int:
     from .export import result_summary, write_dicom, write_layers
 
     config_file = model_config_file(args.config)
-    pair = load_model_pair(config_file)
+    pair = load_model_pair(config_file, bundle_overrides=_bundle_overrides(args.bundle_override))
     image, series = _image_or_series(Path(args.image), args.dicom_out)
     result = explain(
         pair,
@@ -183,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     explain.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="SegU variants for every explained class (default: the model's own, for the predicted class)")
     explain.add_argument("--out", help="folder for the layers, gzip NRRD (float32 maps per class, uint8 label map)")
+    explain.add_argument("--bundle-override", action="append", metavar="PART:KEY=VALUE",
+                         help="override a key of the classifier's or segmenter's bundle, as monai.bundle run --KEY VALUE (e.g. segmenter:highres=true); repeatable")  # fmt: skip
     explain.add_argument("--layers", nargs="+", choices=list(LAYERS), default=["segx", "segmentation"], help="layers written to --out (default: segx segmentation)")
     explain.add_argument("--dicom-out", help="folder for DICOM SEG, Parametric Maps and SR of the predicted class (the image must be a DICOM series folder)")
     explain.set_defaults(run=_explain)

@@ -531,9 +531,11 @@ def _names_and_dims(config: dict, classifier: dict, segmenter: dict, config_file
     return classes, labels, spatial_dims
 
 
-def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> ModelPair:
+def load_model_pair(path: str | Path, network_modules: Iterable[str] = (), bundle_overrides: dict[str, dict] | None = None) -> ModelPair:
     """Read a model configuration file and build its :class:`ModelPair` (networks on CPU).
-    ``network_modules``: modules allowed for ``network:`` beyond :func:`allowed_network_modules`.
+    ``network_modules``: modules allowed for ``network:`` beyond :func:`allowed_network_modules`;
+    ``bundle_overrides``: ``{"segmenter": {"highres": True}}``, added to (and over) the
+    sections' own ``bundle_overrides`` (``segx explain --bundle-override``).
 
     Returns:
         the pair; ``pair.config`` is the parsed configuration dict.
@@ -545,6 +547,11 @@ def load_model_pair(path: str | Path, network_modules: Iterable[str] = ()) -> Mo
     config_file = Path(path).resolve()
     config = read_config(config_file)
     modules = allowed_network_modules(network_modules)
+    for field, extra in (bundle_overrides or {}).items():
+        section = _require(config, field, "", config_file)
+        if "bundle" not in section:
+            raise ConfigError(f"{config_file}: {field}: bundle overrides given, but the {field} is not a bundle")
+        section["bundle_overrides"] = {**(section.get("bundle_overrides") or {}), **extra}
     classifier_section = _require(config, "classifier", "", config_file)
     segmenter_section = _require(config, "segmenter", "", config_file)
     classes, labels, spatial_dims = _names_and_dims(config, classifier_section, segmenter_section, config_file)
