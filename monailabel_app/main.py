@@ -14,7 +14,7 @@
 - ``cache_mb``: memory for cached SegX results per model (default 1024);
 - ``hold_minutes``: an image given to one annotator by ``segu_lowest_certainty`` is not
   given to another for this long (default 15);
-- ``tokens_file``: API tokens (``segx token``); with it every route needs a bearer token
+- ``tokens_file``: API tokens (``lib/tokens.py``); with it every route needs a bearer token
   and admin-only routes the admin role (see ``lib/security.py``);
 - ``network_modules``: comma-separated Python modules that model configurations may take
   ``network:`` classes from, beyond ``monai.networks.nets``, ``torchvision.models`` and
@@ -148,4 +148,4 @@ def _warn_if_exposed(tokens) -> None:
     host = sys.argv[sys.argv.index("--host") + 1] if "--host" in sys.argv[:-1] else "0.0.0.0"
     if tokens is None and host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(f"the server listens on {host} without API tokens: anyone who reaches it can read, label, "
-                       "delete and train. Use --host 127.0.0.1, or --conf tokens_file FILE (segx token)")  # fmt: skip
+                       "delete and train. Use --host 127.0.0.1, or --conf tokens_file FILE (python monailabel_app/lib/tokens.py)")  # fmt: skip

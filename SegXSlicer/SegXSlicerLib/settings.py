@@ -46,7 +46,7 @@ class SegXSettingsPanel(ctk.ctkSettingsPanel):
         self.registerProperty(SETTINGS_HISTORY, history, "text", str(qt.SIGNAL("textChanged(QString)")))
         token = qt.QLineEdit()
         token.echoMode = qt.QLineEdit.Password
-        token.toolTip = "The API token your server administrator gave you (segx token), if the server requires one"
+        token.toolTip = "The API token your server administrator gave you (python monailabel_app/lib/tokens.py), if the server requires one"
         layout.addRow("API token:", token)
         self.registerProperty(SETTINGS_TOKEN, token, "text", str(qt.SIGNAL("textChanged(QString)")))
         self.askCheckBox = qt.QCheckBox()

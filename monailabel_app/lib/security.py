@@ -24,7 +24,7 @@ In this order (``docs/SECURITY.md`` gives the threat model):
 
 MONAI Label 0.8.5's own OAuth (``MONAI_LABEL_AUTH_ENABLE``) refuses correctly signed RS256
 tokens with PyJWT 2.x (it passes no ``algorithms``), so the app uses its own API tokens;
-the token file holds only their SHA-256 digests (``segx token`` makes them).
+the token file holds only their SHA-256 digests (``lib/tokens.py`` makes them).
 """
 
 from __future__ import annotations

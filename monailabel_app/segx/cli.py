@@ -107,15 +107,6 @@ def _pacs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token(args: argparse.Namespace) -> int:
-    from .tokens import Tokens
-
-    token = Tokens(args.file).add(args.name, args.role)
-    print(f"API token for {args.name} ({args.role}), shown once; {args.file} keeps only its SHA-256 digest:")
-    print(token)
-    return 0
-
-
 def _phantoms(args: argparse.Namespace) -> int:
     from .phantoms import generate
 
@@ -277,11 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_arguments(calibrate, "val")
     calibrate.add_argument("--variant", choices=sorted(VARIANTS), help="keep this SegU variant (default: the best on the split)")
     calibrate.set_defaults(run=_calibrate)
-    token = commands.add_parser("token", help="make an API token for the server (--conf tokens_file FILE)")
-    token.add_argument("--file", required=True, help="token file (JSON; created if missing; only digests are stored)")
-    token.add_argument("--name", required=True, help="who the token is for")
-    token.add_argument("--role", required=True, choices=("annotator", "admin"), help="annotator: read, infer, next sample, save labels; admin: everything")
-    token.set_defaults(run=_token)
     parser.epilog = f"SegU variants: {', '.join(sorted(VARIANTS))}"
     return parser
 

@@ -1,8 +1,10 @@
 """API tokens of the SegX server: random tokens given to people, of which the server keeps
 only SHA-256 digests, each with a role (``admin`` or ``annotator``).
 
-    segx token --file tokens.json --name alice --role annotator   # prints the new token once
+    python monailabel_app/lib/tokens.py --file tokens.json --name alice --role annotator   # prints the token once
     monailabel start_server ... --conf tokens_file tokens.json
+
+Server-only code: it lives in the server app, not in the ``segx`` core.
 """
 
 from __future__ import annotations
@@ -51,3 +53,22 @@ class Tokens:
         self.path.write_text(json.dumps({"tokens": self.entries}, indent=2))
         self.path.chmod(0o600)
         return token
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make one API token (the server's ``--conf tokens_file``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Make an API token for the SegX server (--conf tokens_file FILE)")
+    parser.add_argument("--file", required=True, help="token file (JSON; created if missing; only digests are stored)")
+    parser.add_argument("--name", required=True, help="who the token is for")
+    parser.add_argument("--role", required=True, choices=ROLES, help="annotator: read, infer, next sample, save labels; admin: everything")
+    args = parser.parse_args(argv)
+    token = Tokens(Path(args.file)).add(args.name, args.role)
+    print(f"API token for {args.name} ({args.role}), shown once; {args.file} keeps only its SHA-256 digest:")
+    print(token)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
