@@ -70,7 +70,7 @@ def prepare(folder: Path, seed: int, labels: int = 2) -> None:
         source = nib.load(SOURCE_CT)
         volume, affine = np.asarray(source.dataobj, dtype=np.float32), source.affine
     else:  # no shared data: a phantom body at 3 mm of the same extent
-        from segx.phantoms import phantom_3d
+        from segx.demo.phantoms import phantom_3d
 
         volume, affine = phantom_3d(np.random.default_rng(seed), 1, False).image, np.diag([3.0, 3.0, 3.0, 1.0])
     from monai.data import MetaTensor

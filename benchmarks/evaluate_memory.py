@@ -1,6 +1,6 @@
 """Peak memory of ``segx evaluate`` against the number of studies: is it flat?
 
-``--large`` (default 10,000) 2D phantom studies are generated once (``segx.phantoms``);
+``--large`` (default 10,000) 2D phantom studies are generated once (``segx.demo.phantoms``);
 ``segx evaluate --model demo2d --methods gradcam --mc-samples 0 --no-evidence`` then runs
 as a separate process on ``--small`` (default 1,000, ``--limit``: a stratified draw) and on
 all of them, each into a fresh output folder. The peak resident set size of each process is
@@ -26,7 +26,7 @@ APP = Path(__file__).resolve().parents[1] / "monailabel_app"
 sys.path.insert(0, str(APP))
 
 from common import cpu_name  # noqa: E402
-from segx.phantoms import generate  # noqa: E402
+from segx.demo.phantoms import generate  # noqa: E402
 
 
 def peak_rss_mb(data: Path, out: Path, limit: int | None) -> tuple[float, float, dict]:

@@ -5,7 +5,7 @@ same per-study figures (prediction, max softmax probability, segmentation Dice, 
 IoU of the raw Grad-CAM map and of the SegX map against the ground-truth mask, SegU share
 of CAM mass inside the region):
 
-* ``ours``: ``segx.evaluate.study_records(pair, studies, ["gradcam"], mc_samples=0)``, the
+* ``ours``: ``segx.evaluation.evaluate.study_records(pair, studies, ["gradcam"], mc_samples=0)``, the
   work of ``segx evaluate --methods gradcam --mc-samples 0`` (Grad-CAM and the segmenter
   on 16 studies at a time); it also computes every SegU variant, the pointing game and
   relevance mass, which the reference skips;
@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monailabel_app"))
 from common import cpu_name  # noqa: E402
 from segx import onnxrt  # noqa: E402
 from segx.config import BUILTIN_MODELS_DIR, load_model_pair, model_config_file  # noqa: E402
-from segx.datasets import Layout, Study, find_studies  # noqa: E402
-from segx.evaluate import study_records  # noqa: E402
+from segx.evaluation.datasets import Layout, Study, find_studies  # noqa: E402
+from segx.evaluation.evaluate import study_records  # noqa: E402
 from segx.explainers import find_target_layer  # noqa: E402
 from segx.imageio import read_image  # noqa: E402
 from segx.pair import ModelPair  # noqa: E402
@@ -100,7 +100,7 @@ def _studies(args) -> tuple[ModelPair, list[Study], str, object]:
         args.model, args.data = "ham10000", str(SHARED_HAM)
     keep = None
     if args.model is None or args.data is None:
-        from segx.phantoms import generate
+        from segx.demo.phantoms import generate
 
         keep = tempfile.TemporaryDirectory()
         args.model, args.data = "demo2d", keep.name
@@ -117,7 +117,7 @@ def ray_throughput(config_file: Path, studies: list[Study], workers: int) -> flo
     from the first batch sent to the last row back, actor start-up and model loading included."""
     import ray
 
-    from segx.evaluate import ray_study_records
+    from segx.evaluation.evaluate import ray_study_records
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:

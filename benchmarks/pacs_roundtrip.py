@@ -7,7 +7,7 @@ loopback). The model pair is the shipped ``demo3d``.
 - pacs: what the server does for a ``NAME_segx`` request on a PACS series, in-process with
   the server's own classes: ``SegXDicomWebDatastore.get_image_uri`` (WADO-RS fetch of the
   300 instances, the series checks, the volume written as NIfTI into an empty cache),
-  ``explain``, ``segx.dicom.result_objects`` (SEG, 2 float32 Parametric Maps, SR), each
+  ``explain``, ``segx.formats.dicom.result_objects`` (SEG, 2 float32 Parametric Maps, SR), each
   sent by ``SegXDicomWebDatastore.store`` (STOW-RS, in its upload thread) while the next is
   built (``build_objects``; ``store_rest`` is the wait for the uploads after the last);
 - local: ``explain`` of the same volume from a local NIfTI, writing the equivalent layers
@@ -46,7 +46,7 @@ def ct_volume(seed: int) -> np.ndarray:
     """The demo3d phantom resampled to :data:`SHAPE` (linear), ``(X, Y, Z)`` in HU."""
     from scipy.ndimage import zoom
 
-    from segx.phantoms import phantom_3d
+    from segx.demo.phantoms import phantom_3d
 
     phantom = phantom_3d(np.random.default_rng(seed), 1, True)
     factors = [t / s for t, s in zip(SHAPE, phantom.image.shape)]
@@ -62,9 +62,9 @@ def main() -> int:
     import torch
     from lib.dicomweb import SegXDicomWebClient, SegXDicomWebDatastore
     from segx import explain, load_model_pair
-    from segx.dicom import Provenance, result_objects, write_series
-    from segx.export import save_volume
-    from segx.pacs import local_orthanc
+    from segx.formats.dicom import Provenance, result_objects, write_series
+    from segx.formats.export import save_volume
+    from segx.formats.pacs import local_orthanc
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="pacs_roundtrip_"))

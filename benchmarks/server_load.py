@@ -50,7 +50,7 @@ sys.path[:0] = [str(ROOT / "monailabel_app"), str(Path(__file__).resolve().paren
 
 from common import cpu_name  # noqa: E402
 from segx.demo import running_server  # noqa: E402
-from segx.phantoms import generate  # noqa: E402
+from segx.demo.phantoms import generate  # noqa: E402
 
 
 def rss_mb(process: psutil.Process) -> float:

@@ -51,7 +51,7 @@ from lib.endpoints import install_activelearning_route, install_infer_route, ins
 from lib.security import install_gate, public  # noqa: E402
 from lib.uploads import install_upload_routes  # noqa: E402
 from segx.headers import DEFAULT_MAX_VOXELS  # noqa: E402
-from segx.tokens import Tokens  # noqa: E402
+from lib.tokens import Tokens  # noqa: E402
 from lib.trainers.pair_trainers import trainers_for  # noqa: E402
 
 logger = logging.getLogger(__name__)

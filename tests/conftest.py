@@ -170,7 +170,7 @@ def write_models(folder: Path) -> Path:
 
 def write_phantom_studies(folder: Path) -> Path:
     """Two 2D (PNG) and two 3D (NIfTI, rotated affine) phantom studies."""
-    from segx.phantoms import generate
+    from segx.demo.phantoms import generate
 
     generate(folder / "generated", 2, 2, seed=11, progress=False)
     generate(folder / "generated", 3, 2, seed=11, progress=False)

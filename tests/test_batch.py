@@ -14,13 +14,13 @@ import pytest
 import SimpleITK as sitk
 from dicom_corpus import report_values
 
-from segx.batch import find_items
+from segx.evaluation.batch import find_items
 from segx.cli import main
 from segx.config import load_model_pair, model_config_file
-from segx.dicom import write_series
+from segx.formats.dicom import write_series
 from segx.engine import explain
-from segx.phantoms import generate
-from segx.rows import RowFile
+from segx.demo.phantoms import generate
+from segx.evaluation.rows import RowFile
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from bundle_networks import zoo_inference, zoo_preprocessing
 
 from segx import explain
 from segx.config import load_model_pair
-from segx.phantoms import SPACING_3D, phantom_3d
+from segx.demo.phantoms import SPACING_3D, phantom_3d
 
 WINDOW = (-57.0, 164.0)
 PIXDIM = (2.0, 2.0, 2.0)

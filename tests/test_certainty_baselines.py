@@ -17,9 +17,9 @@ from segx import baselines
 from segx.certainty import Combination, fit_combination
 from segx.cli import main
 from segx.config import BUILTIN_MODELS_DIR, load_model_pair
-from segx.evaluate import auroc_difference_ci
-from segx.metrics import certainty_auroc
-from segx.phantoms import generate
+from segx.evaluation.evaluate import auroc_difference_ci
+from segx.evaluation.metrics import certainty_auroc
+from segx.demo.phantoms import generate
 
 
 def _flip_invariant_classifier(dropout: float = 0.0) -> nn.Module:
@@ -129,7 +129,7 @@ def test_calibrate_stores_variant_levels_and_combination(tmp_path, capsys):
 
 
 def test_mc_dropout_is_not_reported_when_dropout_drops_nothing():
-    from segx.baselines import mc_dropout
+    from segx.evaluation.baselines import mc_dropout
 
     silent = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(p=0.0), torch.nn.Linear(4, 2)).eval()
     active = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(p=0.5), torch.nn.Linear(4, 2)).eval()

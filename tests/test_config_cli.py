@@ -149,7 +149,7 @@ def test_onnxruntime_gives_the_torch_results_and_runs_the_plain_forwards(tmp_pat
     """``runtime: onnxruntime`` (a speed option) runs the segmenter and the classifier's
     exact-CAM forward through ONNX Runtime, and every figure stays what torch computes."""
     from segx.engine import explain_many
-    from segx.phantoms import generate
+    from segx.demo.phantoms import generate
 
     config = demo2d_config(tmp_path, "torch.yaml")
     config["classifier"]["runtime"] = config["segmenter"]["runtime"] = "onnxruntime"

@@ -16,7 +16,7 @@ from conftest import venv_env
 from PIL import Image as PILImage
 
 from segx.config import load_model_pair
-from segx.phantoms import SPACING_3D, generate
+from segx.demo.phantoms import SPACING_3D, generate
 from segx.training import train
 
 

@@ -1,4 +1,4 @@
-"""DICOM in and out without a PACS: series written by ``segx.dicom.write_series`` read by
+"""DICOM in and out without a PACS: series written by ``segx.formats.dicom.write_series`` read by
 SimpleITK's GDCM reader (the reader MONAI Label converts DICOMweb series with) with the
 source geometry, the bad-series corpus refused with the defect named, and the SEG /
 Parametric Map / SR of a SegX result read back by highdicom onto the source voxels."""
@@ -18,9 +18,9 @@ from dicom_corpus import (BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geomet
                           write_bad_series)
 
 from segx import explain, load_model_pair
-from segx.dicom import BadSeries, Provenance, label_segmentation, read_series, result_objects, write_series
-from segx.export import save_volume
-from segx.phantoms import phantom_3d
+from segx.formats.dicom import BadSeries, Provenance, label_segmentation, read_series, result_objects, write_series
+from segx.formats.export import save_volume
+from segx.demo.phantoms import phantom_3d
 
 
 

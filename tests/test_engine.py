@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from segx import LevelThresholds, ModelPair, Preprocessing, explain, segu
 from segx.certainty import VARIANTS
 from segx.engine import explain_many
-from segx.export import save_volume
+from segx.formats.export import save_volume
 
 
 def make_pair(spatial_dims=2, channels=3, classes=4, intensity="none", **options) -> ModelPair:

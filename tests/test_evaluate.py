@@ -15,9 +15,9 @@ from conftest import APP_DIR
 
 from segx.cli import main
 from segx.config import load_model_pair
-from segx.datasets import Layout, find_studies
-from segx.evaluate import bootstrap_ci, ground_truth, label_dice
-from segx.phantoms import generate
+from segx.evaluation.datasets import Layout, find_studies
+from segx.evaluation.evaluate import bootstrap_ci, ground_truth, label_dice
+from segx.demo.phantoms import generate
 from segx.training import RECIPES, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -178,7 +178,7 @@ def test_a_class_is_scored_against_its_own_region_with_dice_per_label():
 
 def test_limit_draws_a_seeded_class_stratified_subset():
     """HAM10000's test CSV starts with 99 bkl rows: the first N rows are not a sample."""
-    from segx.datasets import Study, stratified_subset
+    from segx.evaluation.datasets import Study, stratified_subset
 
     studies = [Study(f"s{i}", None, None, 0) for i in range(99)] + [Study("s99", None, None, 1)] + [Study(f"t{i}", None, None, 2) for i in range(50)]
     subset = stratified_subset(studies, 15, seed=1)

@@ -21,8 +21,8 @@ from segx.explainers import (
     normalise,
     occlusion,
     pytorch_grad_cam,
-    resample,
 )
+from segx.preprocessing import resize
 
 
 
@@ -63,7 +63,7 @@ def test_fast_gradcam_matches_pytorch_grad_cam_2d(densenet2d):
     for allow_cam in (False, True):
         ours = fast_gradcam(densenet2d, x, classes, allow_cam=allow_cam)
         assert ours.method == ("cam" if allow_cam else "gradcam")
-        maps = normalise(resample(ours.maps, (224, 224))).numpy()
+        maps = normalise(resize(ours.maps, (224, 224))).numpy()
         assert maps.shape == reference.shape
         assert np.abs(maps - reference).max() <= 1e-3
     assert not np.allclose(reference[0], reference[1]), "classes must give different maps"
@@ -100,7 +100,7 @@ def test_non_gap_head_falls_back_to_gradients_and_matches_pgc():
     ours = fast_gradcam(model, x, [0, 2])
     assert ours.method == "gradcam"
     reference = _pgc_maps(model, model._bn1, x, [0, 2])
-    assert np.abs(normalise(resample(ours.maps, (128, 128))).numpy() - reference).max() <= 1e-3
+    assert np.abs(normalise(resize(ours.maps, (128, 128))).numpy() - reference).max() <= 1e-3
 
 
 class _SmallCNN(nn.Module):

@@ -1,4 +1,4 @@
-"""Controls, ROAD and the randomisation check (segx.faithfulness) on cases whose answer is
+"""Controls, ROAD and the randomisation check (segx.evaluation.faithfulness) on cases whose answer is
 known by construction."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from segx import ModelPair, Preprocessing
-from segx.faithfulness import control_maps, impute, randomised_classifier, rank_correlation, removal_order, road_score
+from segx.evaluation.faithfulness import control_maps, impute, randomised_classifier, rank_correlation, removal_order, road_score
 from segx.imageio import Image
 
 

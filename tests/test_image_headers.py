@@ -409,7 +409,7 @@ def test_truncated_volumes_are_refused(tmp_path):
 
 
 def series(folder: Path, slices: int = 6) -> Path:
-    from segx.dicom import write_series
+    from segx.formats.dicom import write_series
 
     write_series(np.random.default_rng(2).random((20, 24, slices)) * 100, np.eye(4), folder)
     return folder

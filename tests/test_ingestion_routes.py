@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from conftest import write_studies
 from pydicom.encaps import encapsulate
 from segx.demo import running_server
-from segx.tokens import Tokens
+from lib.tokens import Tokens
 from test_image_headers import FRAMES, JPEG_BASELINE, PAGE, dicom, jpeg, picture_bytes, sitk_write
 
 from lib import routes

@@ -1,11 +1,11 @@
-"""Tests for segx.metrics. Every expected value is worked out by hand in the comments."""
+"""Tests for segx.evaluation.metrics. Every expected value is worked out by hand in the comments."""
 
 import numpy as np
 import pytest
 import torch
 
-import segx.metrics as metrics
-from segx.metrics import (
+import segx.evaluation.metrics as metrics
+from segx.evaluation.metrics import (
     augrc,
     aurc,
     auroc,

@@ -22,10 +22,10 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from segx.demo import running_server
-from segx.dicom import read_series, write_series
-from segx.export import save_volume
-from segx.pacs import free_port, local_orthanc, orthanc_problem
-from segx.phantoms import phantom_3d
+from segx.formats.dicom import read_series, write_series
+from segx.formats.export import save_volume
+from segx.formats.pacs import free_port, local_orthanc, orthanc_problem
+from segx.demo.phantoms import phantom_3d
 
 pytestmark = pytest.mark.skipif(orthanc_problem() is not None, reason=f"{orthanc_problem()} (.ci/run installs it)")
 

@@ -14,8 +14,8 @@ from conftest import eval_summary
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[dev] installs it)")
 
 from segx.cli import main  # noqa: E402
-from segx.phantoms import generate  # noqa: E402
-from segx.rows import RowFile  # noqa: E402
+from segx.demo.phantoms import generate  # noqa: E402
+from segx.evaluation.rows import RowFile  # noqa: E402
 
 ARGS = ["--model", "demo2d", "--methods", "gradcam", "--mc-samples", "0", "--no-evidence"]
 METRIC_TOLERANCE = 1e-6

@@ -9,10 +9,10 @@ import json
 import pytest
 from conftest import eval_summary
 
-import segx.evaluate as evaluate_module
+import segx.evaluation.evaluate as evaluate_module
 from segx.cli import main
-from segx.phantoms import generate
-from segx.rows import RowFile
+from segx.demo.phantoms import generate
+from segx.evaluation.rows import RowFile
 
 ARGS = ["--model", "demo2d", "--methods", "gradcam", "--mc-samples", "0", "--no-evidence"]
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 from conftest import APP_DIR, write_studies
 from segx.demo import running_server
-from segx.tokens import Tokens
+from lib.tokens import Tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
 
@@ -373,7 +373,7 @@ def test_archives_cannot_write_outside_their_folder_or_inflate_past_the_limit(at
 
 def test_a_dicom_series_archive_becomes_one_session(attack, tmp_path):
     import nibabel as nib
-    from segx.dicom import write_series
+    from segx.formats.dicom import write_series
 
     volume = nib.load(str(attack.studies / "ct0.nii.gz"))
     files = write_series(volume.get_fdata() * 1000, volume.affine, tmp_path / "series")

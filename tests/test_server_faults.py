@@ -15,7 +15,7 @@ import torch
 from conftest import write_models
 from PIL import Image as PILImage
 from segx.demo import running_server
-from segx.phantoms import generate
+from segx.demo.phantoms import generate
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from PIL import Image as PILImage
 from scipy import ndimage
 
 from segx.cli import main
-from segx.datasets import Layout
-from segx.phantoms import generate
-from segx.metrics import certainty_auroc
-from segx.shortcut import PATCH_RADIUS, build_dataset, crossfit_combination, patch_region, report
+from segx.evaluation.datasets import Layout
+from segx.demo.phantoms import generate
+from segx.evaluation.metrics import certainty_auroc
+from segx.training.shortcut import PATCH_RADIUS, build_dataset, crossfit_combination, patch_region, report
 
 
 def test_patch_is_a_disc_clear_of_the_lesion_and_inside_the_picture():

@@ -149,7 +149,7 @@ def test_a_volume_loaded_from_dicom_is_explained_on_its_own_geometry(harness, sl
     ImagePositionPatient / ImageOrientationPatient): the heatmap and region lie on it."""
     from monai.transforms import LoadImage
 
-    from segx.dicom import write_series
+    from segx.formats.dicom import write_series
 
     url, studies = slicer_server
     loaded = LoadImage(image_only=True)(str(studies / CT))

@@ -22,7 +22,7 @@ from bundle_networks import RampThreshold, zoo_inference
 
 from segx import explain
 from segx.config import ConfigError, MissingWeightsError, load_model_pair
-from segx.phantoms import SPACING_3D, phantom_3d
+from segx.demo.phantoms import SPACING_3D, phantom_3d
 
 WINDOW, PIXDIM, ROI = (-57.0, 164.0), (2.0, 2.0, 2.0), (32, 32, 32)
 CLASSIFIER_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8, "growth_rate": 8, "block_config": [2, 2]}

@@ -21,8 +21,8 @@ from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from segx.dicom import Series, is_segx_output, series_from_datasets
-from segx.export import save_volume
+from segx.formats.dicom import Series, is_segx_output, series_from_datasets
+from segx.formats.export import save_volume
 from segx.headers import DEFAULT_MAX_VOXELS
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class SegXDicomWebDatastore(DICOMWebDatastore):
 
     - :meth:`get_image_uri` refuses a series over ``max_voxels`` from its metadata, or one
       that is not one volume (``ValueError`` naming the problem: missing slices, mixed
-      orientations, ...), and converts it with :func:`segx.dicom.series_from_datasets`
+      orientations, ...), and converts it with :func:`segx.formats.dicom.series_from_datasets`
       (the geometry of the series, RAS affine);
     - :meth:`list_images` leaves out derived objects (SEG, SR; its client,
       :class:`SegXDicomWebClient`, never sees SegX's own outputs);
@@ -127,7 +127,7 @@ class SegXDicomWebDatastore(DICOMWebDatastore):
         as MONAI Label clients send them)."""
         if label_tag != DefaultLabelTag.FINAL or label_filename.endswith(".bin"):
             return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
-        from segx.dicom import label_segmentation
+        from segx.formats.dicom import label_segmentation
         from segx.imageio import read_image
 
         labels = read_image(label_filename).array[0].round().numpy()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from starlette.routing import compile_path
 
-from segx.tokens import ADMIN, ANNOTATOR
+from lib.tokens import ADMIN, ANNOTATOR
 
 #: Roles of the table besides the token roles: anyone who reaches the port, and nobody.
 NONE, REMOVED = "none", "removed"

@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import HTTPException, Request
 
-from segx.tokens import ADMIN, Tokens
+from lib.tokens import ADMIN, Tokens
 
 from . import routes
 

@@ -4,6 +4,18 @@ strays from that region (SegU). Imports neither monailabel nor slicer.
 
     from segx import explain, load_model_pair
     result = explain(load_model_pair("pair.yaml"), "image.nii.gz")
+
+Rooms (each imports only the rooms before it; tests/test_architecture.py reads every
+import and fails otherwise):
+
+- ``segx`` (this package's modules): the method. Model pairs and their configurations
+  (``pair``, ``config``, ``bundles``, ``networks``, ``preprocessing``, ``onnxrt``), reading
+  images (``imageio``, ``headers``), explainers, SegX refinement, SegU certainty, the engine.
+- ``segx.formats``: results as files and DICOM, the PACS.
+- ``segx.evaluation``: datasets, metrics, controls, whole-dataset runs, calibration, worklists.
+- ``segx.training``: training recipes, the shortcut experiment.
+- ``segx.demo``: phantoms, the end-to-end demo, the test server helper.
+- ``segx.cli``: the command line, over all of them.
 """
 
 from .certainty import VARIANTS, Certainty, LevelThresholds, calibrate_levels, save_levels, segu

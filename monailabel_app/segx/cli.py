@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .certainty import VARIANTS
 from .explainers import METHODS
-from .export import LAYERS
+from .formats.export import LAYERS
 from .training import RECIPES
 
 
@@ -31,8 +31,8 @@ def _bundle_overrides(given: list[str] | None) -> dict[str, dict]:
 def _explain(args: argparse.Namespace) -> int:
     from .config import load_model_pair, model_config_file
     from .engine import explain
-    from .dicom import Provenance
-    from .export import result_summary, write_dicom, write_layers
+    from .formats.dicom import Provenance
+    from .formats.export import result_summary, write_dicom, write_layers
 
     config_file = model_config_file(args.config)
     pair = load_model_pair(config_file, bundle_overrides=_bundle_overrides(args.bundle_override))
@@ -57,20 +57,20 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _image_or_series(path: Path, dicom_out: str | None):
-    """(image to explain, its :class:`~segx.dicom.Series` or None): a folder is read as one
-    DICOM series (checked, see :func:`segx.dicom.read_series`) and explained as a volume."""
+    """(image to explain, its :class:`~segx.formats.dicom.Series` or None): a folder is read as one
+    DICOM series (checked, see :func:`segx.formats.dicom.read_series`) and explained as a volume."""
     if not path.is_dir():
         if dicom_out:
             raise ValueError("--dicom-out needs a DICOM series folder as the image (the objects reference its instances)")
         return path, None
-    from .dicom import read_series
+    from .formats.dicom import read_series
 
     series = read_series(path)
     return series.image(), series
 
 
 def _to_dicom(args: argparse.Namespace) -> int:
-    from .dicom import write_series
+    from .formats.dicom import write_series
     from .imageio import read_image
 
     image = read_image(args.image)
@@ -85,9 +85,9 @@ def _pacs(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from .dicom import write_series
+    from .formats.dicom import write_series
     from .imageio import read_image
-    from .pacs import local_orthanc, orthanc_problem
+    from .formats.pacs import local_orthanc, orthanc_problem
 
     if orthanc_problem():
         raise ValueError(orthanc_problem())
@@ -108,7 +108,7 @@ def _pacs(args: argparse.Namespace) -> int:
 
 
 def _phantoms(args: argparse.Namespace) -> int:
-    from .phantoms import generate
+    from .demo.phantoms import generate
 
     out = generate(args.out, args.dim, args.count, args.seed, args.split)
     print(f"wrote {args.count} {args.dim}D {args.split} phantoms to {out} (labels.csv, images/, masks/)")
@@ -130,22 +130,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import main as evaluate_main
+    from .evaluation.evaluate import main as evaluate_main
 
     return evaluate_main(args.model, args.data, args.out, args.methods, args.device, args.split, args.limit, args.mc_samples, args.seed,
                          not args.no_evidence, args.ray, args.target_layer, **_layout(args))  # fmt: skip
 
 
 def _explain_batch(args: argparse.Namespace) -> int:
-    from .batch import main as batch_main
+    from .evaluation.batch import main as batch_main
 
     return batch_main(args.config, args.inputs, args.out, args.method, args.layers, args.format, args.device, args.ray)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from .evaluation.calibrate import calibrate
     from .config import model_config_file
-    from .datasets import Layout
+    from .evaluation.datasets import Layout
 
     summary = calibrate(model_config_file(args.model), args.data, Layout(**_layout(args)), args.split, args.limit, args.device, args.variant, args.seed)
     print(json.dumps(summary, indent=2))
@@ -153,7 +153,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _shortcut(args: argparse.Namespace) -> int:
-    from .shortcut import main as shortcut_main
+    from .training.shortcut import main as shortcut_main
 
     return shortcut_main(args.model, args.data, args.out, args.recipe, args.shortcut_class, args.epochs, args.learning_rate, args.train_rate,
                          args.test_rate, args.mc_samples, args.limit, args.seed, args.device, **_layout(args))  # fmt: skip
@@ -164,7 +164,7 @@ def _layout(args: argparse.Namespace) -> dict:
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser, split: str | None) -> None:
-    """Options naming a model configuration and a labelled dataset folder (segx.datasets)."""
+    """Options naming a model configuration and a labelled dataset folder (segx.evaluation.datasets)."""
     parser.add_argument("--model", required=True, help="model configuration name (model_configs/) or file")
     parser.add_argument("--data", required=True, help="folder with images/, a mask folder and a labels CSV")
     parser.add_argument("--labels-csv", default="labels.csv", help="CSV file name inside --data")

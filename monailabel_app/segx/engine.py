@@ -14,10 +14,10 @@ import torch
 
 from . import onnxrt
 from .certainty import NEEDS_RUNNER_UP, VARIANTS, Certainty, segu
-from .explainers import explain_classes, gradcam_batch, normalise, resample
+from .explainers import explain_classes, gradcam_batch, normalise
 from .imageio import Image, as_image
 from .pair import ModelPair
-from .preprocessing import Prepared
+from .preprocessing import Prepared, resize
 from .refine import distance_to_region_mm, expand_region, segx_map
 from .tensors import any_true
 
@@ -325,7 +325,7 @@ def explain_many(
             image_maps, image_indices = torch.cat([image_maps, extra]), image_indices + missing
         if only_predicted:  # every class's map came from the same pass; only these go on
             image_maps, image_indices = image_maps[[image_indices.index(c) for c in needed]], needed
-        on_input = resample(image_maps, x.shape[2:])  # the explainer's grid -> the network input's
+        on_input = resize(image_maps, x.shape[2:])  # the explainer's grid -> the network input's (the one grid-to-grid mapping)
         grid = {"maps": list(image_maps.shape[1:]), "input": list(x.shape[2:])}
         explained.append((probabilities, predicted, image_indices, pair.classifier_input.restore(on_input, p).float(), grid))
     timings["classify_explain"] = time.perf_counter() - tick

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import onnxrt
@@ -147,15 +146,6 @@ def tokens_to_grid(tokens: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor
 def _as_feature_map(output: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
     """A layer output as ``(B, Ch, *s)``: feature maps as they are, tokens on their grid."""
     return tokens_to_grid(output, spatial) if output.dim() == 3 and len(spatial) in (2, 3) else output
-
-
-def resample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize maps ``(K, *s)`` to ``(K, *size)`` with torch (bi/trilinear, half-pixel
-    centres, the same convention as OpenCV's resize)."""
-    if tuple(maps.shape[1:]) == tuple(size):
-        return maps
-    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(maps[:, None].float(), size=tuple(size), mode=mode, align_corners=False)[:, 0]
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from segx import METHODS, VARIANTS
 from segx.explainers import INPUT_METHODS, default_method, is_scripted
-from segx.export import save_volume
+from segx.formats.export import save_volume
 
 from .runtime import ModelRuntime, run_in_torch_thread
 
@@ -139,10 +139,10 @@ class SegXTask(_SegXTask):
 
     def dicom_objects(self, request: dict, series, sink) -> dict:
         """SEG, Parametric Maps and SR of the request's result on its source DICOM
-        ``series`` (see :func:`segx.dicom.result_objects`), each passed to ``sink`` as soon
+        ``series`` (see :func:`segx.formats.dicom.result_objects`), each passed to ``sink`` as soon
         as it is built; the networks run only when the result is not cached."""
         from segx import __version__
-        from segx.dicom import Provenance, result_objects
+        from segx.formats.dicom import Provenance, result_objects
 
         def build():
             result, class_index, variant, _, level = self._chosen(request)

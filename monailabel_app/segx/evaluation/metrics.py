@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .refine import top_k_mask
+from ..refine import top_k_mask
 
 
 def _to_float64(x, name: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .explainers import model_lock
+from ..explainers import model_lock
 
 
 def msp(probabilities: np.ndarray) -> float:

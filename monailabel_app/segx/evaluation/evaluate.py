@@ -1,6 +1,6 @@
 """``segx evaluate``: classification, segmentation, interpretability (raw vs SegX) and
 certainty figures of a model configuration on a labelled dataset folder (read as
-:mod:`segx.datasets` describes; labels the model does not know are reported, not fatal).
+:mod:`segx.evaluation.datasets` describes; labels the model does not know are reported, not fatal).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import torch
 from tqdm import tqdm
 
 from . import baselines, faithfulness
-from .certainty import VARIANTS, Combination
+from ..certainty import VARIANTS, Combination
 from .datasets import Layout, Study, find_studies
-from .engine import SegXResult, explain, explain_many
-from .explainers import default_method, find_target_layer
-from .imageio import Image, read_image
+from ..engine import SegXResult, explain, explain_many
+from ..explainers import default_method, find_target_layer
+from ..imageio import Image, read_image
 from .metrics import aurc, certainty_auroc, dice, eaurc, map_figures, one_vs_rest_auroc, risk_coverage_curve
-from .pair import ModelPair
+from ..pair import ModelPair
 from .rows import RowFile
 
 INTERPRETABILITY = {
@@ -128,7 +128,7 @@ def label_dice(pair: ModelPair, segmentation: torch.Tensor, mask: torch.Tensor) 
 
 def ray_study_records(config_file: str | Path, studies: list[Study], methods: list[str], mc_samples: int, evidence: bool, address: str,
                       target_layer: str | None = None):  # fmt: skip
-    """:func:`iter_study_records` on a Ray cluster (:func:`segx.distributed.ray_rows`): lists
+    """:func:`iter_study_records` on a Ray cluster (:func:`segx.evaluation.distributed.ray_rows`): lists
     of the same records, one per finished batch, in the order they finish."""
     from .distributed import ray_rows
 
@@ -156,7 +156,7 @@ def study_record(pair: ModelPair, study: Study, image: Image, result: SegXResult
     negative entropy, MC dropout with ``mc_samples`` passes and TTA; ``mc_samples=0`` skips
     both sampling baselines) and, when the study has a mask, segmentation Dice and per
     method raw vs SegX interpretability metrics (with the region-only controls of
-    :func:`segx.faithfulness.control_maps` beside them). Given ``randomised`` (the pair with
+    :func:`segx.evaluation.faithfulness.control_maps` beside them). Given ``randomised`` (the pair with
     a re-drawn classifier), also the evidence figures of :func:`evidence_record`. ``mask``
     is the study's ground-truth mask (shape ``S``; None: the study has no mask), read by
     :func:`_read_files` with the image; the figures compare with its :func:`ground_truth`
@@ -329,8 +329,8 @@ def provenance(config_file: Path, studies: list[Study], class_names: list[str], 
 
     import monai
 
-    from . import __version__
-    from .config import file_digest, weight_files
+    from .. import __version__
+    from ..config import file_digest, weight_files
 
     digests = {f.name: file_digest(f) for f in weight_files(config_file) if f.is_file()}
     return {
@@ -348,11 +348,11 @@ def evaluate(pair: ModelPair, studies: list[Study], out: str | Path, methods: li
              mc_samples: int = 10, combination: Combination | None = None, origin: dict | None = None,
              evidence: bool = True, ray_address: str | None = None, target_layer: str | None = None) -> dict:  # fmt: skip
     """Run every study not yet in ``out/rows.jsonl`` (appended batch by batch: an interrupted
-    run resumes, see :class:`segx.rows.RowFile`), write ``metrics.csv``, ``report.md`` and
+    run resumes, see :class:`segx.evaluation.rows.RowFile`), write ``metrics.csv``, ``report.md`` and
     figures from the rows of ``studies``; return the summary
     (with ``origin``, the :func:`provenance`, when given; with ``evidence``, the controls,
     ROAD and randomisation figures of :func:`evidence_record`). With ``ray_address``
-    (``auto`` or a cluster's address) the studies run on Ray (:mod:`segx.distributed`).
+    (``auto`` or a cluster's address) the studies run on Ray (:mod:`segx.evaluation.distributed`).
     ``target_layer`` replaces the configuration's CAM target layer (finer maps from an
     earlier stage)."""
     start = time.perf_counter()
@@ -562,7 +562,7 @@ def main(model: str, data: str, out: str, methods: list[str], device: str, split
          mc_samples: int = 10, seed: int = 0, evidence: bool = True, ray_address: str | None = None, target_layer: str | None = None,
          **layout) -> int:  # fmt: skip
     """``segx evaluate``: prints progress, the report path and ``EVAL {json}`` last."""
-    from .config import load_model_pair, model_config_file
+    from ..config import load_model_pair, model_config_file
 
     config_file = model_config_file(model).resolve()
     pair = load_model_pair(config_file)

@@ -24,7 +24,7 @@ class _Worker:
     def __init__(self, config_file: str, job: Callable, options: dict, device: str):
         import torch
 
-        from .config import load_model_pair
+        from ..config import load_model_pair
 
         torch.set_num_threads(1)  # one core per actor: the actors are the parallelism
         self.pair = load_model_pair(config_file).to(device)

@@ -48,10 +48,10 @@ from PIL import Image as PILImage
 from scipy import ndimage
 from tqdm import tqdm
 
-from .certainty import fit_combination
-from .datasets import Layout, Study, find_studies
-from .evaluate import auroc_difference_ci
-from .metrics import aurc, augrc, certainty_auroc, eaurc
+from ..certainty import fit_combination
+from ..evaluation.datasets import Layout, Study, find_studies
+from ..evaluation.evaluate import auroc_difference_ci
+from ..evaluation.metrics import aurc, augrc, certainty_auroc, eaurc
 
 #: Sticker colours (RGB): saturated, none of them a skin or lesion tone.
 PATCH_COLOURS = ((230, 40, 40), (40, 90, 230), (40, 200, 80), (245, 215, 40))
@@ -127,10 +127,10 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
     """Fine-tune the classifier of ``config_file`` on ``data``'s train split (best epoch on
     val; the recipe's loss weighting, flips and batch size), keep its segmenter, calibrate
     on val; returns the new configuration ``out/shortcut_model.yaml``."""
-    from .calibrate import calibrate
-    from .config import load_model_pair, read_config
-    from .imageio import read_image
-    from .training import RECIPES, fit_classifier
+    from ..evaluation.calibrate import calibrate
+    from ..config import load_model_pair, read_config
+    from ..imageio import read_image
+    from . import RECIPES, fit_classifier
 
     config_file, out = Path(config_file).resolve(), Path(out)
     pair = load_model_pair(config_file)
@@ -161,10 +161,10 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
 def patch_mass(config_file: str | Path, data: str | Path, image_ids: list[str], device: str = "cpu") -> dict[str, list[float]]:
     """Share of the positive mass of the predicted class's raw Grad-CAM map and of its SegX
     map that lies on the patch, for each patched picture of ``image_ids``."""
-    from .config import load_model_pair
-    from .engine import explain_many
-    from .imageio import read_image
-    from .metrics import relevance_mass_accuracy
+    from ..config import load_model_pair
+    from ..engine import explain_many
+    from ..imageio import read_image
+    from ..evaluation.metrics import relevance_mass_accuracy
 
     pair = load_model_pair(config_file)
     shares: dict[str, list[float]] = {"raw": [], "segx": []}
@@ -279,8 +279,8 @@ def main(model: str, data: str, out: str, recipe: str, shortcut_class: str, epoc
     """``segx shortcut``: build the patched data (kept in ``out/data`` and reused when its
     settings match), fine-tune and calibrate, evaluate on test, write ``out/shortcut.md``
     and ``out/shortcut.json``; prints ``SHORTCUT {json}`` last."""
-    from .config import load_model_pair, model_config_file, read_config
-    from .evaluate import main as evaluate_main
+    from ..config import load_model_pair, model_config_file, read_config
+    from ..evaluation.evaluate import main as evaluate_main
 
     out_folder, data_folder = Path(out), Path(out) / "data"
     config_file = model_config_file(model).resolve()

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .imageio import Image
-from .pair import ModelPair
-from .preprocessing import resize
-from .refine import distance_to_region_mm
-from .tensors import any_true
+from ..imageio import Image
+from ..pair import ModelPair
+from ..preprocessing import resize
+from ..refine import distance_to_region_mm
+from ..tensors import any_true
 
 #: Shares of the pixels removed (MoRF) or kept-removed from the bottom (LeRF).
 ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.5)

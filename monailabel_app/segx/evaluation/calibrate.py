@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .certainty import DEFAULT_VARIANT, VARIANTS, LevelThresholds, calibrate_levels, fit_combination, save_levels
-from .config import load_model_pair
+from ..certainty import DEFAULT_VARIANT, VARIANTS, LevelThresholds, calibrate_levels, fit_combination, save_levels
+from ..config import load_model_pair
 from .datasets import Layout, find_studies
 from .evaluate import study_records
 from .metrics import certainty_auroc

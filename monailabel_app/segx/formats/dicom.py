@@ -160,7 +160,7 @@ class Series:
         """The volume as a one-channel :class:`~segx.imageio.Image` ``(1, X, Y, Z)``."""
         import torch
 
-        from .imageio import Image
+        from ..imageio import Image
 
         return Image(torch.from_numpy(self.volume)[None], tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0)), self.affine)
 
@@ -277,8 +277,8 @@ class Provenance:
     def of_config(cls, config_file: str | Path) -> "Provenance":
         """The provenance of results of a model configuration file (its name, the digest of
         its weights, this version of segx)."""
-        from . import __version__
-        from .config import weights_digest
+        from .. import __version__
+        from ..config import weights_digest
 
         return cls(Path(config_file).stem, weights_digest(config_file), __version__)
 
@@ -353,7 +353,7 @@ def label_segmentation(series: Series, labels, names: dict[int, str]):
     for number, value in enumerate(values, 1):
         numbered[frames == value] = number
     segments = [(names.get(v, f"label {v}"), names.get(v, f"label {v}")) for v in values]
-    from . import __version__
+    from .. import __version__
 
     # Enhanced General Equipment needs values (type 1): the software that wrote it
     common = dict(manufacturer=MANUFACTURER, manufacturer_model_name="annotation", software_versions=f"segx {__version__}", device_serial_number="annotation")

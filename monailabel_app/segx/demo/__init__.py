@@ -4,7 +4,10 @@ Generates test phantoms, starts the real MONAI Label server with the ``demo2d`` 
 ``demo3d`` model configurations, runs classification, segmentation and SegX/SegU on every
 study through the server, and writes ``demo_output/``: float32 NRRD heatmaps and label maps
 (source geometry, ready for 3D Slicer), PNG panels, ``report.md``; the last printed line is
-``DEMO {json}``.
+``DEMO {json}``. Also the server tooling the demo, the tests and the benchmarks share
+(:func:`running_server`), and the phantoms (:mod:`.phantoms`).
+
+Room rule (tests/test_architecture.py): imports every room but the CLI.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import numpy as np
 import requests
 import torch
 
-from .imageio import read_image
-from .metrics import certainty_auroc, topk_overlap
-from .pacs import free_port, wait_until_up
+from ..imageio import read_image
+from ..evaluation.metrics import certainty_auroc, topk_overlap
+from ..formats.pacs import free_port, wait_until_up
 from .phantoms import generate
-from .training import RECIPES, train
+from ..training import RECIPES, train
 
 APP_DIR = Path(__file__).resolve().parents[1]
 MODELS_DIR = APP_DIR / "model_configs"

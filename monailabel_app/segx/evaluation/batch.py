@@ -7,9 +7,9 @@ and its sub-folders that are DICOM series (one level down). Each study gets a fo
 ``OUT/<study id>/`` (the file or series folder name, characters other than letters, digits,
 ``.``, ``_``, ``-`` replaced by ``_``) with ``result.json`` (what ``segx explain`` prints)
 and the requested layers of the predicted class as NRRD or NIfTI, or, for DICOM series with
-``--format dicom``, a DICOM SEG, two Parametric Maps and an SR (:mod:`segx.dicom`).
+``--format dicom``, a DICOM SEG, two Parametric Maps and an SR (:mod:`segx.formats.dicom`).
 
-``OUT/results.jsonl`` (:class:`segx.rows.RowFile`) gets one row per study as its batch
+``OUT/results.jsonl`` (:class:`segx.evaluation.rows.RowFile`) gets one row per study as its batch
 finishes: the summary and the files written, or ``error`` (an unreadable image, a bad
 series, a model failure): the other studies go on, and running the same command again
 retries the failed studies and skips the finished ones. ``OUT/worklist.csv`` lists every
@@ -108,12 +108,12 @@ def explain_items(pair, items: list[dict], out: str, method: str, layers: list[s
                   provenance=None) -> list[dict]:  # fmt: skip
     """Explain a batch of worklist items (dicts of :class:`Item`'s fields) and write each
     study's files under ``out``; one row per item: ``image_id``, the
-    :func:`~segx.export.result_summary`, ``files`` (relative to ``out``), or ``error``.
+    :func:`~segx.formats.export.result_summary`, ``files`` (relative to ``out``), or ``error``.
     The networks run once on the batch (:func:`segx.engine.explain_many`); when that fails,
     study by study, so that one bad study fails alone."""
-    from .dicom import read_series
-    from .engine import explain_many
-    from .imageio import read_image
+    from ..formats.dicom import read_series
+    from ..engine import explain_many
+    from ..imageio import read_image
 
     rows, readable = {}, []
     for item in items:
@@ -143,7 +143,7 @@ def _failure(item: dict, error: Exception) -> dict:
 
 def _write_study(result, series, out: Path, image_id: str, layers: list[str], file_format: str, provenance, variant: str) -> dict:
     """Write one study's files into ``out/image_id`` and return its row."""
-    from .export import result_summary, write_dicom, write_layers
+    from ..formats.export import result_summary, write_dicom, write_layers
 
     folder = out / image_id
     if file_format == "dicom":
@@ -180,8 +180,8 @@ def main(model: str, inputs: list[str], out: str, method: str, layers: list[str]
     """``segx explain-batch``: prints progress, then ``BATCH {json}`` (counts, seconds,
     files); exit status 1 when a study failed (its error is in ``results.jsonl`` and
     ``worklist.csv``; running again retries it)."""
-    from .config import load_model_pair, model_config_file, weights_digest
-    from .dicom import Provenance
+    from ..config import load_model_pair, model_config_file, weights_digest
+    from ..formats.dicom import Provenance
 
     start = time.perf_counter()
     if file_format not in FORMATS:

@@ -81,7 +81,7 @@ def write_layers(result, out: str | Path, layers, classes: list[int], suffix: st
 
 def write_dicom(result, series, provenance, variant: str, out: str | Path) -> list[Path]:
     """Write the DICOM SEG, the two Parametric Maps and the SR of the predicted class
-    (:func:`segx.dicom.result_objects`) into ``out`` as ``seg.dcm``, ``segx.dcm``,
+    (:func:`segx.formats.dicom.result_objects`) into ``out`` as ``seg.dcm``, ``segx.dcm``,
     ``explanation.dcm`` and ``sr.dcm``."""
     from .dicom import result_objects
 

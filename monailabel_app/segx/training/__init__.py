@@ -1,12 +1,16 @@
 """``segx train``: train a model pair on a dataset folder and write its model configuration.
 
-A dataset folder is read as :mod:`segx.datasets` describes (images, masks, a labels CSV
+A dataset folder is read as :mod:`segx.evaluation.datasets` describes (images, masks, a labels CSV
 with a ``split`` column). Recipes name the networks, the preprocessing, the training
 settings and the folder layout: ``demo2d`` and ``demo3d`` train on the phantoms of
-:mod:`segx.phantoms`, ``ham10000`` on HAM10000 dermoscopy (7 classes, lesion masks) and
+:mod:`segx.demo.phantoms`, ``ham10000`` on HAM10000 dermoscopy (7 classes, lesion masks) and
 ``jsrt`` on JSRT chest X-rays (nodule / no nodule, lung fields). The weights of the epoch
 with the best validation score are kept; afterwards the SegU variant and its level
-thresholds are chosen on the ``val`` split (never ``test``) by :mod:`segx.calibrate`.
+thresholds are chosen on the ``val`` split (never ``test``) by :mod:`segx.evaluation.calibrate`.
+:mod:`.shortcut` builds a shortcut dataset from a real one and fine-tunes on it.
+
+Room rule (tests/test_architecture.py): imports the method (``segx``'s root modules),
+:mod:`segx.formats`, :mod:`segx.evaluation` and this room.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from .datasets import Layout, Study, find_studies
-from .imageio import read_image
-from .metrics import dice, one_vs_rest_auroc
-from .preprocessing import Preprocessing
+from ..evaluation.datasets import Layout, Study, find_studies
+from ..imageio import read_image
+from ..evaluation.metrics import dice, one_vs_rest_auroc
+from ..preprocessing import Preprocessing
 
 
 @dataclass
@@ -262,7 +266,7 @@ def train(recipe_name: str, data: str | Path, out: str | Path, limit: int | None
     """
     from monai.losses import DiceCELoss
 
-    from .calibrate import calibrate, update_model_card
+    from ..evaluation.calibrate import calibrate, update_model_card
 
     if recipe_name not in RECIPES:
         raise ValueError(f"unknown recipe {recipe_name!r}; choose one of {sorted(RECIPES)}")
