@@ -6,8 +6,9 @@ IoU of the raw Grad-CAM map and of the SegX map against the ground-truth mask, S
 of CAM mass inside the region):
 
 * ``ours``: ``segx.evaluation.evaluate.study_records(pair, studies, ["gradcam"], mc_samples=0)``, the
-  work of ``segx evaluate --methods gradcam --mc-samples 0`` (Grad-CAM and the segmenter
-  on 16 studies at a time); it also computes every SegU variant, the pointing game and
+  work of ``segx evaluate --methods gradcam --mc-samples 0 --no-evidence`` (the command runs
+  the evidence pass unless ``--no-evidence``; ``study_records`` does not by default): Grad-CAM
+  and the segmenter on 16 studies at a time; it also computes every SegU variant, the pointing game and
   relevance mass, which the reference skips;
 * ``ours_torch``: the same with every forward in torch (the configuration's ``runtime:``
   switched off; the shipped HAM10000 model runs its plain CPU forwards in ONNX Runtime);

@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from segx import baselines
+from segx.evaluation import baselines
 from segx.certainty import Combination, fit_combination
 from segx.cli import main
 from segx.config import BUILTIN_MODELS_DIR, load_model_pair
