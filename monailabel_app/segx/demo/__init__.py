@@ -34,7 +34,7 @@ from ..formats.pacs import free_port, wait_until_up
 from .phantoms import generate
 from ..training import RECIPES, train
 
-APP_DIR = Path(__file__).resolve().parents[1]
+APP_DIR = Path(__file__).resolve().parents[2]  # monailabel_app/ (this file: monailabel_app/segx/demo/__init__.py)
 MODELS_DIR = APP_DIR / "model_configs"
 
 
