@@ -22,6 +22,24 @@ class RampThreshold(nn.Module):
         return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
 
 
+class RampUNet(nn.Module):
+    """A MONAI UNet's cost with :class:`RampThreshold`'s known answer: the UNet runs (so
+    time and memory are those of a real CT segmenter), and its output is added with weight
+    0 to the ramp's logits. The labels mark soft tissue in the upper half of the first
+    axis: a minority of the body, on one side, so a flipped or shifted result scores far
+    below an exact one (``benchmarks/clinical_volume.py`` prints that control)."""
+
+    def __init__(self, **unet_args):
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.unet = UNet(**unet_args)
+        self.ramp = RampThreshold()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ramp(x) + 0.0 * self.unet(x)
+
+
 def zoo_preprocessing(pixdim, window, extra=()) -> dict:
     """A model-zoo CT bundle's ``preprocessing`` (spleen_ct_segmentation's order): load,
     channel first, RAS, resample to ``pixdim`` mm, window to [0, 1], then ``extra``."""
