@@ -507,6 +507,7 @@ def test_the_loader_reads_only_classified_keys(tmp_path, monkeypatch):
         config["name"] = "ignored"
         config["multi_label"] = False
         config["region_labels"] = {"melanoma": [1]}
+        config["certainty"].update(low=0.2, high=0.8)  # levels set: their fields are read
         config["classifier"].update(output_key=0, target_layer="features", memory_format="contiguous", runtime="torch", input=full_input, unread="x",
                                     strict=True, key_map={"features.": "features."})  # fmt: skip
         config["segmenter"] = {"torchscript": "bright.ts", "output": "logits", "labels": {1: "lesion"}, "input": dict(full_input, inferer="sliding_window", roi_size=[32, 32])}

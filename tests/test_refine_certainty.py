@@ -160,28 +160,50 @@ def test_segu_bad_inputs():
         segu(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 2), "mass_inside")
 
 
-def test_calibrate_levels_claim_only_what_the_validation_set_shows():
-    """Clopper-Pearson bounds, worked out by hand: n of n correct has the lower bound
-    0.025 ** (1 / n), which reaches 0.9 from n = 36 on (35: 0.8999, 36: 0.9026)."""
+def clopper_pearson(correct: int, n: int, confidence: float) -> tuple[float, float]:
+    """The exact binomial interval, from the beta distribution (written here, not taken
+    from segx)."""
     from scipy.stats import beta
 
-    assert 0.025 ** (1 / 35) < 0.9 < 0.025 ** (1 / 36)
-    wrong = [round(0.01 * i, 2) for i in range(1, 21)]  # 0.01 .. 0.20, all wrong
-    right = [round(0.50 + 0.01 * i, 2) for i in range(40)]  # 0.50 .. 0.89, all correct
-    certainty, correct = wrong + right, [False] * 20 + [True] * 40
-    levels = calibrate_levels(certainty, correct, "mass_inside", high_accuracy=0.9, low_accuracy=0.5)
-    # >= 0.50: 40 of 40 correct, bound 0.912; >= 0.20 (the next smaller value): 40 of 41, bound below 0.9
-    assert beta.ppf(0.025, 40, 2) < 0.9 and levels.high == 0.50
-    # below 0.50: 0 of 20 correct, upper bound 1 - 0.025 ** (1 / 20) = 0.168 <= 0.5; 0.50 is the largest t <= high
-    assert levels.low == 0.50
+    alpha = 1 - confidence
+    low = beta.ppf(alpha / 2, correct, n - correct + 1) if correct > 0 else 0.0
+    high = beta.ppf(1 - alpha / 2, correct + 1, n - correct) if correct < n else 1.0
+    return float(low), float(high)
+
+
+#: 20 wrong predictions at certainty 0.01 .. 0.20, then 100 correct at 0.500 .. 0.599.
+WRONG = [round(0.01 * i, 2) for i in range(1, 21)]
+RIGHT = [round(0.5 + 0.001 * i, 3) for i in range(100)]
+
+
+def test_calibrate_levels_claim_only_what_the_validation_set_shows():
+    """Bounds worked out with the beta distribution. The scan may pick any of the 111
+    thresholds with >= 10 studies at or above them (120 distinct values, the last 9 have
+    fewer), so each lower bound is taken at 1 - 0.05 / 111 (Bonferroni); "low" has 110."""
+    levels = calibrate_levels(WRONG + RIGHT, [False] * 20 + [True] * 100, "mass_inside", high_accuracy=0.9, low_accuracy=0.5)
+    high_confidence, low_confidence = 1 - 0.05 / 111, 1 - 0.05 / 110
+    # >= 0.50: 100 of 100 correct, corrected lower bound 0.919; >= 0.20 (the next smaller value): 100 of 101, below 0.9
+    assert clopper_pearson(100, 100, high_confidence)[0] >= 0.9 > clopper_pearson(100, 101, high_confidence)[0]
+    assert levels.high == 0.50
+    # below 0.50: 0 of 20 correct, corrected upper bound 0.343 <= 0.5; 0.50 is the largest t <= high
+    assert clopper_pearson(0, 20, low_confidence)[1] <= 0.5 and levels.low == 0.50
     assert [levels.level(v) for v in (0.2, 0.499, 0.5, 0.9)] == ["low", "low", "high", "high"]
-    # 30 of 30 correct is 100 % but its bound is 0.025 ** (1 / 30) = 0.884: no "high" (the old rule gave 0.50)
-    fewer = calibrate_levels(wrong + right[:30], [False] * 20 + [True] * 30, "mass_inside")
-    # with no "high" to stay under, "low" is the largest t whose lower set is still bad enough:
-    # below 0.58 are 8 of 28 correct (upper bound 0.487), below 0.59 9 of 29 (0.508)
-    assert beta.ppf(0.975, 9, 20) <= 0.5 < beta.ppf(0.975, 10, 20)
-    assert fewer.high is None and fewer.low == 0.58
-    assert [fewer.level(v) for v in (0.1, 0.7)] == ["low", "medium"]
+
+
+def test_the_scan_does_not_claim_what_only_one_threshold_of_many_shows():
+    """40 of 40 correct above 0.50 has the pointwise lower bound 0.912 (the rule before the
+    correction showed "high" here), but the scan had 51 thresholds to choose from: the
+    corrected bound is 0.83, so no "high"."""
+    right = RIGHT[:40]
+    assert clopper_pearson(40, 40, 0.95)[0] >= 0.9 > clopper_pearson(40, 40, 1 - 0.05 / 51)[0]
+    levels = calibrate_levels(WRONG + right, [False] * 20 + [True] * 40, "mass_inside")
+    assert levels.high is None
+    # "low" is then the largest threshold whose lower set is bad enough at the corrected level
+    below = lambda t: [c for v, c in zip(WRONG + right, [False] * 20 + [True] * 40) if v < t]  # noqa: E731
+    chosen = below(levels.low)
+    assert clopper_pearson(sum(chosen), len(chosen), 1 - 0.05 / 50)[1] <= 0.5
+    larger = min(v for v in WRONG + right if v > levels.low)
+    assert clopper_pearson(sum(below(larger)), len(below(larger)), 1 - 0.05 / 50)[1] > 0.5
 
 
 def test_too_few_validation_studies_earn_no_level():
@@ -201,7 +223,7 @@ def test_save_levels_keeps_the_model_configuration(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"
     config = {"name": "demo", "classes": ["a", "b"]}
     path.write_text(json.dumps(config) if suffix == ".json" else yaml.safe_dump(config))
-    levels = calibrate_levels([0.01 * i for i in range(60)], [False] * 20 + [True] * 40, "topk_inside")
+    levels = calibrate_levels(WRONG + RIGHT, [False] * 20 + [True] * 100, "topk_inside")
     assert levels.low is not None and levels.high is not None
     save_levels(path, levels)
     loaded = json.loads(path.read_text()) if suffix == ".json" else yaml.safe_load(path.read_text())

@@ -207,6 +207,11 @@ def _accuracy_bounds(correct: np.ndarray, confidence: float) -> tuple[float, flo
     return float(interval.low), float(interval.high)
 
 
+def _corrected(confidence: float, tests: int) -> float:
+    """The confidence of each of ``tests`` bounds for ``confidence`` over all of them (Bonferroni)."""
+    return 1.0 - (1.0 - confidence) / max(tests, 1)
+
+
 def calibrate_levels(
     certainty: Sequence[float],
     correct: Sequence[bool],
@@ -219,12 +224,15 @@ def calibrate_levels(
     """Choose level thresholds on a labelled validation set, claiming only what it shows.
 
     ``high`` is the smallest certainty ``t`` such that at least ``min_support`` predictions
-    have certainty >= ``t`` and the lower Clopper-Pearson bound (``confidence``) of their
-    accuracy is >= ``high_accuracy``; ``low`` is the largest ``t`` (<= ``high``) such that at
-    least ``min_support`` predictions lie below ``t`` and the upper bound of their accuracy
-    is <= ``low_accuracy``. When no threshold qualifies, that threshold is None: 22
-    validation studies, say, can never earn a "high" at 90 % (22 of 22 correct gives a
-    lower bound of 0.85).
+    have certainty >= ``t`` and the lower Clopper-Pearson bound of their accuracy is >=
+    ``high_accuracy``; ``low`` is the largest ``t`` (<= ``high``) such that at least
+    ``min_support`` predictions lie below ``t`` and the upper bound of their accuracy is <=
+    ``low_accuracy``. The scan tries many thresholds and keeps one, so each bound is taken
+    at ``1 - (1 - confidence) / m`` (Bonferroni over the ``m`` thresholds with enough support
+    that the scan could pick): the stated ``confidence`` then holds for the threshold it
+    picks. When no threshold qualifies, that threshold is None: 22 validation studies, say,
+    can never earn a "high" at 90 % (22 of 22 correct gives a lower bound of 0.85 even
+    before the correction).
     """
     values = np.asarray(certainty, dtype=float)
     hits = np.asarray(correct, dtype=bool)
@@ -233,18 +241,12 @@ def calibrate_levels(
     if not np.isfinite(values).all():
         raise ValueError("certainty contains NaN or Inf")
     candidates = np.unique(values)
-    high = None
-    for t in candidates:
-        above = hits[values >= t]
-        if above.size >= min_support and _accuracy_bounds(above, confidence)[0] >= high_accuracy:
-            high = float(t)
-            break
-    low = None
-    for t in candidates[candidates <= (high if high is not None else np.inf)][::-1]:
-        below = hits[values < t]
-        if below.size >= min_support and _accuracy_bounds(below, confidence)[1] <= low_accuracy:
-            low = float(t)
-            break
+    above = [t for t in candidates if (values >= t).sum() >= min_support]
+    below = [t for t in candidates if (values < t).sum() >= min_support]
+    high_confidence, low_confidence = _corrected(confidence, len(above)), _corrected(confidence, len(below))
+    high = next((float(t) for t in above if _accuracy_bounds(hits[values >= t], high_confidence)[0] >= high_accuracy), None)
+    ceiling = high if high is not None else np.inf
+    low = next((float(t) for t in reversed(below) if t <= ceiling and _accuracy_bounds(hits[values < t], low_confidence)[1] <= low_accuracy), None)
     return LevelThresholds(variant, low, high, high_accuracy, low_accuracy, int(values.size), min_support, confidence)
 
 

@@ -66,7 +66,7 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
 def _levels_summary(levels: LevelThresholds) -> dict:
     """The thresholds, and for each one not earned a sentence saying why it is not shown."""
     summary: dict = {"low": levels.low, "high": levels.high}
-    bound = f"{levels.confidence:.0%} Clopper-Pearson bound (on at least {levels.min_support} studies)"
+    bound = f"{levels.confidence:.0%} Clopper-Pearson bound (on at least {levels.min_support} studies, Bonferroni-corrected for the thresholds scanned)"
     if levels.high is None:
         summary["high_not_earned"] = f"no certainty threshold has an accuracy above it whose lower {bound} reaches {levels.high_accuracy}"
     if levels.low is None:
@@ -100,8 +100,10 @@ def levels_section(certainty: dict, model: str) -> str:
     return "\n".join([
         LEVELS_HEADING, "",
         f"Calibrated by `segx calibrate` on {where}, SegU `{levels.variant}`. A level is shown only when its threshold "
-        f"reaches the target accuracy (high: >= {levels.high_accuracy}, low: <= {levels.low_accuracy}) with a one-sided "
-        f"{levels.confidence:.0%} Clopper-Pearson bound on at least {levels.min_support} studies.", "",
+        f"reaches the target accuracy (high: >= {levels.high_accuracy}, low: <= {levels.low_accuracy}) with a "
+        f"{levels.confidence:.0%} Clopper-Pearson bound on at least {levels.min_support} studies, taken at "
+        f"1 - {1 - levels.confidence:.2g} / m for the m thresholds the scan could pick (Bonferroni), so that it holds "
+        "for the threshold it picked.", "",
         *shown, "",
         "The levels describe studies like that split: the same sources, scanners and population as the training data. "
         "They do not transfer to another site, scanner or population; calibrate again on labelled studies from there "
