@@ -13,7 +13,6 @@ request handling (``run_inference``) for everything else.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional
 
 import requests
@@ -32,39 +31,17 @@ from segx.headers import check_image_file
 from . import ingest
 from .dicomweb import SegXDicomWebDatastore
 from .infers.runtime import ModelUnavailable
-from .security import SAMPLE_PARAMS, TRAIN_PARAMS, checked_params, params_object, public, request_user
+from .security import INFER_PARAMS, SAMPLE_PARAMS, TRAIN_PARAMS, checked_params, params_object, public, request_user
 from .uploads import owned_session, received, replace_route
 
 logger = logging.getLogger(__name__)
 
 
-#: The params a SegX task reads (``lib.infers.tasks``); every other key is dropped, above all
-#: those with which MONAI Label's own pipeline reads or writes files (``image``, ``label``,
-#: ``save_label``, ``label_tag``, ``session``, ``device``, ...).
-INFER_PARAMS = ("class", "method", "variant", "layer", "margin_mm", "result_extension", "store_dicom")
-
-
 def _checked_params(params: str) -> dict:
-    """The request's JSON params reduced to :data:`INFER_PARAMS`, with their types checked
-    (HTTP 400 otherwise), before any work is done."""
-    given = params_object(params)
-    dropped = sorted(set(given) - set(INFER_PARAMS))
-    if dropped:
-        logger.warning(f"infer: ignoring params {dropped}")
-    kept = {key: given[key] for key in INFER_PARAMS if given.get(key) not in (None, "")}
-    for key, value in kept.items():
-        if key == "margin_mm":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
-                raise HTTPException(status_code=400, detail=f"margin_mm must be a number of millimetres from 0 to 100, got {value!r}")
-        elif key == "store_dicom":
-            if not isinstance(value, bool):
-                raise HTTPException(status_code=400, detail=f"store_dicom must be true or false, got {value!r}")
-        elif key == "class":
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise HTTPException(status_code=400, detail=f"class must be a class name or index, got {value!r}")
-        elif not isinstance(value, str):
-            raise HTTPException(status_code=400, detail=f"{key} must be a string, got {value!r}")
-    return kept
+    """The request's JSON params reduced to :data:`lib.security.INFER_PARAMS`, their types
+    checked (HTTP 400 otherwise) before any work is done; empty values count as absent."""
+    given = {key: value for key, value in params_object(params).items() if value != ""}
+    return checked_params(given, INFER_PARAMS, "infer", strict=False)
 
 
 def _store_dicom(segx_app, model: str, image_id: str, image_path: str, params: dict, result: dict) -> None:

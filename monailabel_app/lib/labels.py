@@ -16,18 +16,19 @@ SPACING_TOLERANCE = 1e-3
 ORIGIN_TOLERANCE = 0.05
 
 
-def _information(path: Path):
-    """SimpleITK's header of an image file or DICOM folder (no voxels read)."""
+def _information(path: Path) -> tuple:
+    """``(SimpleITK's header, size)`` of an image file, or of a DICOM folder's first slice
+    with the number of slices as the size's last axis (no voxels read)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
-    if path.is_dir():
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-        reader.SetFileName(files[0] if files else str(path))
-    else:
-        reader.SetFileName(str(path))
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path)) if path.is_dir() else (str(path),)
+    reader.SetFileName(files[0] if files else str(path))
     reader.ReadImageInformation()
-    return reader
+    size = tuple(reader.GetSize())
+    if path.is_dir() and len(size) == 3 and size[2] == 1:
+        size = size[:2] + (len(files),)
+    return reader, size
 
 
 def check_label(label: Path, image: Path, allowed: set[int], name: str) -> None:
@@ -41,14 +42,11 @@ def check_label(label: Path, image: Path, allowed: set[int], name: str) -> None:
     import SimpleITK as sitk
 
     try:
-        header, reference = _information(label), _information(image)
+        (header, size), (reference, expected) = _information(label), _information(image)
     except RuntimeError:
         raise ValueError(f"{name} is not an image file SimpleITK can read") from None
     if header.GetNumberOfComponents() != 1:
         raise ValueError(f"{name} has {header.GetNumberOfComponents()} channels: a label map has one")
-    size, expected = tuple(header.GetSize()), tuple(reference.GetSize())
-    if image.is_dir() and len(expected) == 3 and expected[2] == 1:
-        expected = expected[:2] + (len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(image))),)
     size, expected = _squeezed(size), _squeezed(expected)
     if size != expected:
         raise ValueError(f"{name} is {' x '.join(map(str, size))} voxels, its image {' x '.join(map(str, expected))}: a label must be on the image's grid")

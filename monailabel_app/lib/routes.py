@@ -11,7 +11,6 @@ start-up log) can find a route that a MONAI Label upgrade added and nobody class
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from starlette.routing import compile_path
@@ -40,9 +39,6 @@ class Route:
     writes: str = ""
     ours: bool = False  #: served by this app's own handler (else MONAI Label's)
 
-    @property
-    def pattern(self) -> re.Pattern:
-        return compile_path(self.path)[0]
 
 
 def _removed(methods: str, path: str, why: str) -> Route:
@@ -112,15 +108,19 @@ TABLE: tuple[Route, ...] = (
 )  # fmt: skip
 
 
+#: Each entry with its path as a regular expression (compiled once: every request is looked up).
+_PATTERNS = tuple((route, compile_path(route.path)[0]) for route in TABLE)
+
+
 def lookup(method: str, path: str) -> tuple[Route | None, dict, bool]:
     """The table entry for a request, its path parameters, and whether the path is known
     under another method (405 rather than 404). A path that differs from an entry only by
     a trailing ``/`` matches it (the application redirects)."""
     other_method = False
     candidates = (path, path.rstrip("/") if path.endswith("/") and path != "/" else path + "/")
-    for route in TABLE:
+    for route, pattern in _PATTERNS:
         for candidate in candidates:
-            match = route.pattern.match(candidate)
+            match = pattern.match(candidate)
             if match:
                 if method in route.methods:
                     return route, match.groupdict(), False

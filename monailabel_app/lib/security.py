@@ -67,9 +67,14 @@ def public(message: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda match: match.group(1) or "<folder>", message)
 
 
+def is_plain_name(value) -> bool:
+    """Whether ``value`` is a string matching :data:`NAME` without ``..``."""
+    return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
+
+
 def check_name(kind: str, value: str) -> str:
     """``value`` if it is a plain name, else HTTP 400."""
-    if not NAME.match(value) or ".." in value:
+    if not is_plain_name(value):
         raise HTTPException(status_code=400, detail=f"invalid {kind} {value[:80]!r}: use letters, digits, spaces, '.', '_' and '-' only")
     return value
 
@@ -85,22 +90,22 @@ def params_object(params: str) -> dict:
     return given
 
 
+def _check(describe: str, test):
+    """A value check for :func:`checked_params`: ``test(value) -> bool``, described for messages."""
+    test.describe = describe
+    return test
+
+
 def _number(low: float, high: float, whole: bool = False):
-    """A check: a JSON number (an integer when ``whole``) in [low, high]."""
-
-    def check(value) -> bool:
-        kinds = (int,) if whole else (int, float)
-        return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
-
-    check.describe = f"{'an integer' if whole else 'a number'} from {low:g} to {high:g}"
-    return check
+    """A JSON number (an integer when ``whole``, never a bool) in [low, high] (NaN and
+    infinities fail the comparison)."""
+    kinds = (int,) if whole else (int, float)
+    return _check(f"{'an integer' if whole else 'a number'} from {low:g} to {high:g}",
+                  lambda value: isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high)  # fmt: skip
 
 
-def _plain_name(value) -> bool:
-    return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
-
-
-_plain_name.describe = "a plain name (letters, digits, spaces, '.', '_', '-')"
+_plain_name = _check("a plain name (letters, digits, spaces, '.', '_', '-')", is_plain_name)
+_text = _check("a string", lambda value: isinstance(value, str))
 
 #: Training params an admin may set (``POST /train/{model}``): MONAI Label's trainers also
 #: take ``name`` (the output folder), ``train_ds``/``val_ds`` (datalist files),
@@ -109,6 +114,15 @@ TRAIN_PARAMS = {"max_epochs": _number(1, 10000, whole=True), "learning_rate": _n
                 "train_batch_size": _number(1, 1024, whole=True), "val_batch_size": _number(1, 1024, whole=True)}  # fmt: skip
 #: Params of ``POST /activelearning/{strategy}`` (others are dropped): what SegU-first reads.
 SAMPLE_PARAMS = {"model": _plain_name, "client_id": _plain_name}
+#: Params of ``POST /infer/{model}`` (others are dropped, above all those with which MONAI
+#: Label's own pipeline reads or writes files: ``image``, ``label``, ``save_label``,
+#: ``label_tag``, ``session``, ``device`` ...): what the SegX tasks read (``lib.infers.tasks``).
+INFER_PARAMS = {
+    "class": _check("a class name or index", lambda value: isinstance(value, (str, int)) and not isinstance(value, bool)),
+    "method": _text, "variant": _text, "layer": _text, "result_extension": _text,
+    "margin_mm": _number(0, 100),
+    "store_dicom": _check("true or false", lambda value: isinstance(value, bool)),
+}  # fmt: skip
 
 
 def checked_params(given, allowed: dict, what: str, strict: bool) -> dict:
@@ -122,6 +136,8 @@ def checked_params(given, allowed: dict, what: str, strict: bool) -> dict:
     unknown = sorted(set(given) - set(allowed))
     if unknown and strict:
         raise HTTPException(status_code=400, detail=f"{what} does not take {unknown[:10]}; it takes {sorted(allowed)}")
+    if unknown:
+        logger.warning(f"{what}: ignoring params {unknown[:10]}")
     for key, check in allowed.items():
         if key in given and not check(given[key]):
             raise HTTPException(status_code=400, detail=f"{what}: {key} must be {check.describe}, got {str(given[key])[:80]!r}")
@@ -155,7 +171,7 @@ class Redactor:
         pairs = []
         for placeholder, folder in folders.items():
             if folder and len(folder) > 1:
-                for form in {str(folder).rstrip("/"), _resolved(folder)}:
+                for form in {str(folder).rstrip("/"), os.path.realpath(folder).rstrip("/")}:
                     pairs.append((form.encode(), f"<{placeholder}>".encode()))
         self.pairs = sorted(pairs, key=lambda pair: -len(pair[0]))
 
@@ -163,10 +179,6 @@ class Redactor:
         for folder, placeholder in self.pairs:
             body = body.replace(folder, placeholder)
         return body
-
-
-def _resolved(folder: str) -> str:
-    return os.path.realpath(folder).rstrip("/")
 
 
 class Gate:
