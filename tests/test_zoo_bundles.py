@@ -1,5 +1,8 @@
 """Bundles as the model zoo ships them: the bundle's own checkpoint choice and switches
-(wholeBody_ct_segmentation chooses ``model_lowres.pt`` unless ``highres``), overrides as
+(Project-MONAI/model-zoo ``models/wholeBody_ct_segmentation/configs/inference.json``: a
+top-level ``checkpointloader`` loads ``model.pt`` or ``model_lowres.pt`` by
+``@displayable_configs#highres``; :func:`write_wholebody_layout` writes that layout, the
+other tests a loader among the ``handlers`` as spleen_ct_segmentation has it), overrides as
 ``monai.bundle run --key value`` takes them, TorchScript-only bundles, label names from
 ``configs/metadata.json``, errors that name their root cause, and weight-loading options
 (``strict: false``, ``key_map``) for checkpoints of another network.
@@ -125,6 +128,46 @@ def test_the_bundles_own_checkpoint_choice_and_overrides_are_honoured(zoo, stora
     assert labels.shape == reference.shape and dice(labels == 1, reference == 1) >= 0.98
     other = references["highres" if switch == "lowres" else "lowres"][storage]
     assert dice(labels == 1, other == 1) < 0.5, "control: the other checkpoint's answer must differ"
+
+
+def write_wholebody_layout(folder: Path) -> Path:
+    """The switch and loader as Project-MONAI/model-zoo's
+    ``models/wholeBody_ct_segmentation/configs/inference.json`` writes them: a
+    ``displayable_configs#highres`` flag (default true) choosing ``pixdim`` and
+    ``modelname``, a top-level ``checkpointloader`` component (not a handler) whose
+    ``load_path`` is ``@bundle_root + '/models/' + @modelname``, applied by
+    ``initialize: $@checkpointloader(@evaluator)``."""
+    folder = write_zoo_bundle(folder, {"model.pt": ramp(20.0), "model_lowres.pt": ramp(-20.0)})
+    inference = json.loads((folder / "configs" / "inference.json").read_text())
+    inference.pop("highres"), inference.pop("ckpt_dir")
+    inference["displayable_configs"] = {"highres": True, "sw_batch_size": 1}
+    inference["modelname"] = "$'model.pt' if @displayable_configs#highres else 'model_lowres.pt'"
+    inference["pixdim"] = f"$[{PIXDIM[0]}] * 3 if @displayable_configs#highres else [{2 * PIXDIM[0]}] * 3"
+    inference["preprocessing"]["transforms"][3]["pixdim"] = "@pixdim"  # Spacingd
+    inference["handlers"] = [{"_target_": "StatsHandler", "iteration_log": False}]
+    inference["checkpointloader"] = {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/' + @modelname",
+                                     "load_dict": {"model": "@network"}}  # fmt: skip
+    inference["initialize"] = ["$@checkpointloader(@evaluator)"]
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    return folder
+
+
+@pytest.mark.parametrize("highres", [True, False])
+def test_the_wholebody_layout_switch_chooses_weights_and_spacing(zoo, tmp_path, highres):
+    """The real wholeBody layout, its switch overridden by id as `monai.bundle run
+    --displayable_configs#highres false` takes it: segx equals the bundle's own run with
+    the same override, and the other setting's run differs (other weights, other spacing)."""
+    import shutil
+
+    folder = write_wholebody_layout(tmp_path / "bundle")
+    shutil.copytree(zoo[0] / "data", folder / "data")
+    shutil.copy(zoo[0].parent / "classifier.pt", tmp_path)
+    reference = bundle_run(folder, **{"displayable_configs#highres": highres})["lps"]
+    other = bundle_run(folder, **{"displayable_configs#highres": not highres})["lps"]
+    config = pair_config(tmp_path, "pair.yaml", {"bundle": "bundle", "bundle_overrides": {"displayable_configs#highres": highres}})
+    _, labels = segment(config, folder / "data" / "lps.nii.gz")
+    assert dice(labels == 1, reference == 1) >= 0.98
+    assert dice(labels == 1, other == 1) < 0.5
 
 
 def test_label_names_come_from_the_bundles_metadata(zoo):

@@ -3,7 +3,8 @@
 A model-zoo bundle decides for itself which weights its network gets: a
 ``CheckpointLoader`` (in ``handlers``, ``validate#handlers`` or a component of its own such
 as ``checkpointloader``) whose ``load_path`` is an expression of the bundle's switches
-(wholeBody_ct_segmentation: ``model.pt`` if ``@highres`` else ``model_lowres.pt``). Here:
+(wholeBody_ct_segmentation: ``@bundle_root + '/models/' + @modelname``, ``modelname`` being
+``model.pt`` if ``@displayable_configs#highres`` else ``model_lowres.pt``). Here:
 
 - :func:`read_bundle` parses ``configs/inference.*`` with ``bundle_root`` set, and the
   overrides a user would pass to ``monai.bundle run --key value`` applied by id;
@@ -53,8 +54,8 @@ class Checkpoint:
 
 def read_bundle(folder: Path, overrides: dict | None = None) -> Any:
     """A bundle's inference configuration (``configs/inference.{json,yaml,yml}``), parsed,
-    ``bundle_root`` set to the folder, and ``overrides`` (``{"highres": true,
-    "network_def#out_channels": 3}``) applied by id, as ``monai.bundle run`` does.
+    ``bundle_root`` set to the folder, and ``overrides`` (``{"displayable_configs#highres":
+    false, "network_def#out_channels": 3}``) applied by id, as ``monai.bundle run`` does.
 
     Raises:
         FileNotFoundError: no inference configuration.

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="SegU variants for every explained class (default: the model's own, for the predicted class)")
     explain.add_argument("--out", help="folder for the layers, gzip NRRD (float32 maps per class, uint8 label map)")
     explain.add_argument("--bundle-override", action="append", metavar="PART:KEY=VALUE",
-                         help="override a key of the classifier's or segmenter's bundle, as monai.bundle run --KEY VALUE (e.g. segmenter:highres=true); repeatable")  # fmt: skip
+                         help="override a key of the classifier's or segmenter's bundle, as monai.bundle run --KEY VALUE (e.g. segmenter:displayable_configs#highres=false); repeatable")  # fmt: skip
     explain.add_argument("--layers", nargs="+", choices=list(LAYERS), default=["segx", "segmentation"], help="layers written to --out (default: segx segmentation)")
     explain.add_argument("--dicom-out", help="folder for DICOM SEG, Parametric Maps and SR of the predicted class (the image must be a DICOM series folder)")
     explain.set_defaults(run=_explain)
