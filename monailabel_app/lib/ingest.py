@@ -46,7 +46,8 @@ class Refused(ValueError):
         self.status = status
 
 
-def _suffix(name: str, allowed: tuple[str, ...]) -> str | None:
+def suffix_of(name: str, allowed: tuple[str, ...]) -> str | None:
+    """The suffix of ``allowed`` that ``name`` ends with (any case), else None."""
     lowered = name.lower()
     return next((suffix for suffix in allowed if lowered.endswith(suffix)), None)
 
@@ -82,7 +83,7 @@ def unpack_archive(archive: Path, into: Path, max_bytes: int, archive_name: str)
             raise Refused(f"{archive_name}: member {name[:80]!r} has an absolute or '..' name")
         if len(files) >= MAX_MEMBERS:
             raise Refused(f"{archive_name} holds more than {MAX_MEMBERS} files")
-        target = into / f"{len(files):05d}{_suffix(name, IMAGE_SUFFIXES) or ''}"
+        target = into / f"{len(files):05d}{suffix_of(name, IMAGE_SUFFIXES) or ''}"
         budget -= _copy_bounded(source, target, budget, archive_name)
         files.append(target)
 
@@ -136,18 +137,18 @@ def receive(uploads: list, workdir: Path, max_bytes: int, max_voxels: int, archi
     names = [os.path.basename(upload.filename or "upload")[-80:] for upload in uploads]
     allowed = IMAGE_SUFFIXES + (ARCHIVE_SUFFIXES if archives and len(uploads) == 1 else ())
     for name in names:
-        if _suffix(name, allowed) is None:
+        if suffix_of(name, allowed) is None:
             raise Refused(f"unsupported file type {name!r}; send one of {allowed}")
     budget = max_bytes
     saved = []
     for index, (upload, name) in enumerate(zip(uploads, names)):
-        target = workdir / f"upload{index:05d}{_suffix(name, allowed)}"
+        target = workdir / f"upload{index:05d}{suffix_of(name, allowed)}"
         budget -= _copy_bounded(upload.file, target, budget, "the upload")
         saved.append(target)
     if any(path.stat().st_size == 0 for path in saved):
         raise Refused(f"upload {names[0]!r} is empty")
     image = saved[0]
-    if _suffix(names[0], ARCHIVE_SUFFIXES):
+    if suffix_of(names[0], ARCHIVE_SUFFIXES):
         series = workdir / "series"
         series.mkdir()
         members = unpack_archive(saved[0], series, max_bytes, names[0])

@@ -163,8 +163,8 @@ def _all_sessions(sessions) -> dict:
 
 def _stem(filename: str) -> str:
     name = Path(filename).name
-    suffix = next((s for s in ingest.IMAGE_SUFFIXES if name.lower().endswith(s)), "")
-    return name[: len(name) - len(suffix)] if suffix else name
+    suffix = ingest.suffix_of(name, ingest.IMAGE_SUFFIXES) or ""
+    return name[: len(name) - len(suffix)]
 
 
 def _label_info(params: str) -> dict:
