@@ -90,10 +90,12 @@ def test_report_figures_by_hand():
     table = [("mel", "mel", 0, 0.90, 0.8), ("nv", "nv", 1, 0.80, 0.7), ("mel", "nv", 1, 0.85, 0.1),
              ("mel", "nv", 0, 0.60, 0.9), ("nv", "mel", 1, 0.70, 0.2), ("mel", "mel", 1, 0.95, 0.6)]  # fmt: skip
     rows = [{"image_id": f"r{i + 1}", "label": label, "predicted": predicted, "correct": int(label == predicted), "msp": msp,
-             "negative_entropy": msp, "segu_mass_inside": segu, "segu_msp": segu, "mc_dropout": None, "tta": msp}
+             "negative_entropy": msp, "segu_mass_inside": segu, "mc_dropout": None, "tta": msp}
             for i, (label, predicted, _, msp, segu) in enumerate(table)]  # fmt: skip
     artefacts = {f"r{i + 1}": bool(row[2]) for i, row in enumerate(table)}
-    summary = report(rows, artefacts, "nv", "mass_inside")
+    # the val fit weighs SegU only: sigmoid(0 + 0 * logit(msp) + 1 * segu) ranks as SegU does
+    calibration = {"variant": "mass_inside", "combination": {"variant": "mass_inside"}, "combinations": {"mass_inside": [0.0, 0.0, 1.0]}}
+    summary = report(rows, artefacts, "nv", calibration)
     assert summary["n_wrong"] == 3 and summary["n_shortcut_errors"] == 1
     assert summary["accuracy"] == {"all": 0.5, "patched": 0.5, "unpatched": 0.5}
     assert summary["other_classes_predicted_nv"] == {"patched": 0.5, "unpatched": 0.5}  # r3 of {r3, r6}; r4 of {r1, r4}
@@ -102,9 +104,16 @@ def test_report_figures_by_hand():
     # MSP: correct {.9, .8, .95} above wrong {.85, .6, .7} in 8 of 9 pairs; against r3 alone 2 of 3
     assert scores["msp"]["auroc"] == pytest.approx(8 / 9) and scores["msp"]["shortcut_auroc"] == pytest.approx(2 / 3)
     # SegU: correct {.8, .7, .6} above wrong {.1, .9, .2} in 6 of 9 pairs; above r3's .1 in all 3
-    assert scores["segu"]["auroc"] == pytest.approx(6 / 9) and scores["segu"]["shortcut_auroc"] == pytest.approx(1.0)
-    assert scores["segu"]["shortcut_auroc_minus_msp"][0] == pytest.approx(1 / 3)
-    assert scores["segu"]["auroc_minus_msp"][0] == pytest.approx(6 / 9 - 8 / 9)
+    segu = scores["segu_mass_inside"]
+    assert segu["auroc"] == pytest.approx(6 / 9) and segu["shortcut_auroc"] == pytest.approx(1.0)
+    assert segu["shortcut_auroc_minus_msp"][0] == pytest.approx(1 / 3)
+    assert segu["auroc_minus_msp"][0] == pytest.approx(6 / 9 - 8 / 9)
+    # the val-fitted combination is scored with the val weights, not refitted: it ranks as SegU does
+    assert scores["segu_mass_inside_msp_val"]["auroc"] == pytest.approx(6 / 9)
+    # the same variant cross-fitted on these rows, and the difference between the two fits
+    assert "segu_mass_inside_msp_crossfit" in scores and set(summary["crossfit_weights"]) == {"mass_inside"}
+    difference = summary["fitting_data"]["mass_inside"]["auroc_crossfit_minus_val"][0]
+    assert difference == pytest.approx(scores["segu_mass_inside_msp_crossfit"]["auroc"] - 6 / 9)
 
 
 def test_crossfit_combination_scores_each_row_by_the_other_fold():
@@ -135,9 +144,16 @@ def test_shortcut_command_end_to_end_on_phantoms(phantom_data, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("SHORTCUT "))
     assert summary["n"] == 24 and summary["counts"]["test"]["n"] == 24
-    assert {"segu", "segu_msp", "segu_msp_crossfit", "msp", "negative_entropy", "tta"} <= set(summary["scores"])
-    assert len([k for k in summary["scores"] if k.startswith("segu_") and not k.startswith("segu_msp")]) == 4  # every other SegU variant
-    assert len(summary["crossfit_weights"]) == 2
+    variants = {"mass_inside", "mass_enrichment", "topk_inside", "distance_decay", "region_margin"}
+    # every SegU variant alone, fitted with MSP on val and cross-fitted on test: like with like
+    assert set(summary["scores"]) == {"msp", "negative_entropy", "tta"} | {f"segu_{v}{fit}" for v in variants for fit in ("", "_msp_val", "_msp_crossfit")}
+    assert next(k for k in summary["scores"] if k.startswith("segu_")) == f"segu_{summary['segu_variant']}"  # the calibrated variant first
+    assert set(summary["fitting_data"]) == set(summary["val_weights"]) == variants
+    assert all(len(weights) == 2 for weights in summary["crossfit_weights"].values())
+    # the shipped combination is the val fit of its variant: the evaluation's own segu_msp column
+    rows = [json.loads(line) for line in (out / "evaluation" / "rows.jsonl").read_text().splitlines()[1:]]
+    shipped = summary["scores"][f"segu_{summary['shipped_combination_variant']}_msp_val"]
+    assert shipped["auroc"] == pytest.approx(certainty_auroc([r["segu_msp"] for r in rows], [r["correct"] for r in rows]))
     assert summary["not_computed"] == ["mc_dropout"]  # the demo classifier has no dropout layer: said, not hidden
     assert 0 <= summary["patch_mass"]["raw"] <= 1 and 0 <= summary["patch_mass"]["segx"] <= 1
     assert (out / "weights" / "shortcut_classifier.pt").exists() and "certainty" in (out / "shortcut_model.yaml").read_text()

@@ -29,7 +29,9 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
 
     Returns:
         ``{"split", "n", "accuracy", "auroc": {variant: value}, "variant", "levels",
-        "combination": {"variant", "weights", "auroc"}, "msp_auroc"}``.
+        "combination": {"variant", "weights", "auroc"}, "combinations": {variant: weights},
+        "msp_auroc"}``; ``combinations`` holds the combination fitted for every SegU variant
+        (``segx shortcut`` compares each with the same variant fitted elsewhere).
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"unknown SegU variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -60,7 +62,8 @@ def calibrate(config_file: str | Path, data: str | Path, layout: Layout = Layout
     update_model_card(config_file)
     return {"split": split, "n": len(records), "accuracy": float(correct.mean()), "auroc": alone, "variant": variant,
             "levels": _levels_summary(levels), "msp_auroc": separation(msp), "calibrated_on": calibrated_on,
-            "combination": {"variant": best, "weights": combination.weights, "auroc": together[best]}}  # fmt: skip
+            "combination": {"variant": best, "weights": combination.weights, "auroc": together[best]},
+            "combinations": {v: c.weights for v, c in combinations.items()}}  # fmt: skip
 
 
 def _levels_summary(levels: LevelThresholds) -> dict:

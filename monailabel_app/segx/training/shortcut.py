@@ -19,13 +19,15 @@ on the patched test split. The report asks two questions, with paired bootstrap 
    positive mass on the patch.
 2. Do certainty scores catch the errors the shortcut causes (a patched picture of another
    class predicted as the shortcut class) and errors in general? AUROC correct vs wrong,
-   AURC, E-AURC and AUGRC for SegU (the calibrated variant, then every other one), SegU+MSP,
-   MSP, negative entropy, MC dropout and TTA, and the paired AUROC difference of each
-   against MSP. SegU+MSP comes twice: as calibrated (fitted on patched val, which has the
-   training distribution and so no shortcut-driven errors), and ``segu_msp_crossfit``, the
-   same logistic combination fitted on the test rows by two-fold cross-fitting (folds by a
-   hash of the image id; each row scored by the fit on the other fold): what the
-   combination does when fitted on data of the deployment distribution.
+   AURC, E-AURC and AUGRC for MSP, negative entropy, MC dropout and TTA and, for every
+   SegU variant, SegU alone and SegU+MSP fitted twice with that same variant: on patched
+   val (which has the training distribution and so no shortcut-driven errors; the model
+   ships the fit of the variant calibration chose for it), and on the test rows by
+   two-fold cross-fitting (folds by a hash of the image id; each row scored by the fit on
+   the other fold): what the combination does when fitted on data of the deployment
+   distribution. Each score's paired AUROC difference against MSP, and per variant the
+   paired difference cross-fitted minus val-fitted: the variant held fixed, only the
+   fitting data changes.
 
 Pictures are written as PNG, patched or not (a JPEG re-encoding only of patched pictures
 would be a second shortcut); masks are linked, not copied.
@@ -48,7 +50,7 @@ from PIL import Image as PILImage
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..certainty import fit_combination
+from ..certainty import Combination, fit_combination
 from ..evaluation.datasets import Layout, Study, find_studies
 from ..evaluation.evaluate import auroc_difference_ci
 from ..evaluation.metrics import aurc, augrc, certainty_auroc, eaurc
@@ -123,10 +125,11 @@ def _write_study(study: Study, out: Path, rng: np.random.Generator | None) -> bo
     return disc is not None
 
 
-def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe_name: str, epochs: int, learning_rate: float) -> Path:
+def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe_name: str, epochs: int, learning_rate: float) -> tuple[Path, dict]:
     """Fine-tune the classifier of ``config_file`` on ``data``'s train split (best epoch on
     val; the recipe's loss weighting, flips and batch size), keep its segmenter, calibrate
-    on val; returns the new configuration ``out/shortcut_model.yaml``."""
+    on val; returns the new configuration ``out/shortcut_model.yaml`` and the calibration
+    (:func:`segx.evaluation.calibrate.calibrate`'s summary)."""
     from ..evaluation.calibrate import calibrate
     from ..config import load_model_pair, read_config
     from ..imageio import read_image
@@ -155,7 +158,7 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
     model.write_text(yaml.safe_dump(config, sort_keys=False))
     log["calibration"] = calibrate(model, data, Layout(), "val")
     (out / "fine_tuning.json").write_text(json.dumps(log, indent=2) + "\n")
-    return model
+    return model, log["calibration"]
 
 
 def patch_mass(config_file: str | Path, data: str | Path, image_ids: list[str], device: str = "cpu") -> dict[str, list[float]]:
@@ -180,29 +183,47 @@ def patch_mass(config_file: str | Path, data: str | Path, image_ids: list[str], 
     return shares
 
 
-def report(rows: list[dict], artefacts: dict[str, bool], shortcut: str, variant: str) -> dict:
+def report(rows: list[dict], artefacts: dict[str, bool], shortcut: str, calibration: dict) -> dict:
     """The figures of the module docstring from ``segx evaluate``'s rows of the test split,
-    the patch flag per image id, the shortcut class's name and the calibrated SegU variant."""
+    the patch flag per image id, the shortcut class's name and the calibration on patched
+    val (:func:`segx.evaluation.calibrate.calibrate`'s summary: the calibrated SegU
+    ``variant``, the shipped ``combination`` and the ``combinations`` of every variant).
+
+    Every SegU variant ``V`` gives three scores, so that the fitting data is the only
+    thing that differs between the last two: ``segu_V`` alone, ``segu_V_msp_val`` (the
+    combination fitted on patched val) and ``segu_V_msp_crossfit`` (the same combination
+    fitted on the test rows by two-fold cross-fitting); the calibrated variant comes first.
+    ``fitting_data`` holds, per variant, the paired AUROC difference cross-fitted minus
+    val-fitted on all errors and on the shortcut's errors."""
     patched = np.array([artefacts[r["image_id"]] for r in rows], dtype=bool)
     correct = np.array([r["correct"] for r in rows], dtype=bool)
     other_class = np.array([r["label"] != shortcut for r in rows])
     to_shortcut = np.array([r["predicted"] == shortcut for r in rows])
     shortcut_errors = patched & other_class & to_shortcut & ~correct
+    variant, val_weights = calibration["variant"], calibration["combinations"]
     summary = {
         "n": len(rows),
+        "segu_variant": variant,
+        "shipped_combination_variant": calibration["combination"]["variant"],
         "accuracy": {"all": float(correct.mean()), "patched": _mean(correct[patched]), "unpatched": _mean(correct[~patched])},
         f"other_classes_predicted_{shortcut}": {"patched": _mean(to_shortcut[other_class & patched]), "unpatched": _mean(to_shortcut[other_class & ~patched])},
         "n_wrong": int((~correct).sum()),
         "n_shortcut_errors": int(shortcut_errors.sum()),
         "scores": {},
+        "fitting_data": {},
+        "val_weights": val_weights,
+        "crossfit_weights": {},
         "not_computed": [],  # e.g. MC dropout of a classifier without dropout
     }
-    others = sorted(k for k in rows[0] if k.startswith("segu_") and k not in (f"segu_{variant}", "segu_msp"))
-    crossfit, summary["crossfit_weights"] = crossfit_combination(rows, variant)
     values_of = lambda column: None if any(r.get(column) is None for r in rows) else np.array([r[column] for r in rows], dtype=float)  # noqa: E731
-    scores = {"segu": values_of(f"segu_{variant}"), "segu_msp": values_of("segu_msp"), "segu_msp_crossfit": crossfit,
-              **{name: values_of(name) for name in ("msp", "negative_entropy", "mc_dropout", "tta", *others)}}  # other SegU variants last
-    msp = scores["msp"]
+    msp = values_of("msp")
+    scores = {name: values_of(name) for name in ("msp", "negative_entropy", "mc_dropout", "tta")}
+    for v in [variant, *sorted(set(val_weights) - {variant})]:
+        segu = values_of(f"segu_{v}")
+        scores[f"segu_{v}"] = segu
+        scores[f"segu_{v}_msp_val"] = np.array([Combination(v, val_weights[v])(m, s) for m, s in zip(msp, segu)])
+        scores[f"segu_{v}_msp_crossfit"], summary["crossfit_weights"][v] = crossfit_combination(rows, v)
+    subset = correct | shortcut_errors  # correct predictions against the shortcut's errors only
     for score, values in scores.items():
         if values is None:
             summary["not_computed"].append(score)
@@ -211,12 +232,17 @@ def report(rows: list[dict], artefacts: dict[str, bool], shortcut: str, variant:
                    "augrc": augrc(values, correct)}  # fmt: skip
         if score != "msp":
             figures["auroc_minus_msp"] = auroc_difference_ci(values, msp, correct)
-        subset = correct | shortcut_errors  # correct predictions against the shortcut's errors only
         if shortcut_errors.any():
             figures["shortcut_auroc"] = certainty_auroc(values[subset], correct[subset])
             if score != "msp":
                 figures["shortcut_auroc_minus_msp"] = auroc_difference_ci(values[subset], msp[subset], correct[subset])
         summary["scores"][score] = figures
+    for v in summary["crossfit_weights"]:
+        crossfit, val_fit = scores[f"segu_{v}_msp_crossfit"], scores[f"segu_{v}_msp_val"]
+        if crossfit is not None:
+            summary["fitting_data"][v] = {"auroc_crossfit_minus_val": auroc_difference_ci(crossfit, val_fit, correct),
+                                          "shortcut_auroc_crossfit_minus_val": auroc_difference_ci(crossfit[subset], val_fit[subset], correct[subset])
+                                          if shortcut_errors.any() else None}  # fmt: skip
     return summary
 
 
@@ -264,10 +290,15 @@ def report_markdown(summary: dict, shortcut_class: str) -> str:
     for score, f in summary["scores"].items():
         lines.append(f"| {score} | {fmt(f['auroc'])} | {ci(f.get('auroc_minus_msp'))} | {fmt(f.get('shortcut_auroc'))} | "
                      f"{ci(f.get('shortcut_auroc_minus_msp'))} | {fmt(f['aurc'])} | {fmt(f['eaurc'])} | {fmt(f['augrc'])} |")  # fmt: skip
-    if summary["crossfit_weights"]:
-        lines += ["", "`segu_msp` is the combination fitted on patched val (the training distribution); `segu_msp_crossfit` the same "
-                  "combination fitted on the test rows by two-fold cross-fitting (each row scored by the fit on the other fold): "
-                  "what SegU adds to MSP when the combination has seen the deployment distribution."]  # fmt: skip
+    if summary["fitting_data"]:
+        lines += ["", "Each SegU variant `V` comes three times: alone (`segu_V`), combined with MSP by the logistic fit on patched val "
+                  "(`segu_V_msp_val`; the model ships `segu_{summary['shipped_combination_variant']}_msp_val`) and by the same fit on the test rows "
+                  "by two-fold cross-fitting (`segu_V_msp_crossfit`; each row scored by the fit on the other fold). "
+                  "With the variant held fixed, what the fitting data changes:", "",
+                  "| SegU variant | cross-fitted minus val-fitted: AUROC correct vs wrong [95 % CI] | vs shortcut errors [95 % CI] |",
+                  "|---|---|---|"]  # fmt: skip
+        lines += [f"| {v} | {ci(f['auroc_crossfit_minus_val'])} | {ci(f['shortcut_auroc_crossfit_minus_val'])} |"
+                  for v, f in summary["fitting_data"].items()]
     if summary["not_computed"]:
         lines += ["", f"Not computed: {', '.join(summary['not_computed'])} (MC dropout needs a dropout layer in the classifier)."]
     return "\n".join(lines) + "\n"
@@ -279,7 +310,7 @@ def main(model: str, data: str, out: str, recipe: str, shortcut_class: str, epoc
     """``segx shortcut``: build the patched data (kept in ``out/data`` and reused when its
     settings match), fine-tune and calibrate, evaluate on test, write ``out/shortcut.md``
     and ``out/shortcut.json``; prints ``SHORTCUT {json}`` last."""
-    from ..config import load_model_pair, model_config_file, read_config
+    from ..config import model_config_file, read_config
     from ..evaluation.evaluate import main as evaluate_main
 
     out_folder, data_folder = Path(out), Path(out) / "data"
@@ -294,21 +325,20 @@ def main(model: str, data: str, out: str, recipe: str, shortcut_class: str, epoc
     else:
         counts = build_dataset(data, data_folder, class_names, Layout(**layout), shortcut_class, train_rate, test_rate, seed, limit)
         manifest.write_text(json.dumps({"settings": settings, "counts": counts}, indent=2) + "\n")
-    tuned = fine_tune(config_file, data_folder, out_folder, recipe, epochs, learning_rate)
+    tuned, calibration = fine_tune(config_file, data_folder, out_folder, recipe, epochs, learning_rate)
     evaluation = out_folder / "evaluation"
     if (evaluation / "rows.jsonl").exists():
         (evaluation / "rows.jsonl").unlink()  # the classifier was just retrained: earlier rows are stale
     evaluate_main(str(tuned), str(data_folder), str(evaluation), ["gradcam"], device, split="test", mc_samples=mc_samples, evidence=False)
-    pair = load_model_pair(tuned)
     with open(data_folder / "labels.csv", newline="") as stream:
         artefacts = {row["image_id"]: row["artefact"] == "1" for row in csv.DictReader(stream)}
     with open(evaluation / "rows.jsonl") as stream:
         rows = [json.loads(line) for line in stream.readlines()[1:]]  # after the run's header line; one row per study
-    summary = report(rows, artefacts, shortcut_class, pair.certainty_variant)
+    summary = report(rows, artefacts, shortcut_class, calibration)
     patched_ids = [r["image_id"] for r in rows if artefacts[r["image_id"]]]
     shares = patch_mass(tuned, data_folder, patched_ids, device)
     summary["patch_mass"] = {name: float(np.mean(values)) if values else None for name, values in shares.items()}
-    summary.update(counts=counts, settings=settings, segu_variant=pair.certainty_variant, epochs=epochs, learning_rate=learning_rate)
+    summary.update(counts=counts, settings=settings, epochs=epochs, learning_rate=learning_rate)
     (out_folder / "shortcut.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_folder / "shortcut.md").write_text(report_markdown(summary, shortcut_class))
     print(f"report: {out_folder / 'shortcut.md'}")
