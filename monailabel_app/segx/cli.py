@@ -107,6 +107,32 @@ def _pacs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viewer(args: argparse.Namespace) -> int:
+    from .formats.viewer import ViewerServer, ohif_dist
+
+    server = ViewerServer(ohif_dist(), args.pacs, port=args.port)
+    studies = [args.study] if args.study else _study_uids(args.pacs)
+    print(f"OHIF on {args.pacs} at {server.url} (loopback only; Ctrl-C stops it)")
+    for study in studies:
+        print(f"open: {server.study_url(study)}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.shutdown()
+    return 0
+
+
+def _study_uids(dicomweb: str) -> list[str]:
+    """The StudyInstanceUIDs a DICOMweb root lists (QIDO-RS), none when it does not answer."""
+    import requests
+
+    try:
+        response = requests.get(f"{dicomweb.rstrip('/')}/studies", timeout=10)
+        return [study["0020000D"]["Value"][0] for study in (response.json() if response.ok and response.content else [])]
+    except (requests.RequestException, ValueError, KeyError):
+        return []  # the viewer's own study list shows them once the PACS answers
+
+
 def _phantoms(args: argparse.Namespace) -> int:
     from .demo.phantoms import generate
 
@@ -208,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     pacs.add_argument("--folder", default="pacs_storage", help="Orthanc's storage and configuration (kept between runs)")
     pacs.add_argument("--port", type=int, default=8042)
     pacs.set_defaults(run=_pacs)
+
+    viewer = commands.add_parser("viewer", help="serve the OHIF web viewer (pinned build from the npm registry) on a PACS's DICOMweb, on loopback")
+    viewer.add_argument("--pacs", default="http://127.0.0.1:8042/dicom-web", help="the PACS's DICOMweb root (default: make pacs's)")
+    viewer.add_argument("--port", type=int, default=3000)
+    viewer.add_argument("--study", help="a StudyInstanceUID whose viewer URL is printed (default: every study of the PACS)")
+    viewer.set_defaults(run=_viewer)
 
     phantoms = commands.add_parser("phantoms", help="generate phantom studies with a spurious marker")
     phantoms.add_argument("out", help="output folder (images/, masks/, labels.csv)")
