@@ -8,12 +8,14 @@ volume are refused with a 4xx naming the defect and nothing is stored."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pydicom
 import pytest
+import requests
 import SimpleITK as sitk
 from conftest import AFFINE_3D, write_models
 from dicom_corpus import BAD_SERIES, SHARED, SHARED_VOLUMES, assert_same_geometry, report_values, reread, write_bad_series
@@ -176,8 +178,6 @@ def test_segx_pacs_serves_volumes_as_ct_series_on_loopback(tmp_path):
     import sys
     import time
 
-    import requests
-
     save_volume(tmp_path / "volume.nii.gz", np.arange(8 * 6 * 5, dtype=np.float32).reshape(8, 6, 5), AFFINE_3D)
     port = free_port()
     segx = Path(sys.executable).parent / "segx"
@@ -194,8 +194,38 @@ def test_segx_pacs_serves_volumes_as_ct_series_on_loopback(tmp_path):
         assert any(f"http://127.0.0.1:{port}/dicom-web" in line for line in lines), lines
         (series,) = requests.get(f"http://127.0.0.1:{port}/dicom-web/series", timeout=10).json()
         assert series["00080060"]["Value"] == ["CT"]
+        _assert_refused_off_loopback(port)
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130
     with pytest.raises(requests.ConnectionError):  # Orthanc stopped with it
         requests.get(f"http://127.0.0.1:{port}/system", timeout=5)
+
+
+def _non_loopback_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than 127.0.0.0/8 (those another computer could use)."""
+    import psutil
+
+    return [a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+            if a.family == socket.AF_INET and not a.address.startswith("127.")]  # fmt: skip
+
+
+def _assert_refused_off_loopback(port: int) -> None:
+    """Every non-loopback address of this machine refuses a TCP connection on the PACS's
+    port, on Orthanc's own HTTP port (8042) and on its DICOM port (4242)."""
+    addresses = _non_loopback_addresses()
+    if not addresses:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect to")
+    for address in addresses:
+        for tried in (port, 8042, 4242):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((address, tried), timeout=5).close()
+
+
+def test_local_pacs_is_reachable_on_loopback_only(tmp_path):
+    """Orthanc 1.10 binds 0.0.0.0 whatever RemoteAccessAllowed says; started by the project
+    it must not be reachable from another computer: a connection to any non-loopback
+    address of this machine is refused (not answered with 401/403), 127.0.0.1 answers."""
+    with local_orthanc(tmp_path / "orthanc") as pacs:
+        assert requests.get(f"{pacs.dicomweb}/studies", timeout=10).status_code in (200, 204)
+        _assert_refused_off_loopback(int(pacs.url.rsplit(":", 1)[1]))
