@@ -125,7 +125,7 @@ def test_the_report_carries_prediction_certainty_level_and_model(result_on_serie
     numbers, codes = report_values(sr)
     assert numbers["SegU certainty"] == pytest.approx(result.certainty_of(result.predicted, "topk_inside").value, abs=1e-6)
     for name, probability in zip(result.class_names, result.probabilities):
-        assert numbers[f"Probability of {name}"] == pytest.approx(float(probability), abs=1e-6)
+        assert numbers[f"Probability of {name}"] == pytest.approx(100 * float(probability), abs=1e-4)  # in %
     assert codes["Predicted class"] == result.predicted_label
     assert codes["SegU certainty level"] == "medium"
     texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
@@ -161,3 +161,63 @@ def test_the_command_line_turns_a_volume_into_a_series_and_a_series_into_dicom_r
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(str(tmp_path / "series" / "slice_0000.dcm")).StudyInstanceUID
     assert {p.name for p in (tmp_path / "dicom").iterdir()} == {"seg.dcm", "segx.dcm", "explanation.dcm", "sr.dcm"}
     assert main(["explain", str(tmp_path / "volume.nii.gz"), "--model", "demo3d", "--dicom-out", str(tmp_path / "x")]) == 2  # not a series
+
+
+def ohif_lines(sr) -> list[list[str]]:
+    """The text OHIF 3.13.2 draws beside each measurement group of an SR, read as its
+    source does (``extensions/cornerstone-dicom-sr/src/getSopClassHandlerModule.ts``:
+    ``_processNonGeometricallyDefinedMeasurement`` and ``_getLabelFromMeasuredValueSequence``;
+    ``tools/DICOMSRDisplayTool.ts``: ``_getTextBoxLinesFromLabels``, five lines at most):
+    Comment (DCM 121106) texts first, then every NUM as ``meaning: value.toFixed(2) unit``,
+    where a NUM whose children hold no SCOORD is dropped; a group without any SCOORD
+    fails (OHIF's viewport stays blank), so it fails here too."""
+    (measurements,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    groups = []
+    for group in measurements.ContentSequence:
+        content = group.ContentSequence
+        lines = [f"{i.TextValue}: " for i in content if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        scoords = []
+        for item in (i for i in content if i.ValueType == "NUM"):
+            children = getattr(item, "ContentSequence", None)
+            if children is not None:
+                found = [c for c in children if c.ValueType in ("SCOORD", "SCOORD3D")]
+                if not found:
+                    continue
+                scoords.append(found[0])
+            value = float(item.MeasuredValueSequence[0].NumericValue)
+            lines.append(f"{item.ConceptNameCodeSequence[0].CodeMeaning}: {value:.2f} {item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue}")
+        assert scoords, "a measurement group without a SCOORD leaves OHIF's SR viewport blank"
+        assert all(len(s.ContentSequence) == 1 for s in scoords), "OHIF finds the image only when the SCOORD has exactly one child"
+        groups.append(lines[:5])
+    return groups
+
+
+def test_each_map_is_a_series_of_its_own_the_segx_map_first(result_on_series):
+    _, _, objects = result_on_series
+    assert len({str(ds.SeriesInstanceUID) for ds in objects.values()}) == 4
+    assert objects["segx"].SeriesNumber < objects["explanation"].SeriesNumber
+    assert "not refined" in objects["explanation"].SeriesDescription and "raw" in objects["explanation"].SeriesDescription
+    assert all(ds.SeriesDate and ds.SeriesTime for ds in objects.values())  # PACS lists show a date, not "?"
+
+
+def test_the_report_is_what_ohif_draws_an_outline_on_the_key_slice_with_the_readouts(result_on_series):
+    series, result, objects = result_on_series
+    sr = objects["sr"]
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR: OHIF 3.10 draws 2D SCOORDs only in it, older QuantitativeReporting reads it
+    (lines,) = ohif_lines(sr)
+    certainty = result.certainty_of(result.predicted, "topk_inside")
+    assert lines[:3] == [f"Predicted class: {result.predicted_label}: ", "SegU certainty level: medium: ", f"Reason: {certainty.reason}: "]
+    assert lines[3] == f"SegU certainty: {certainty.value:.2f} {{score}}"
+    assert lines[4] == f"Probability of {result.predicted_label}: {100 * float(result.probabilities[result.predicted]):.2f} %"
+    # the outline: on the slice holding most of the SegX map, around the clinical region there
+    (scoord,) = [c for i in report_items(sr) if i.ValueType == "NUM" for c in getattr(i, "ContentSequence", []) if c.ValueType == "SCOORD"]
+    k = result.classes.index(result.predicted)
+    segx = result.segx[k].numpy()  # (X, Y, Z)
+    key = int(segx.sum((0, 1)).argmax())
+    assert scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == series.datasets[key].SOPInstanceUID
+    points = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)  # (column, row), pixel centres at +0.5
+    assert scoord.GraphicType == "POLYLINE" and np.allclose(points[0], points[-1])  # closed
+    region = result.clinical_mask[k].numpy()[:, :, key] >= 0.5  # (X = column, Y = row)
+    columns, rows = np.nonzero(region)
+    assert abs(points[:, 0].min() - columns.min()) <= 1 and abs(points[:, 0].max() - (columns.max() + 1)) <= 1
+    assert abs(points[:, 1].min() - rows.min()) <= 1 and abs(points[:, 1].max() - (rows.max() + 1)) <= 1

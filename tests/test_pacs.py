@@ -119,7 +119,7 @@ def test_segx_on_a_pacs_series_stores_seg_parametric_map_and_report_in_its_study
     numbers, codes = report_values(report)
     assert numbers["SegU certainty"] == pytest.approx(params["segu"]["certainty"], abs=1e-6)
     for name, probability in params["probabilities"].items():
-        assert numbers[f"Probability of {name}"] == pytest.approx(probability, abs=1e-6)
+        assert numbers[f"Probability of {name}"] == pytest.approx(100 * probability, abs=1e-4)  # in %
     assert codes["Predicted class"] == params["predicted"]
     assert codes["SegU certainty level"] == (params["segu"]["level"] or "not calibrated")
 

@@ -7,9 +7,11 @@
   volume (one orientation, equally spaced slices, pixel data, single frames); a series that
   is not is refused with a :class:`BadSeries` naming the problem.
 - :func:`result_objects` turns a :class:`~segx.engine.SegXResult` into a DICOM SEG (the
-  clinical region), Parametric Maps (SegX and raw maps, float32) and a Comprehensive 3D SR
-  (TID 1500 measurement report: prediction, probabilities, SegU certainty, level, reason),
-  all written with highdicom, referencing the source series and identifying the model.
+  clinical region), Parametric Maps (SegX and raw maps, float32, a series each) and a
+  Comprehensive SR (TID 1500 measurement report: the region's outline on the key slice,
+  prediction, probabilities, SegU certainty, level, reason), all written with highdicom,
+  referencing the source series and identifying the model, laid out as OHIF 3.10-3.13 and
+  Slicer's QuantitativeReporting read them (see :func:`result_objects`).
 
 Axis order: volumes are ``(X, Y, Z)`` = MONAI's voxel index order ``(i, j, k)`` with a
 voxel-to-RAS affine; a DICOM frame is ``(rows, columns)`` = ``volume[:, :, k].T`` (the
@@ -360,19 +362,57 @@ def label_segmentation(series: Series, labels, names: dict[int, str]):
     return _segmentation(series, numbered, segments, None, 9201, "Annotator label", common)
 
 
+def _outline(region: np.ndarray) -> np.ndarray | None:
+    """The closed outline ``(N, 2)`` of the largest connected piece of a binary frame
+    ``(rows, columns)``, as DICOM SCOORD image coordinates (column, row; (0, 0) the top left
+    corner of the top left pixel, so pixel centres sit at +0.5), simplified to half a
+    pixel; None for an empty frame."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    if not region.any():
+        return None
+    padded = np.pad(region.astype(np.float32), 1)  # a region touching the border still closes
+    contour = max(find_contours(padded, 0.5), key=len) - 1  # (row, column) of the unpadded frame
+    contour = approximate_polygon(contour, tolerance=0.5)
+    return (contour[:, ::-1] + 0.5).astype(np.float32)
+
+
+def key_slice(region: np.ndarray, weights: np.ndarray) -> int:
+    """The slice a reader is shown first: of ``(Z, rows, columns)`` frames, the one holding
+    most of ``weights`` (the SegX map) inside ``region``; the one with most region when the
+    map is empty there; the middle one when the region is empty."""
+    inside = (weights * region).reshape(len(region), -1).sum(1)
+    if inside.max() > 0:
+        return int(inside.argmax())
+    area = region.reshape(len(region), -1).sum(1)
+    return int(area.argmax()) if area.max() > 0 else len(region) // 2
+
+
 def result_objects(result, class_index: int, series: Series, provenance: Provenance, variant: str, level: str | None):
     """The DICOM objects of one SegX result on a source ``series`` (the result's grid must
-    be the series volume's), all in the source study.
+    be the series volume's), all in the source study, each in a series of its own (viewers
+    such as OHIF open only the first instance of a Parametric Map series):
+
+    - ``seg`` (Segmentation, series 9101): the clinical region;
+    - ``segx`` (Parametric Map, series 9102): the SegX map, the one a reader opens first;
+    - ``sr`` (Comprehensive SR, series 9103): a TID 1500 measurement report whose one
+      measurement group references the SEG's segment (TID 1411, what Slicer's
+      QuantitativeReporting reads) and holds the region's outline on the key slice
+      (:func:`key_slice`) as a 2D SCOORD inferred for the SegU certainty (OHIF draws a
+      group only with a SCOORD, and then shows its NUMs and Comments beside the outline,
+      five lines at most): Comments "Predicted class", "SegU certainty level" and "Reason",
+      then NUMs SegU certainty, the predicted class's probability and the others'; the
+      same facts as coded evaluations for machines;
+    - ``explanation`` (Parametric Map, series 9104): the raw, unrefined map, named so.
+
+    Maps hold float32 relevance 0-1 with a window of 0-1. Axis order: see the module.
 
     Yields:
         ``(name, dataset)`` as each is built (so that a caller can send one while the next
-        is built): ``seg`` (Segmentation), ``segx`` and ``explanation`` (ParametricMap),
-        ``sr`` (Comprehensive3DSR); ``dict(result_objects(...))`` collects them.
+        is built); ``dict(result_objects(...))`` collects them.
     """
     import highdicom as hd
-    from highdicom.sr import CodedConcept
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     shape = tuple(result.segmentation.shape)
     if shape != series.volume.shape:
@@ -380,6 +420,7 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
     k = result.classes.index(class_index)
     label = result.class_names[class_index]
     region_names = [result.segment_names.get(v, str(v)) for v in sorted(set(result.segment_names)) if v > 0]
+    now = datetime.datetime.now()
     common = dict(
         manufacturer=MANUFACTURER,
         manufacturer_model_name=provenance.model[:64],
@@ -394,51 +435,84 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
     region = _frames(result.clinical_mask[k] >= 0.5).astype(np.uint8)
     segments = [(f"clinical region of {label}", f"SegX clinical region ({', '.join(region_names)})")]
     seg = _segmentation(series, region, segments, algorithm, 9101, f"{OUTPUT_PREFIX}region ({provenance.model})", common)
-    yield "seg", seg
-    maps_series = generate_uid()
-    for number, (layer, values, meaning) in enumerate(
-        (("segx", result.segx[k], "SegX map"), ("explanation", result.explanation_normalised[k], "raw explanation map")), 1
-    ):
-        mapping = hd.pm.RealWorldValueMapping(
-            lut_label=layer.upper()[:16],
-            lut_explanation=f"{meaning} of {label} ({result.method}), 0-1"[:64],
-            unit=codes.UCUM.NoUnits,
-            value_range=(0.0, 1.0),
-            slope=1.0,
-            intercept=0.0,
-        )
-        parametric_map = hd.pm.ParametricMap(
-            source_images=series.datasets,
-            pixel_array=_frames(values.float()),
-            series_instance_uid=maps_series,
-            series_number=9102,
-            sop_instance_uid=generate_uid(),
-            instance_number=number,
-            contains_recognizable_visual_features=False,
-            real_world_value_mappings=[mapping],
-            window_center=0.5,
-            window_width=1.0,
-            content_label=layer.upper()[:16],
-            content_description=f"{meaning} of {label} by {result.method}"[:64],
-            series_description=f"{OUTPUT_PREFIX}maps ({provenance.model}, {result.method})"[:64],
-            **common,
-        )
-        parametric_map.Laterality = ""  # General Series, type 2C: the source's body part may be paired
-        yield layer, parametric_map
+    yield "seg", _dated(seg, now)
+    segx_frames = _frames(result.segx[k].float())
+    yield "segx", _dated(_parametric_map(series, segx_frames, 9102, "segx", f"SegX map of {label}", result.method,
+                                         f"{OUTPUT_PREFIX}map of {label} ({provenance.model}, {result.method})", common), now)  # fmt: skip
+    yield "sr", _dated(_report(result, series, seg, provenance, variant, level, key_slice(region, segx_frames), region), now)
+    raw = _frames(result.explanation_normalised[k].float())
+    yield "explanation", _dated(_parametric_map(series, raw, 9104, "explanation", f"raw explanation map of {label}, not refined", result.method,
+                                                f"{OUTPUT_PREFIX}raw {result.method} of {label}, not refined ({provenance.model})", common), now)  # fmt: skip
+
+
+def _parametric_map(series: Series, frames: np.ndarray, number: int, layer: str, meaning: str, method: str, description: str, common: dict):
+    """A float32 Parametric Map of relevance 0-1 (window 0-1), ``frames`` ``(Z, rows,
+    columns)`` on the source ``series``, alone in a new series ``number``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=layer.upper()[:16],
+        lut_explanation=f"{meaning} ({method}), 0-1"[:64],
+        unit=codes.UCUM.NoUnits,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+    )
+    parametric_map = hd.pm.ParametricMap(
+        source_images=series.datasets,
+        pixel_array=frames,
+        series_instance_uid=generate_uid(),
+        series_number=number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        window_center=0.5,
+        window_width=1.0,
+        content_label=layer.upper()[:16],
+        content_description=f"{meaning} by {method}"[:64],
+        series_description=description[:64],
+        **common,
+    )
+    parametric_map.Laterality = ""  # General Series, type 2C: the source's body part may be paired
+    return parametric_map
+
+
+def _dated(dataset, when: datetime.datetime):
+    """``dataset`` with SeriesDate/SeriesTime (type 3; without them PACS lists show "?")."""
+    dataset.SeriesDate, dataset.SeriesTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    return dataset
+
+
+def _report(result, series: Series, seg, provenance: Provenance, variant: str, level: str | None, key: int, region: np.ndarray):
+    """The Comprehensive SR of :func:`result_objects` (its docstring says what it holds
+    and why); ``key`` is the index of the key slice in ``series.datasets``, ``region`` the
+    clinical region's ``(Z, rows, columns)`` frames."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
     certainty = result.certainty_of(result.predicted, variant)
+    level_text = level or "not calibrated"
     sr_algorithm = hd.sr.AlgorithmIdentification(
         name=f"SegX {provenance.model}"[:64],
         version=provenance.algorithm_version,
         parameters=[f"method={result.method}", f"variant={variant}"],
     )
-    measurements = [hd.sr.Measurement(name=_code("SEGU", "SegU certainty"), value=float(certainty.value), unit=codes.UCUM.NoUnits, algorithm_id=sr_algorithm)]
+    order = [result.predicted] + [c for c in np.argsort(-np.asarray(result.probabilities)) if c != result.predicted]
+    measurements = [hd.sr.Measurement(name=_code("SEGU", "SegU certainty"), value=float(certainty.value), unit=CodedConcept("{score}", "UCUM", "score"),
+                                      algorithm_id=sr_algorithm)]  # fmt: skip
     measurements += [
-        hd.sr.Measurement(name=_code(f"P{c}", f"Probability of {name}"), value=float(p), unit=codes.UCUM.NoUnits, algorithm_id=sr_algorithm)
-        for c, (name, p) in enumerate(zip(result.class_names, result.probabilities))
+        # no algorithm (the group names it): OHIF drops the line of a NUM whose children hold no SCOORD
+        hd.sr.Measurement(name=_code(f"P{c}", f"Probability of {result.class_names[c]}"), value=100 * float(result.probabilities[c]), unit=codes.UCUM.Percent)
+        for c in order
     ]
     evaluations = [
         hd.sr.QualitativeEvaluation(_code("PREDICTED", "Predicted class"), _code(f"CLASS{result.predicted}", result.predicted_label)),
-        hd.sr.QualitativeEvaluation(_code("LEVEL", "SegU certainty level"), _code(level or "NOTCALIBRATED", level or "not calibrated")),
+        hd.sr.QualitativeEvaluation(_code("LEVEL", "SegU certainty level"), _code(level or "NOTCALIBRATED", level_text)),
     ]
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="SegX clinical region"),
@@ -453,10 +527,21 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
-    reason = hd.sr.TextContentItem(
-        name=_code("REASON", "SegU reason"), value=(certainty.reason or "none")[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    content = group[0].ContentSequence
+    for text in (f"Predicted class: {result.predicted_label}", f"SegU certainty level: {level_text}", f"Reason: {certainty.reason or 'none'}"):
+        content.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    outline = _outline(region[key])
+    source = series.datasets[key]
+    scoord = hd.sr.ScoordContentItem(
+        name=codes.DCM.ImageRegion,
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE if outline is not None else hd.sr.GraphicTypeValues.POINT,
+        graphic_data=outline if outline is not None else np.array([[source.Columns / 2, source.Rows / 2]], dtype=np.float32),
+        pixel_origin_interpretation=hd.sr.PixelOriginInterpretationValues.VOLUME,
+        relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
     )
-    group[0].ContentSequence.append(reason)
+    scoord.ContentSequence = [hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID)]  # exactly one child: OHIF needs it so
+    segu = next(item for item in content if item.ValueType == "NUM")
+    segu.ContentSequence = [*getattr(segu, "ContentSequence", []), scoord]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -468,7 +553,7 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         procedure_reported=CodedConcept("363679005", "SCT", "Imaging procedure"),
         imaging_measurements=[group],
     )
-    sr = hd.sr.Comprehensive3DSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[*series.datasets, seg],
         content=report,
         series_instance_uid=generate_uid(),
@@ -479,4 +564,3 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
         is_complete=True,
         series_description=f"{OUTPUT_PREFIX}report ({provenance.model})"[:64],
     )
-    yield "sr", sr
