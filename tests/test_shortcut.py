@@ -159,6 +159,7 @@ def test_shortcut_command_end_to_end_on_phantoms(phantom_data, capsys):
     assert (out / "weights" / "shortcut_classifier.pt").exists() and "certainty" in (out / "shortcut_model.yaml").read_text()
     table = (out / "shortcut.md").read_text()
     assert all(f"| {score} |" in table for score in summary["scores"])
+    assert f"the model ships `segu_{summary['shipped_combination_variant']}_msp_val`" in table
     # a second run reuses the patched pictures (same settings)
     main(["shortcut", "--model", "demo2d", "--data", str(phantom_data / "source"), "--recipe", "demo2d", "--shortcut-class", "nevus",
           "--epochs", "1", "--mc-samples", "0", "--out", str(out)])  # fmt: skip

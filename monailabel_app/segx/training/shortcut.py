@@ -292,7 +292,7 @@ def report_markdown(summary: dict, shortcut_class: str) -> str:
                      f"{ci(f.get('shortcut_auroc_minus_msp'))} | {fmt(f['aurc'])} | {fmt(f['eaurc'])} | {fmt(f['augrc'])} |")  # fmt: skip
     if summary["fitting_data"]:
         lines += ["", "Each SegU variant `V` comes three times: alone (`segu_V`), combined with MSP by the logistic fit on patched val "
-                  "(`segu_V_msp_val`; the model ships `segu_{summary['shipped_combination_variant']}_msp_val`) and by the same fit on the test rows "
+                  f"(`segu_V_msp_val`; the model ships `segu_{summary['shipped_combination_variant']}_msp_val`) and by the same fit on the test rows "
                   "by two-fold cross-fitting (`segu_V_msp_crossfit`; each row scored by the fit on the other fold). "
                   "With the variant held fixed, what the fitting data changes:", "",
                   "| SegU variant | cross-fitted minus val-fitted: AUROC correct vs wrong [95 % CI] | vs shortcut errors [95 % CI] |",
