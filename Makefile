@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo serve pacs benchmark clean-venv
+.PHONY: install test demo serve pacs viewer benchmark clean-venv
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ serve: install
 # Serve it: make serve STUDIES=http://127.0.0.1:8042/dicom-web
 pacs: install
 	$(VENV)/bin/segx pacs --folder pacs_storage --port 8042 --load $(wildcard demo_output/studies/images/*.nii.gz)
+
+# The OHIF web viewer on that PACS (make pacs first, in another terminal), on loopback:
+# prints the URL of each study. BUILD=monailabel serves the OHIF build MONAI Label ships.
+BUILD ?= ohif
+viewer: install
+	$(VENV)/bin/segx viewer --pacs http://127.0.0.1:8042/dicom-web --port 3000 --build $(BUILD)
 
 benchmark: install
 	$(PY) benchmarks/explain_overhead.py

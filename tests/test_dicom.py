@@ -170,7 +170,9 @@ def ohif_lines(sr) -> list[list[str]]:
     ``tools/DICOMSRDisplayTool.ts``: ``_getTextBoxLinesFromLabels``, five lines at most):
     Comment (DCM 121106) texts first, then every NUM as ``meaning: value.toFixed(2) unit``,
     where a NUM whose children hold no SCOORD is dropped; a group without any SCOORD
-    fails (OHIF's viewport stays blank), so it fails here too."""
+    fails (OHIF's viewport stays blank), so it fails here too. OHIF 3.10 (MONAI Label
+    0.8.5's build, same function) reads each NUM's ContentSequence as a single SCOORD and
+    fails on a NUM without one: every NUM must have exactly one child, a SCOORD."""
     (measurements,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
     groups = []
     for group in measurements.ContentSequence:
@@ -179,6 +181,7 @@ def ohif_lines(sr) -> list[list[str]]:
         scoords = []
         for item in (i for i in content if i.ValueType == "NUM"):
             children = getattr(item, "ContentSequence", None)
+            assert children is not None and len(children) == 1 and children[0].ValueType == "SCOORD", "OHIF 3.10 fails on this NUM"
             if children is not None:
                 found = [c for c in children if c.ValueType in ("SCOORD", "SCOORD3D")]
                 if not found:
@@ -210,7 +213,7 @@ def test_the_report_is_what_ohif_draws_an_outline_on_the_key_slice_with_the_read
     assert lines[3] == f"SegU certainty: {certainty.value:.2f} {{score}}"
     assert lines[4] == f"Probability of {result.predicted_label}: {100 * float(result.probabilities[result.predicted]):.2f} %"
     # the outline: on the slice holding most of the SegX map, around the clinical region there
-    (scoord,) = [c for i in report_items(sr) if i.ValueType == "NUM" for c in getattr(i, "ContentSequence", []) if c.ValueType == "SCOORD"]
+    scoord = next(c for i in report_items(sr) if i.ValueType == "NUM" for c in i.ContentSequence if c.ValueType == "SCOORD")
     k = result.classes.index(result.predicted)
     segx = result.segx[k].numpy()  # (X, Y, Z)
     key = int(segx.sum((0, 1)).argmax())
@@ -221,3 +224,9 @@ def test_the_report_is_what_ohif_draws_an_outline_on_the_key_slice_with_the_read
     columns, rows = np.nonzero(region)
     assert abs(points[:, 0].min() - columns.min()) <= 1 and abs(points[:, 0].max() - (columns.max() + 1)) <= 1
     assert abs(points[:, 1].min() - rows.min()) <= 1 and abs(points[:, 1].max() - (rows.max() + 1)) <= 1
+
+
+def test_segments_have_display_colours_and_the_seg_its_description(result_on_series):
+    seg = result_on_series[2]["seg"]
+    assert seg.SeriesDescription.startswith("SegX region")
+    assert all(len(segment.RecommendedDisplayCIELabValue) == 3 for segment in seg.SegmentSequence)

@@ -108,9 +108,9 @@ def _pacs(args: argparse.Namespace) -> int:
 
 
 def _viewer(args: argparse.Namespace) -> int:
-    from .formats.viewer import ViewerServer, ohif_dist
+    from .formats.viewer import ViewerServer
 
-    server = ViewerServer(ohif_dist(), args.pacs, port=args.port)
+    server = ViewerServer(args.pacs, args.build, port=args.port)
     studies = [args.study] if args.study else _study_uids(args.pacs)
     print(f"OHIF on {args.pacs} at {server.url} (loopback only; Ctrl-C stops it)")
     for study in studies:
@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     viewer = commands.add_parser("viewer", help="serve the OHIF web viewer (pinned build from the npm registry) on a PACS's DICOMweb, on loopback")
     viewer.add_argument("--pacs", default="http://127.0.0.1:8042/dicom-web", help="the PACS's DICOMweb root (default: make pacs's)")
     viewer.add_argument("--port", type=int, default=3000)
+    viewer.add_argument("--build", choices=["ohif", "monailabel"], default="ohif",
+                        help="ohif: the pinned OHIF release from the npm registry (default); monailabel: the OHIF build inside the monailabel package")  # fmt: skip
     viewer.add_argument("--study", help="a StudyInstanceUID whose viewer URL is printed (default: every study of the PACS)")
     viewer.set_defaults(run=_viewer)
 

@@ -36,6 +36,10 @@ MANUFACTURER = "SegX-Slicer"
 #: image series it writes, nor of annotators' labels.
 OUTPUT_PREFIX = "SegX "
 
+#: Display colours of SEG segments, CIE L*a*b* (red, green, blue, yellow, magenta, cyan;
+#: then again): viewers such as OHIF warn about segments without one.
+SEGMENT_COLOURS_LAB = ((54, 81, 70), (88, -79, 81), (32, 79, -108), (97, -22, 94), (60, 98, -61), (91, -48, -14))
+
 #: SOP classes of the image series that :func:`write_series` writes.
 _IMAGE_STORAGE = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 
@@ -311,6 +315,7 @@ def _segmentation(series: Series, frames: np.ndarray, segments: list[tuple[str, 
     segment numbers (0 none, i for ``segments[i - 1]`` = (label, type meaning)); automatic
     with ``algorithm`` (an AlgorithmIdentificationSequence), manual when it is None."""
     import highdicom as hd
+    from highdicom.color import CIELabColor
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
@@ -326,6 +331,8 @@ def _segmentation(series: Series, frames: np.ndarray, segments: list[tuple[str, 
         )
         for number, (label, meaning) in enumerate(segments, 1)
     ]
+    for number, segment in enumerate(descriptions):
+        segment.RecommendedDisplayCIELabValue = list(CIELabColor(*SEGMENT_COLOURS_LAB[number % len(SEGMENT_COLOURS_LAB)]).value)
     return hd.seg.Segmentation(
         source_images=series.datasets,
         pixel_array=frames,
@@ -398,11 +405,11 @@ def result_objects(result, class_index: int, series: Series, provenance: Provena
     - ``sr`` (Comprehensive SR, series 9103): a TID 1500 measurement report whose one
       measurement group references the SEG's segment (TID 1411, what Slicer's
       QuantitativeReporting reads) and holds the region's outline on the key slice
-      (:func:`key_slice`) as a 2D SCOORD inferred for the SegU certainty (OHIF draws a
-      group only with a SCOORD, and then shows its NUMs and Comments beside the outline,
-      five lines at most): Comments "Predicted class", "SegU certainty level" and "Reason",
-      then NUMs SegU certainty, the predicted class's probability and the others'; the
-      same facts as coded evaluations for machines;
+      (:func:`key_slice`) as a 2D SCOORD that each NUM is inferred from (OHIF draws a
+      group only with a SCOORD, and then shows its Comments and NUMs beside the outline,
+      five lines at most; 3.10 shows the NUMs only): Comments "Predicted class", "SegU
+      certainty level" and "Reason", then NUMs SegU certainty, the predicted class's
+      probability and the others'; the same facts as coded evaluations for machines;
     - ``explanation`` (Parametric Map, series 9104): the raw, unrefined map, named so.
 
     Maps hold float32 relevance 0-1 with a window of 0-1. Axis order: see the module.
@@ -503,10 +510,9 @@ def _report(result, series: Series, seg, provenance: Provenance, variant: str, l
         parameters=[f"method={result.method}", f"variant={variant}"],
     )
     order = [result.predicted] + [c for c in np.argsort(-np.asarray(result.probabilities)) if c != result.predicted]
-    measurements = [hd.sr.Measurement(name=_code("SEGU", "SegU certainty"), value=float(certainty.value), unit=CodedConcept("{score}", "UCUM", "score"),
-                                      algorithm_id=sr_algorithm)]  # fmt: skip
+    # no algorithm per measurement (the group names it): each NUM gets exactly one child, the outline, below
+    measurements = [hd.sr.Measurement(name=_code("SEGU", "SegU certainty"), value=float(certainty.value), unit=CodedConcept("{score}", "UCUM", "score"))]
     measurements += [
-        # no algorithm (the group names it): OHIF drops the line of a NUM whose children hold no SCOORD
         hd.sr.Measurement(name=_code(f"P{c}", f"Probability of {result.class_names[c]}"), value=100 * float(result.probabilities[c]), unit=codes.UCUM.Percent)
         for c in order
     ]
@@ -532,16 +538,18 @@ def _report(result, series: Series, seg, provenance: Provenance, variant: str, l
         content.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     outline = _outline(region[key])
     source = series.datasets[key]
-    scoord = hd.sr.ScoordContentItem(
-        name=codes.DCM.ImageRegion,
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE if outline is not None else hd.sr.GraphicTypeValues.POINT,
-        graphic_data=outline if outline is not None else np.array([[source.Columns / 2, source.Rows / 2]], dtype=np.float32),
-        pixel_origin_interpretation=hd.sr.PixelOriginInterpretationValues.VOLUME,
-        relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
-    )
-    scoord.ContentSequence = [hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID)]  # exactly one child: OHIF needs it so
-    segu = next(item for item in content if item.ValueType == "NUM")
-    segu.ContentSequence = [*getattr(segu, "ContentSequence", []), scoord]
+    for number in (item for item in content if item.ValueType == "NUM"):
+        # OHIF 3.10 reads a NUM's ContentSequence as one SCOORD (and fails on a NUM without
+        # one); 3.13 draws the first SCOORD it finds: every NUM carries the same outline
+        scoord = hd.sr.ScoordContentItem(
+            name=codes.DCM.ImageRegion,
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE if outline is not None else hd.sr.GraphicTypeValues.POINT,
+            graphic_data=outline if outline is not None else np.array([[source.Columns / 2, source.Rows / 2]], dtype=np.float32),
+            pixel_origin_interpretation=hd.sr.PixelOriginInterpretationValues.VOLUME,
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+        )
+        scoord.ContentSequence = [hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID)]  # exactly one child: OHIF needs it so
+        number.ContentSequence = [scoord]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

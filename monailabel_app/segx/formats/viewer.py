@@ -1,10 +1,18 @@
 """``segx viewer``: the OHIF v3 web viewer on a PACS, for readers without 3D Slicer.
 
-It serves a pinned prebuilt OHIF (the ``@ohif/app`` package of the npm registry ships a
-built ``dist/``; it is downloaded once, checked against the registry's SHA-512 integrity
-and cached outside the repository) on loopback, with:
+It serves one of two prebuilt OHIF builds (:data:`BUILDS`) on loopback:
 
-- ``/app-config.js`` written here: one DICOMweb data source at ``/dicom-web`` on the same
+- ``ohif``: a pinned OHIF release (the ``@ohif/app`` package of the npm registry ships a
+  built ``dist/``; it is downloaded once, checked against the registry's SHA-512 integrity
+  and cached outside the repository), at ``/``;
+- ``monailabel``: the OHIF build MONAI Label ships inside its Python package (3.10.0-beta.5
+  in monailabel 0.8.5, built for ``/ohif/``), at ``/ohif/``: the viewer a MONAI Label site
+  knows, without opening MONAI Label's own ``/ohif`` and DICOM proxy routes (our server
+  does not serve them);
+
+each with:
+
+- ``app-config.js`` written here: one DICOMweb data source at ``/dicom-web`` on the same
   origin, no local-file or URL-driven data sources, no upload;
 - ``/dicom-web/...``: a read-only proxy to the PACS's DICOMweb root (GET and HEAD only,
   nothing outside that prefix, no ``..``), so the browser talks to one origin and the PACS
@@ -88,7 +96,21 @@ def ohif_dist(folder: Path | None = None) -> Path:
     return dist
 
 
-def app_config(name: str = "SegX PACS") -> str:
+def monailabel_dist() -> Path:
+    """The OHIF build inside the installed ``monailabel`` package."""
+    import monailabel
+
+    dist = Path(monailabel.__file__).parent / "endpoints" / "static" / "ohif"
+    if not (dist / "index.html").exists():
+        raise RuntimeError(f"this monailabel package has no OHIF build ({dist})")
+    return dist
+
+
+#: build name -> (the path it is served under, where its files come from).
+BUILDS = {"ohif": ("/", ohif_dist), "monailabel": ("/ohif/", monailabel_dist)}
+
+
+def app_config(name: str = "SegX PACS", base: str = "/") -> str:
     """OHIF's ``window.config``: one DICOMweb data source at the same origin's
     :data:`DICOMWEB_PREFIX`, confirmation prompts off for SEG and SR hydration (the
     reader opens what SegX stored without an extra click)."""
@@ -110,7 +132,7 @@ def app_config(name: str = "SegX PACS") -> str:
         "omitQuotationForMultipartRequest": True,
     }
     config = {
-        "routerBasename": "/",
+        "routerBasename": base,
         "extensions": [],
         "modes": [],
         "customizationService": {},
@@ -160,11 +182,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(parts.path)
         if ".." in path.split("/") or "\\" in path or "\x00" in path:
             return self._plain(400, "no '..', backslash or NUL in a path", send_body)
-        if path == "/app-config.js":
+        base = self.server.base
+        if path == base + "app-config.js":
             return self._bytes(200, self.server.config.encode(), "application/javascript", send_body)
         if path == DICOMWEB_PREFIX or path.startswith(DICOMWEB_PREFIX + "/"):
             return self._proxy(parts.path[len(DICOMWEB_PREFIX) :], parts.query, send_body)
-        file = (self.server.dist / path.lstrip("/")).resolve()
+        if not (path + "/").startswith(base):
+            return self._plain(404, f"the viewer is at {base}", send_body)
+        file = (self.server.dist / path[len(base) :]).resolve()
         if not file.is_file() or not file.is_relative_to(self.server.dist):
             file = self.server.dist / "index.html"  # OHIF's own routes (/viewer, /segmentation, ...)
         kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
@@ -211,14 +236,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ViewerServer(ThreadingHTTPServer):
-    """OHIF's ``dist`` and a proxy to the DICOMweb root ``pacs``, on ``(host, port)``
-    (port 0: a free one; :attr:`url` says which)."""
+    """An OHIF build of :data:`BUILDS` and a proxy to the DICOMweb root ``pacs``, on
+    ``(host, port)`` (port 0: a free one; :attr:`url` says which). The build's files are
+    fetched (``ohif``: downloaded once) when the server is made."""
 
     daemon_threads = True
 
-    def __init__(self, dist: Path, pacs: str, host: str = "127.0.0.1", port: int = 0, name: str = "SegX PACS"):
+    def __init__(self, pacs: str, build: str = "ohif", host: str = "127.0.0.1", port: int = 0, name: str = "SegX PACS"):
+        if build not in BUILDS:
+            raise ValueError(f"unknown OHIF build {build!r}; choose one of {sorted(BUILDS)}")
+        self.base, files = BUILDS[build]
+        self.dist, self.pacs, self.config = files().resolve(), pacs.rstrip("/"), app_config(name, self.base)
         super().__init__((host, port), _Handler)
-        self.dist, self.pacs, self.config = Path(dist).resolve(), pacs.rstrip("/"), app_config(name)
 
     @property
     def url(self) -> str:
@@ -226,7 +255,7 @@ class ViewerServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def study_url(self, study_uid: str) -> str:
-        return f"{self.url}/viewer?StudyInstanceUIDs={study_uid}"
+        return f"{self.url}{self.base}viewer?StudyInstanceUIDs={study_uid}"
 
     def start(self) -> "ViewerServer":
         """Serve in a daemon thread (for tests and benchmarks); :meth:`shutdown` stops it."""
