@@ -222,10 +222,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if not send_body:
                 return
-            for chunk in upstream.raw.stream(CHUNK, decode_content=False):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-            if chunked:
-                self.wfile.write(b"0\r\n\r\n")
+            try:
+                for chunk in upstream.raw.stream(CHUNK, decode_content=False):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):  # the browser went away (a closed tab): nothing to answer
+                self.close_connection = True
 
     def end_headers(self) -> None:
         self.send_header("X-Content-Type-Options", "nosniff")
