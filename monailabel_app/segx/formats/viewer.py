@@ -97,10 +97,14 @@ def ohif_dist(folder: Path | None = None) -> Path:
 
 
 def monailabel_dist() -> Path:
-    """The OHIF build inside the installed ``monailabel`` package."""
-    import monailabel
+    """The OHIF build inside the installed ``monailabel`` package (found, not imported:
+    the core imports no MONAI Label)."""
+    from importlib.util import find_spec
 
-    dist = Path(monailabel.__file__).parent / "endpoints" / "static" / "ohif"
+    spec = find_spec("monailabel")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("MONAI Label is not installed: its OHIF build is not here")
+    dist = Path(spec.submodule_search_locations[0]) / "endpoints" / "static" / "ohif"
     if not (dist / "index.html").exists():
         raise RuntimeError(f"this monailabel package has no OHIF build ({dist})")
     return dist
