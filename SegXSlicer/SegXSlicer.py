@@ -5,6 +5,7 @@ helpers, panel), which is tested outside Slicer.
 """
 
 import importlib
+import inspect
 import os
 import sys
 import time
@@ -65,7 +66,7 @@ class SegXSlicerWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(panel)
         panel.setMRMLScene(slicer.mrmlScene)
         self.logic = SegXSlicerLogic()
-        self.panel = SegXPanel(slicer.util.childWidgetVariables(panel), self.logic.scene_logic)
+        self.panel = SegXPanel(slicer.util.childWidgetVariables(panel), self.logic.scene_logic, self.parent)
         self.panel.add_segment_editor(slicer.qMRMLSegmentEditorWidget())
 
     def cleanup(self):
@@ -73,10 +74,36 @@ class SegXSlicerWidget(ScriptedLoadableModuleWidget):
 
     def onReload(self):
         """Reload ``SegXSlicerLib`` too (Slicer's Reload re-imports only this file), as
-        MONAIAuto3DSeg does, then the module."""
-        for name in sorted((n for n in sys.modules if n == "SegXSlicerLib" or n.startswith("SegXSlicerLib.")), key=len):
+        MONAIAuto3DSeg does, leaf first (:func:`reload_order`), then the module."""
+        for name in reload_order("SegXSlicerLib"):
             importlib.reload(sys.modules[name])
         ScriptedLoadableModuleWidget.onReload(self)
+
+
+def reload_order(package: str) -> list:
+    """The loaded modules of ``package``, each after the package modules it takes names
+    from (a class, function or module in its namespace defined in another one): reloading
+    in this order rebinds ``from .client import ServerError`` to the *new* class, where a
+    module reloaded before its source keeps the old one and stops catching its errors."""
+    names = [n for n in sys.modules if n == package or n.startswith(package + ".")]
+
+    def sources(name):
+        found = {getattr(value, "__name__", None) if inspect.ismodule(value) else getattr(value, "__module__", None)
+                 for value in vars(sys.modules[name]).values()}  # fmt: skip
+        return sorted(n for n in found if n in names and n != name)
+
+    order, seen = [], set()
+
+    def visit(name):
+        if name not in seen:
+            seen.add(name)
+            for source in sources(name):
+                visit(source)
+            order.append(name)
+
+    for name in sorted(names):
+        visit(name)
+    return order
 
 
 class SegXSlicerLogic(ScriptedLoadableModuleLogic):

@@ -497,10 +497,18 @@ class QShortcut(QObject):
     SIGNALS = {"activated": ()}
 
     def __init__(self, key, parent=None):
+        """Qt's ``QShortcut(const QKeySequence&, QWidget* parent)``: without a parent widget
+        Qt warns and the shortcut never fires (``src/gui/kernel/qshortcut.cpp``): recorded
+        in :attr:`QShortcut.unparented`."""
         if not isinstance(key, QKeySequence):
             raise TypeError("QShortcut needs a QKeySequence")
         super().__init__(parent)
         object.__setattr__(self, "key", key)
+        if parent is None:
+            QShortcut.unparented.append(key.text)
+
+
+QShortcut.unparented = []
 
 
 class QMessageBox:
@@ -560,16 +568,26 @@ class ctkSliderWidget(QWidget):
 
 class ctkMessageBox(QWidget):
     """Answered by the application; ``dontShowAgainSettingsKey`` as in CTK's
-    ``Libs/Widgets/ctkMessageBox.cpp``: a stored non-zero answer is returned unseen."""
+    ``Libs/Widgets/ctkMessageBox.cpp`` (``buttonFromSettings``, ``readSettings``,
+    ``writeSettings``, ``onFinished``, ``setVisible``): a stored value other than
+    ``QMessageBox::InvalidRole`` (-1) ticks "don't show again" and the box clicks that
+    button itself (a stored role, e.g. 0 = AcceptRole, clicks the Ok button); after an
+    accepting click the key is written: the button if the box was ticked, else -1."""
 
     PROPERTIES = {"text": (str, ""), "detailedText": (str, ""), "icon": (int, 0), "standardButtons": (int, 0),
                   "dontShowAgainSettingsKey": (str, ""), "dontShowAgainVisible": (bool, False)}  # fmt: skip
+    INVALID_ROLE = -1
+    ACCEPTING = (0x400, 0x4000)  # Ok, Yes: AcceptRole / YesRole buttons (CTK's default DontShowAgainButtonRoles)
 
     def exec_(self):
         key = self.dontShowAgainSettingsKey
-        if key and int(QSettings().value(key, 0) or 0):
-            return int(QSettings().value(key))
-        return slicer.app.answer(self)
+        stored = int(QSettings().value(key, self.INVALID_ROLE)) if key else self.INVALID_ROLE
+        if stored != self.INVALID_ROLE:
+            return stored if stored & self.standardButtons else QMessageBox.Ok
+        button, dont_show_again = slicer.app.answer(self)
+        if key and button in self.ACCEPTING:
+            QSettings().setValue(key, button if dont_show_again else self.INVALID_ROLE)
+        return button
 
 
 class ctkSettingsPanel(QWidget):
@@ -758,6 +776,14 @@ class SettingsDialog:
             raise TypeError("addPanel needs a ctkSettingsPanel")
         self.panels[name] = panel
 
+    def show_panel(self, name):
+        """The reader opens the page: Qt shows the panel widget, which calls its
+        ``showEvent`` (a Python override of a PythonQt class is called as in C++)."""
+        panel = self.panels[name]
+        if hasattr(panel, "showEvent"):
+            panel.showEvent(None)
+        return panel
+
 
 class IOManager:
     """``slicer.app.coreIOManager()`` for volumes: read with ITK, LPS -> RAS."""
@@ -840,14 +866,18 @@ class FakeApplication:
         self.dialogs = []
         self.answers = []
 
+    #: Slicer started with ``--no-main-window`` (its generic ``py_nomainwindow_`` tests):
+    #: ``slicer.util.mainWindow()`` then finds no ``qSlicerMainWindow`` and returns None.
+    no_main_window = False
+
     def topLevelWidgets(self):
-        return [self.main_window]
+        return [] if self.no_main_window else [self.main_window]
 
     def connect(self, signature, slot):
         self.signals.connect(signature, slot)
 
     def commandOptions(self):
-        return types.SimpleNamespace(noMainWindow=False)
+        return types.SimpleNamespace(noMainWindow=self.no_main_window)
 
     def settingsDialog(self):
         return self.settings_dialog
@@ -872,14 +902,11 @@ class FakeApplication:
     def moduleDocumentationUrl(self, name):
         return self.documentationBaseUrl + name
 
-    def answer(self, box) -> int:
+    def answer(self, box) -> tuple[int, bool]:
         """A shown message box: recorded; answered with the next of :attr:`answers`
-        (``(button, dont_show_again)``), ``Ok`` by default."""
+        (``(button, dont_show_again)``), ``(Ok, False)`` by default."""
         self.dialogs.append({"text": box.text, "title": box.windowTitle, "details": box.detailedText, "icon": box.icon})
-        button, dont_show_again = self.answers.pop(0) if self.answers else (QMessageBox.Ok, False)
-        if dont_show_again and box.dontShowAgainSettingsKey:
-            QSettings().setValue(box.dontShowAgainSettingsKey, button)
-        return button
+        return self.answers.pop(0) if self.answers else (QMessageBox.Ok, False)
 
     def processEvents(self):
         """One turn of the event loop: every active timer fires once."""
@@ -1003,6 +1030,7 @@ class SlicerHarness:
         self._saved_slicer = {name: getattr(slicer, name, None) for name in ("app", "mrmlScene", "modules", "qMRMLSegmentEditorWidget", "ScriptedLoadableModule", "selfTests")}
         self._saved_delay = slicer.util.delayDisplay
         QSettings.store = {}
+        QShortcut.unparented = []
         _ALL_TIMERS.clear()
         qt = types.ModuleType("qt")
         for name, value in dict(globals()).items():

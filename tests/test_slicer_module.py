@@ -13,7 +13,7 @@ import requests
 
 import slicer
 import vtk
-from slicer_harness import QMessageBox, QSettings, SlicerHarness
+from slicer_harness import QMessageBox, QSettings, QShortcut, SlicerHarness
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
 
@@ -273,3 +273,68 @@ def test_local_file_names_never_leave_the_folder():
     assert local_file_name("x", "C:\\evil\\a.nrrd") == "x.nrrd"
     assert local_file_name("..", "") == "image.nii.gz"
     assert np.all(["/" not in local_file_name(i, "a/b.png") for i in ("a/b", "/", "a\\b")])
+
+
+def test_ok_without_dont_ask_again_keeps_asking_and_the_settings_page_shows_it(harness, slicer_server):
+    """CTK's message box writes -1 (QMessageBox::InvalidRole) to its key when Ok is clicked
+    without ticking "don't show again" (``Libs/Widgets/ctkMessageBox.cpp``, ``writeSettings``)
+    and reads -1 as "ask"; the settings page must read it so too, and show what the
+    settings hold when it is opened, not what they held at start-up."""
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    volume = slicer.util.loadVolume(str(studies / CT))
+    harness.app.answers.append((QMessageBox.Ok, False))
+    run(harness, volume)
+    assert int(QSettings.store["SegX/dontAskBeforeUploading"]) == -1
+    assert harness.app.settings_dialog.show_panel("SegX").askCheckBox.checked  # -1: asked
+    harness.app.answers.append((QMessageBox.Ok, True))
+    run(harness, volume)
+    assert len(harness.app.dialogs) == 2  # asked again, this time ticked
+    assert not harness.app.settings_dialog.show_panel("SegX").askCheckBox.checked  # refreshed when shown
+    run(harness, volume)
+    assert len(harness.app.dialogs) == 2
+
+
+def test_one_upload_per_run_and_none_for_a_layer_of_it(harness, slicer_server, monkeypatch):
+    """The Run's volume leaves the computer once (a MONAI Label session); showing the raw
+    layer of that Run asks the session, it does not send the volume again."""
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    uploads = []
+    send = requests.Session.send
+
+    def counting(session, request, **kwargs):
+        if isinstance(request.body, bytes) and b"NRRD000" in request.body:  # the volume, as the module encodes it
+            uploads.append(request.url)
+        return send(session, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", counting)
+    volume = slicer.util.loadVolume(str(studies / CT))
+    harness.app.answers.append((QMessageBox.Ok, True))
+    run(harness, volume)
+    assert len(uploads) == 1, uploads
+    harness.ui.rawLayerRadioButton.click()
+    harness.wait_for_job()
+    assert len(uploads) == 1, uploads
+    run(harness, volume)
+    assert len(uploads) == 2, uploads  # a new Run: a new upload
+
+
+def test_a_reload_rebinds_names_taken_from_other_modules_of_the_library(harness):
+    """Slicer's Reload re-imports ``SegXSlicerLib`` module by module: a module reloaded
+    before the one it imports from keeps the old class (``jobs.ServerError`` no longer
+    ``client.ServerError``, and the expired-session retry stops catching)."""
+    widget = harness.load_module()
+    widget.onReload()
+    assert sys.modules["SegXSlicerLib.jobs"].ServerError is sys.modules["SegXSlicerLib.client"].ServerError
+    assert sys.modules["SegXSlicerLib.results"].ServerError is sys.modules["SegXSlicerLib.client"].ServerError
+
+
+def test_without_a_main_window_the_shortcut_has_the_module_widget_as_parent(harness):
+    """Slicer's ``py_nomainwindow_...GenericTest`` builds the widget with no main window."""
+    harness.app.no_main_window = True
+    widget = harness.load_module()
+    assert slicer.util.mainWindow() is None
+    assert widget.panel.shortcut.parent() is not None and QShortcut.unparented == []

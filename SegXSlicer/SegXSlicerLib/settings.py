@@ -10,12 +10,24 @@ import qt
 
 #: QSettings keys: the last server, the servers used before (";"-separated, newest first,
 #: like the MONAI Label plugin's ``MONAILabel/serverUrlHistory``) and the stored answer of
-#: the upload consent (non-zero: do not ask again).
+#: the upload consent, written by CTK's message box (:func:`upload_consent_stored`).
 SETTINGS_URL = "SegX/serverUrl"
 SETTINGS_HISTORY = "SegX/serverUrlHistory"
 SETTINGS_CONSENT = "SegX/dontAskBeforeUploading"
 SETTINGS_TOKEN = "SegX/apiToken"
 SETTINGS_CLIENT_ID = "SegX/clientId"
+
+
+#: What CTK's ``ctkMessageBox`` writes for "ask again" (``QMessageBox::InvalidRole``).
+ASK_AGAIN = -1
+
+
+def upload_consent_stored() -> bool:
+    """Whether the consent dialog will not ask: as CTK reads its key
+    (``Libs/Widgets/ctkMessageBox.cpp``, ``readSettings``): any stored value but -1, which
+    CTK writes whenever Ok is clicked without ticking "don't show again"."""
+    value = qt.QSettings().value(SETTINGS_CONSENT)
+    return value is not None and str(value) != "" and int(value) != ASK_AGAIN
 
 
 def client_id() -> str:
@@ -51,9 +63,18 @@ class SegXSettingsPanel(ctk.ctkSettingsPanel):
         self.registerProperty(SETTINGS_TOKEN, token, "text", str(qt.SIGNAL("textChanged(QString)")))
         self.askCheckBox = qt.QCheckBox()
         self.askCheckBox.toolTip = "Ask before the module sends an image to a server (patient data leaves this computer)"
-        self.askCheckBox.checked = not int(qt.QSettings().value(SETTINGS_CONSENT, 0) or 0)
         self.askCheckBox.toggled.connect(self.onAskToggled)
         layout.addRow("Ask before sending an image:", self.askCheckBox)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show what the settings hold now (the consent dialog may have changed them since)."""
+        self.askCheckBox.blockSignals(True)
+        self.askCheckBox.checked = not upload_consent_stored()
+        self.askCheckBox.blockSignals(False)
+
+    def showEvent(self, event) -> None:
+        self.refresh()
 
     def onAskToggled(self, ask: bool) -> None:
         """Checked: forget a "don't show again" answer; unchecked: store consent."""

@@ -53,7 +53,7 @@ class SegXPanel(VTKObservationMixin):
         logic: the scene logic.
     """
 
-    def __init__(self, ui, logic: SegXLogic):
+    def __init__(self, ui, logic: SegXLogic, module_widget=None):
         VTKObservationMixin.__init__(self)
         self.ui = ui
         self.logic = logic
@@ -67,7 +67,9 @@ class SegXPanel(VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
-        self.shortcut = qt.QShortcut(qt.QKeySequence(TOGGLE_SHORTCUT), slicer.util.mainWindow())
+        # the main window when there is one; Slicer's generic tests build the widget without
+        # one, and a QShortcut without a parent does nothing: the module's own widget then
+        self.shortcut = qt.QShortcut(qt.QKeySequence(TOGGLE_SHORTCUT), slicer.util.mainWindow() or module_widget)
         self.shortcut.activated.connect(self.on_toggle_heatmap)
         self.segment_editor = None
         self._setup()
