@@ -68,8 +68,19 @@ class SegXSlicerWidget(ScriptedLoadableModuleWidget):
         self.logic = SegXSlicerLogic()
         self.panel = SegXPanel(slicer.util.childWidgetVariables(panel), self.logic.scene_logic, self.parent)
         self.panel.add_segment_editor(slicer.qMRMLSegmentEditorWidget())
+        # effects an extension registers later appear in the embedded editor, as in
+        # Slicer's own Segment Editor module (Modules/Scripted/SegmentEditor/SegmentEditor.py)
+        self.effects = slicer.qSlicerSegmentEditorEffectFactory.instance()
+        self.effects.effectRegistered.connect(self.panel.segment_editor.updateEffectList)
+
+    def enter(self):
+        self.panel.enter()
+
+    def exit(self):
+        self.panel.exit()
 
     def cleanup(self):
+        self.effects.effectRegistered.disconnect(self.panel.segment_editor.updateEffectList)
         self.panel.cleanup()
 
     def onReload(self):

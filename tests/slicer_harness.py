@@ -665,6 +665,10 @@ class qMRMLNodeComboBox(qMRMLWidget):
 class qMRMLSegmentEditorWidget(qMRMLWidget):
     """The Segment Editor's public setters used to embed it (5.8 names)."""
 
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.updateEffectList()  # the effects registered when the widget is built
+
     def setMRMLSegmentEditorNode(self, node):
         if node is not None and not node.IsA("vtkMRMLSegmentEditorNode"):
             raise TypeError("setMRMLSegmentEditorNode needs a vtkMRMLSegmentEditorNode")
@@ -683,6 +687,62 @@ class qMRMLSegmentEditorWidget(qMRMLWidget):
 
     def sourceVolumeNode(self):
         return getattr(self, "_source", None)
+
+    # The effect lifecycle, as ``Modules/Loadables/Segmentations/Widgets/qMRMLSegmentEditorWidget.cxx``
+    # behaves: an active effect observes the slice views (Paint keeps painting there) until
+    # ``setActiveEffect(None)`` or ``removeViewObservations()``; effects registered after
+    # the widget was built appear only after ``updateEffectList()``.
+    def setActiveEffectByName(self, name):
+        if name and name not in self.effectNames():
+            raise ValueError(f"no effect {name!r}")
+        object.__setattr__(self, "_active", name or None)
+        object.__setattr__(self, "_observing_views", bool(name))
+
+    def setActiveEffect(self, effect):
+        self.setActiveEffectByName(effect)
+
+    def activeEffectName(self):
+        return getattr(self, "_active", None)
+
+    def observesViews(self):
+        return getattr(self, "_observing_views", False)
+
+    def removeViewObservations(self):
+        object.__setattr__(self, "_observing_views", False)
+
+    def installKeyboardShortcuts(self):
+        object.__setattr__(self, "_shortcuts", True)
+
+    def uninstallKeyboardShortcuts(self):
+        object.__setattr__(self, "_shortcuts", False)
+
+    def updateEffectList(self):
+        object.__setattr__(self, "_effects", list(SegmentEditorEffectFactory.registered))
+
+    def effectNames(self):
+        return list(self._effects)
+
+    def segmentEditorNode(self):
+        return getattr(self, "_editor_node", None)
+
+
+class SegmentEditorEffectFactory(QObject):
+    """``slicer.qSlicerSegmentEditorEffectFactory.instance()``: registering an effect (an
+    extension's, loaded after the module) emits ``effectRegistered(QString)``."""
+
+    SIGNALS = {"effectRegistered": ("QString",)}
+    registered = ["Paint", "Draw", "Erase", "Threshold"]
+    _instance = None
+
+    @classmethod
+    def instance(cls):
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def registerEffect(self, name):
+        SegmentEditorEffectFactory.registered = [*SegmentEditorEffectFactory.registered, name]
+        self.effectRegistered.emit(name)
 
 
 WIDGET_CLASSES = {cls.__name__: cls for cls in (QWidget, QLabel, QPushButton, QCheckBox, QRadioButton, QComboBox, QProgressBar, QTableWidget,
@@ -1027,10 +1087,15 @@ class SlicerHarness:
 
     def __init__(self, temporary_path):
         self._saved_modules = {name: sys.modules.get(name) for name in ("qt", "ctk", "slicer.ScriptedLoadableModule", "SegXSlicer")}
-        self._saved_slicer = {name: getattr(slicer, name, None) for name in ("app", "mrmlScene", "modules", "qMRMLSegmentEditorWidget", "ScriptedLoadableModule", "selfTests")}
+        # the library as other tests imported it: loading and reloading the module replaces it
+        self._saved_library = {name: module for name, module in sys.modules.items() if name.startswith("SegXSlicerLib")}
+        self._saved_slicer = {name: getattr(slicer, name, None) for name in ("app", "mrmlScene", "modules", "qMRMLSegmentEditorWidget", "qSlicerSegmentEditorEffectFactory",
+                                                                             "ScriptedLoadableModule", "selfTests")}  # fmt: skip
         self._saved_delay = slicer.util.delayDisplay
         QSettings.store = {}
         QShortcut.unparented = []
+        SegmentEditorEffectFactory._instance = None
+        SegmentEditorEffectFactory.registered = ["Paint", "Draw", "Erase", "Threshold"]
         _ALL_TIMERS.clear()
         qt = types.ModuleType("qt")
         for name, value in dict(globals()).items():
@@ -1053,6 +1118,7 @@ class SlicerHarness:
         slicer.util.delayDisplay = lambda message, autoCloseMsec=1000, parent=None, **kwargs: self.delays.append(message)
         slicer.app, slicer.mrmlScene, slicer.ScriptedLoadableModule = self.app, self.scene, base
         slicer.qMRMLSegmentEditorWidget = qMRMLSegmentEditorWidget
+        slicer.qSlicerSegmentEditorEffectFactory = SegmentEditorEffectFactory
         self.representation = ScriptedModuleRepresentation("SegXSlicer")
         module_info = types.SimpleNamespace(path=str(MODULE_DIR / "SegXSlicer.py"), widgetRepresentation=lambda: self.representation,
                                             logic=lambda: None)  # fmt: skip
@@ -1077,6 +1143,17 @@ class SlicerHarness:
     @property
     def ui(self):
         return self.widget.panel.ui
+
+    def enter_module(self):
+        """The reader opens the module: Slicer calls the widget's ``enter()``
+        (``Base/QTGUI/qSlicerScriptedLoadableModuleWidget.cxx``)."""
+        if hasattr(self.widget, "enter"):
+            self.widget.enter()
+
+    def exit_module(self):
+        """The reader switches to another module: the widget's ``exit()``."""
+        if hasattr(self.widget, "exit"):
+            self.widget.exit()
 
     def close_scene(self):
         """*File > Close Scene*."""
@@ -1109,6 +1186,9 @@ class SlicerHarness:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+        for name in [n for n in sys.modules if n.startswith("SegXSlicerLib")]:
+            del sys.modules[name]
+        sys.modules.update(self._saved_library)
         for name, value in self._saved_slicer.items():
             if value is None:
                 if hasattr(slicer, name):

@@ -338,3 +338,42 @@ def test_without_a_main_window_the_shortcut_has_the_module_widget_as_parent(harn
     widget = harness.load_module()
     assert slicer.util.mainWindow() is None
     assert widget.panel.shortcut.parent() is not None and QShortcut.unparented == []
+
+
+def test_leaving_the_module_deactivates_the_embedded_editors_effect(harness):
+    """Slicer's Segment Editor module sets no active effect and removes its view
+    observations on ``exit()``; so must the editor embedded here, or Paint keeps painting
+    in the slice views of whatever module the reader opens next."""
+    widget = harness.load_module()
+    harness.enter_module()
+    editor = widget.panel.segment_editor
+    editor.setActiveEffectByName("Paint")
+    assert editor.observesViews()
+    harness.exit_module()
+    assert editor.activeEffectName() is None and not editor.observesViews()
+
+
+def test_a_reload_leaves_no_old_editor_bound_or_painting(harness):
+    widget = harness.load_module()
+    old = widget.panel.segment_editor
+    old.setActiveEffectByName("Paint")
+    assert old.segmentEditorNode() is not None
+    widget.onReload()
+    assert old.activeEffectName() is None and not old.observesViews() and old.segmentEditorNode() is None
+    assert harness.widget.panel.segment_editor is not old
+
+
+def test_effects_registered_later_appear_in_the_embedded_editor(harness):
+    """An extension's effect registered after the module was set up (Slicer's Segment Editor
+    listens to ``effectRegistered``): it can be chosen in the embedded editor; after a
+    reload the old widget no longer listens."""
+    widget = harness.load_module()
+    factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
+    factory.registerEffect("Local Threshold")
+    widget.panel.segment_editor.setActiveEffectByName("Local Threshold")
+    assert widget.panel.segment_editor.activeEffectName() == "Local Threshold"
+    old = widget.panel.segment_editor
+    widget.onReload()
+    factory.registerEffect("Grow from seeds")
+    assert old.updateEffectList not in factory.effectRegistered.slots  # the reloaded-away widget stopped listening
+    harness.widget.panel.segment_editor.setActiveEffectByName("Grow from seeds")

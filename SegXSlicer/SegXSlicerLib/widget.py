@@ -105,9 +105,26 @@ class SegXPanel(VTKObservationMixin):
         self._hide_outputs_from_input_selector()
         self._update_buttons()
 
+    def enter(self) -> None:
+        """The module is opened: the embedded editor's keyboard shortcuts on."""
+        if self.segment_editor is not None:
+            self.segment_editor.installKeyboardShortcuts()
+
+    def exit(self) -> None:
+        """The module is left: no effect stays active in the slice views (Paint would keep
+        painting in another module), as Slicer's Segment Editor module does on exit."""
+        if self.segment_editor is not None:
+            self.segment_editor.setActiveEffect(None)
+            self.segment_editor.uninstallKeyboardShortcuts()
+            self.segment_editor.removeViewObservations()
+
     def cleanup(self) -> None:
-        """Stop polling, cancel running jobs, stop observing the scene (the module is
-        closing or being reloaded)."""
+        """Stop polling, cancel running jobs, stop observing the scene, deactivate and
+        unbind the embedded editor (the module is closing or being reloaded: a hidden old
+        editor must not stay bound to the scene's editor node)."""
+        self.exit()
+        if self.segment_editor is not None:
+            self.segment_editor.setMRMLSegmentEditorNode(None)
         self.timer.stop()
         self.runner.cancel_all()
         self.removeObservers()
