@@ -48,23 +48,6 @@ def test_testing_cmakelists_register_the_in_slicer_test():
     assert "SEGX_SERVER_URL" in (MODULE / "SegXSlicer.py").read_text()
 
 
-def test_extension_cmakelists_and_index_metadata():
-    text = (REPO / "CMakeLists.txt").read_text()
-    assert re.search(r"^project\(SegXSlicer\)", text, re.M)
-    fields = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', text))
-    assert fields["EXTENSION_CATEGORY"] in ACCEPTED_CATEGORIES
-    assert fields["EXTENSION_CONTRIBUTORS"] and len(fields["EXTENSION_DESCRIPTION"]) > 40
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        assert fields[key].startswith("https://"), key
-    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):  # they point at files of this repository
-        path = fields[key].split("/main/", 1)[1]
-        assert (REPO / path).is_file(), f"{key}: {path} is missing"
-    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(SegXSlicer)",
-                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):  # fmt: skip
-        assert line in text
-    assert (REPO / "LICENSE").is_file() and "Apache License" in (REPO / "LICENSE").read_text()
-
-
 def test_icon_is_a_128_pixel_png():
     with PILImage.open(MODULE / "Resources" / "Icons" / "SegXSlicer.png") as icon:
         assert icon.format == "PNG" and icon.size == (128, 128)

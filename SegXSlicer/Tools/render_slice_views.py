@@ -7,13 +7,16 @@ Not part of the Slicer module (it needs matplotlib, nibabel and a running server
     make serve    # or any SegX server with the demo models
     .venv/bin/python SegXSlicer/Tools/render_slice_views.py --url http://127.0.0.1:8000 \\
         --study2d demo_output/studies/images/test2d_7_0001.png \\
-        --study3d demo_output/studies/images/test3d_7_0001.nii.gz --out docs/images/slicer_layers.png
+        --study3d demo_output/studies/images/test3d_7_0001.nii.gz --out docs/images/slicer_layers.png \
+        --view-out SegXSlicer/Screenshots/slice_view.png
 
 For each study it builds a ``slicer-core`` scene with a Red slice view, runs the module's
 Run job against the server (and fetches the raw layer as the panel does when it is
 selected), shows the result with the module's ``SegXLogic``, outlines the clinical region,
 and renders the view three times: the image alone, the raw explanation layer and the SegX
-layer with the region outline, at the slice with the most SegX evidence.
+layer with the region outline, at the slice with the most SegX evidence. ``--view-out``
+also writes the last of those for the 3D study as it is, pixel for pixel (the Extensions
+Index's screenshot: Slicer's view, no figure around it).
 """
 
 import argparse
@@ -77,10 +80,14 @@ def run_and_render(client: SegXClient, model: str, study: Path, size=(320, 320))
     return [p[::-1] for p in pictures], logic, result.readout
 
 
-def figure(client: SegXClient, studies, out: Path) -> None:
+def figure(client: SegXClient, studies, out: Path, view_out: Path | None = None) -> None:
     fig, axes = plt.subplots(len(studies), 4, figsize=(13, 3.7 * len(studies)), gridspec_kw={"width_ratios": [1, 1, 1, 0.06]})
     for row, (model, study) in zip(np.atleast_2d(axes), studies):
         pictures, logic, readout = run_and_render(client, model, study)
+        if view_out is not None and study is studies[-1][1]:
+            view_out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(pictures[2][..., :3])).save(view_out)
+            print(f"wrote {view_out}")
         titles = [f"{study.name} ({model})\npredicted {readout.prediction_text()}, SegU {readout.certainty_text()}",
                   "raw explanation layer", "SegX layer + clinical region outline"]  # fmt: skip
         for axis, title, picture in zip(row[:3], titles, pictures):
@@ -111,8 +118,9 @@ def main() -> None:
     parser.add_argument("--model2d", default="demo2d")
     parser.add_argument("--model3d", default="demo3d")
     parser.add_argument("--out", type=Path, default=Path("docs/images/slicer_layers.png"))
+    parser.add_argument("--view-out", type=Path, help="also write the 3D study's SegX view with the outline, as rendered")
     args = parser.parse_args()
-    figure(SegXClient(args.url), [(args.model2d, args.study2d), (args.model3d, args.study3d)], args.out)
+    figure(SegXClient(args.url), [(args.model2d, args.study2d), (args.model3d, args.study3d)], args.out, args.view_out)
 
 
 if __name__ == "__main__":
