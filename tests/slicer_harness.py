@@ -37,6 +37,7 @@ behave as Slicer's sources say (tags v5.8.1 and v5.12.3 of Slicer/Slicer):
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import inspect
 import os
@@ -1079,6 +1080,17 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
 
 # --- installing it ------------------------------------------------------------------------------
 
+#: libc through ``ctypes.PyDLL``: unlike ``CDLL``, its calls keep the GIL.
+_LIBC_KEEPING_GIL = ctypes.PyDLL(None)
+
+
+def idle_holding_gil(seconds: float) -> None:
+    """Wait in C without giving the GIL up (``usleep`` called through ``PyDLL``): other
+    Python threads of the process stand still meanwhile, as they do while Slicer's main
+    thread waits in its Qt event loop; child processes do not."""
+    _LIBC_KEEPING_GIL.usleep(int(seconds * 1e6))
+
+
 
 class SlicerHarness:
     """Installs the stand-in (``qt``, ``ctk``, ``slicer.app``, ``slicer.mrmlScene``,
@@ -1164,13 +1176,15 @@ class SlicerHarness:
         self.app.module_manager.moduleAboutToBeUnloaded.emit("SegXSlicer")
 
     def process_events_until(self, done, seconds: float = 300.0):
-        """Run the event loop until ``done()`` (the module's timer polls meanwhile)."""
+        """Run the event loop until ``done()`` (the module's timer polls meanwhile). Idle
+        between turns, the loop *holds the GIL*, as Slicer's main thread does (PythonQt
+        keeps it outside Python calls; the Qt event loop waits in C++): :func:`idle_holding_gil`."""
         deadline = time.monotonic() + seconds
         while not done():
             if time.monotonic() > deadline:
                 raise AssertionError(f"not done within {seconds} s; status: {self.ui.statusLabel.text!r}")
             self.app.processEvents()
-            time.sleep(0.01)
+            idle_holding_gil(0.01)
         self.app.processEvents()
 
     def wait_for_job(self, seconds: float = 300.0):

@@ -298,19 +298,21 @@ def test_ok_without_dont_ask_again_keeps_asking_and_the_settings_page_shows_it(h
 
 def test_one_upload_per_run_and_none_for_a_layer_of_it(harness, slicer_server, monkeypatch):
     """The Run's volume leaves the computer once (a MONAI Label session); showing the raw
-    layer of that Run asks the session, it does not send the volume again."""
+    layer of that Run asks the session, it does not send the volume again. Every request
+    the module makes passes its client's ``_request``; those carrying the volume are counted."""
     url, studies = slicer_server
     harness.load_module()
     connect(harness, url)
     uploads = []
-    send = requests.Session.send
+    client_class = type(harness.widget.panel.client)
+    request = client_class._request
 
-    def counting(session, request, **kwargs):
-        if isinstance(request.body, bytes) and b"NRRD000" in request.body:  # the volume, as the module encodes it
-            uploads.append(request.url)
-        return send(session, request, **kwargs)
+    def counting(client, method, path, timeout, **kwargs):
+        if any(b"NRRD000" in content[:16] for _name, content, _kind in (kwargs.get("files") or {}).values()):  # the volume, as the module encodes it
+            uploads.append(path)
+        return request(client, method, path, timeout, **kwargs)
 
-    monkeypatch.setattr(requests.Session, "send", counting)
+    monkeypatch.setattr(client_class, "_request", counting)
     volume = slicer.util.loadVolume(str(studies / CT))
     harness.app.answers.append((QMessageBox.Ok, True))
     run(harness, volume)
@@ -320,6 +322,32 @@ def test_one_upload_per_run_and_none_for_a_layer_of_it(harness, slicer_server, m
     assert len(uploads) == 1, uploads
     run(harness, volume)
     assert len(uploads) == 2, uploads  # a new Run: a new upload
+
+
+def test_maps_come_back_outside_slicers_process(harness, slicer_server, monkeypatch):
+    """Slicer's main thread holds the GIL while idle, so a reply received by a thread of its
+    process waits for it chunk by chunk; the module receives maps in a child process. Here
+    any reply of more than 64 KiB received in this process fails, and a Run and the raw
+    layer still arrive (the harness's event loop holds the GIL between its turns)."""
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    send = requests.Session.send
+
+    def small_replies_only(session, prepared, **kwargs):
+        response = send(session, prepared, **kwargs)
+        if len(response.content) > 65536:
+            raise AssertionError(f"{prepared.method} {prepared.url} brought {len(response.content)} bytes into Slicer's process")
+        return response
+
+    monkeypatch.setattr(requests.Session, "send", small_replies_only)
+    volume = slicer.util.loadVolume(str(studies / CT))
+    harness.app.answers.append((QMessageBox.Ok, True))
+    run(harness, volume)
+    assert harness.widget.panel.logic.readout is not None and "done in" in harness.ui.logTextEdit.plainText
+    harness.ui.rawLayerRadioButton.click()
+    harness.wait_for_job()
+    assert harness.widget.panel.logic.heatmap("explanation") is not None
 
 
 def test_a_reload_rebinds_names_taken_from_other_modules_of_the_library(harness):

@@ -3,15 +3,24 @@
 Plain ``requests`` with a timeout on every call, multipart replies parsed without the
 ``cgi`` module, and every failure (server down, timeout, HTTP 4xx/5xx, malformed reply)
 raised as :class:`ServerError` with a message meant for the user. Safe to call from a
-worker thread: it touches neither Qt nor MRML.
+worker thread: it touches neither Qt nor MRML. Requests with a big reply (a map, an image)
+run in a child process (:mod:`SegXSlicerLib.transfer`), the others in the calling thread.
 """
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from typing import Dict, Optional, Tuple
 
 import requests
+
+#: The child process's script (:mod:`SegXSlicerLib.transfer`).
+TRANSFER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transfer.py")
 
 #: Explanation methods the server accepts (``segx.METHODS`` on the server side).
 METHODS = ("gradcam", "gradcam++", "hirescam", "layercam", "xgradcam", "eigencam", "scorecam", "occlusion", "integrated_gradients")
@@ -110,10 +119,16 @@ class SegXClient:
             self._local.session = requests.Session()
         return self._local.session
 
-    def _request(self, method: str, path: str, timeout: float, **kwargs) -> requests.Response:
+    def _request(self, method: str, path: str, timeout: float, big_reply: bool = False, **kwargs) -> requests.Response:
+        """One request; those with a ``big_reply`` (a map, an image) run in a process of
+        their own (:mod:`SegXSlicerLib.transfer`): Slicer's main thread holds the GIL while
+        idle, and a thread receives a reply chunk by chunk, each waiting for the GIL (17x
+        slower, ``benchmarks/slicer_gil.py``). A thread *sends* a body in one call that
+        waits once, so uploads stay in the thread (faster than a process's start-up)."""
         what = f"{method} {path.split('?')[0]}"
         try:
-            response = self.http.request(method, self.url + path, timeout=(self.connect_timeout, timeout), headers=self.headers, **kwargs)
+            send = self._in_child if big_reply else self._in_thread
+            response = send(method, self.url + path, timeout, **kwargs)
         except requests.exceptions.ConnectTimeout:
             raise ServerError(f"cannot reach the server at {self.url}: no connection within {self.connect_timeout:g} s") from None
         except requests.exceptions.ConnectionError as error:
@@ -126,6 +141,43 @@ class SegXClient:
             detail = _detail(response)
             raise ServerError(f"{what} failed (HTTP {response.status_code}): {detail}", response.status_code, detail)
         return response
+
+    def _in_thread(self, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+        return self.http.request(method, url, timeout=(self.connect_timeout, timeout), headers=self.headers, **kwargs)
+
+    def _in_child(self, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+        """The request prepared here (multipart body included), sent and its answer
+        received by ``transfer.py`` in a child process, through temporary files; the same
+        exceptions as ``requests`` for the same failures."""
+        prepared = requests.Request(method, url, headers=self.headers, **kwargs).prepare()
+        with tempfile.TemporaryDirectory(prefix="segx_transfer_") as folder:
+            body = os.path.join(folder, "body") if prepared.body else None
+            if body:
+                with open(body, "wb") as stream:
+                    stream.write(prepared.body if isinstance(prepared.body, bytes) else prepared.body.encode("utf-8"))
+            spec = {"method": method, "url": prepared.url, "headers": dict(prepared.headers), "body": body, "out": os.path.join(folder, "out"),
+                    "connect_timeout": self.connect_timeout, "timeout": timeout}  # fmt: skip
+            with open(os.path.join(folder, "spec.json"), "w") as stream:
+                json.dump(spec, stream)
+            python = shutil.which("PythonSlicer") or sys.executable  # Slicer's own interpreter outside the application
+            output = os.path.join(folder, "output")
+            with open(output, "wb") as stream:  # to a file, and one blocking wait: no Python loop that needs the GIL meanwhile
+                code = subprocess.Popen([python, "-I", TRANSFER_SCRIPT, os.path.join(folder, "spec.json")], stdout=stream, stderr=subprocess.STDOUT).wait()
+            with open(output, encoding="utf-8", errors="replace") as stream:
+                lines = stream.read().strip().splitlines()
+            if code != 0 or not lines or not lines[-1].startswith("{"):
+                raise requests.exceptions.ConnectionError(f"the transfer process failed: {' '.join(lines)[-300:]}")
+            answer = json.loads(lines[-1])
+            errors = {"connect_timeout": requests.exceptions.ConnectTimeout, "connection": requests.exceptions.ConnectionError,
+                      "timeout": requests.exceptions.Timeout}  # fmt: skip
+            if "error" in answer:
+                raise errors[answer["error"]](answer["detail"])
+            response = requests.Response()
+            response.status_code, response.url = answer["status"], prepared.url
+            response.headers = requests.structures.CaseInsensitiveDict(answer["headers"])
+            with open(spec["out"], "rb") as stream:
+                response._content = stream.read()  # requests' own attribute for a body already read
+            return response
 
     def _json(self, response: requests.Response):
         try:
@@ -168,7 +220,7 @@ class SegXClient:
             query["session_id"] = session_id
         files = {"file": (upload[0], upload[1], "application/octet-stream")} if upload else None
         response = self._request(
-            "POST", f"/infer/{task}", self.infer_timeout, params=query, files=files, data={"params": json.dumps(params)}
+            "POST", f"/infer/{task}", self.infer_timeout, big_reply=True, params=query, files=files, data={"params": json.dumps(params)}
         )
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("multipart/"):
@@ -192,7 +244,7 @@ class SegXClient:
     def download_image(self, image_id: str) -> Tuple[str, bytes]:
         """``GET /datastore/image``: ``(file name, content)`` of a datastore image. The
         name is :func:`local_file_name` of the server's: safe to join to a local folder."""
-        response = self._request("GET", "/datastore/image", self.infer_timeout, params={"image": image_id})
+        response = self._request("GET", "/datastore/image", self.infer_timeout, big_reply=True, params={"image": image_id})
         match = re.search(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)"?', response.headers.get("content-disposition", ""))
         return local_file_name(image_id, requests.utils.unquote(match.group(1)) if match else ""), response.content
 
