@@ -585,6 +585,7 @@ class ctkMessageBox(QWidget):
         stored = int(QSettings().value(key, self.INVALID_ROLE)) if key else self.INVALID_ROLE
         if stored != self.INVALID_ROLE:
             return stored if stored & self.standardButtons else QMessageBox.Ok
+        slicer.app.run_nested_event_loop()  # QDialog::exec: a nested loop runs while the reader reads
         button, dont_show_again = slicer.app.answer(self)
         if key and button in self.ACCEPTING:
             QSettings().setValue(key, button if dont_show_again else self.INVALID_ROLE)
@@ -968,6 +969,15 @@ class FakeApplication:
         (``(button, dont_show_again)``), ``(Ok, False)`` by default."""
         self.dialogs.append({"text": box.text, "title": box.windowTitle, "details": box.detailedText, "icon": box.icon})
         return self.answers.pop(0) if self.answers else (QMessageBox.Ok, False)
+
+    #: Turns of the nested event loop a shown dialog runs before the reader answers.
+    NESTED_TURNS = 3
+
+    def run_nested_event_loop(self):
+        """What ``QDialog::exec()`` does while a dialog is open: the event loop keeps
+        running inside it, so timers (the module's 20 ms poll) fire meanwhile."""
+        for _ in range(self.NESTED_TURNS):
+            self.processEvents()
 
     def processEvents(self):
         """One turn of the event loop: every active timer fires once."""

@@ -405,3 +405,29 @@ def test_effects_registered_later_appear_in_the_embedded_editor(harness):
     factory.registerEffect("Grow from seeds")
     assert old.updateEffectList not in factory.effectRegistered.slots  # the reloaded-away widget stopped listening
     harness.widget.panel.segment_editor.setActiveEffectByName("Grow from seeds")
+
+
+def test_one_error_dialog_at_a_time_while_its_nested_event_loop_runs(harness, slicer_server):
+    """An error dialog runs a nested event loop (QDialog::exec) in which the module's 20 ms
+    timer fires: the poll it calls must not apply results inside the one being applied."""
+    url, studies = slicer_server
+    harness.load_module()
+    connect(harness, url)
+    panel = harness.widget.panel
+    depth, deepest = [0], [0]
+    apply = panel._poll
+
+    def measured():
+        depth[0] += 1
+        deepest[0] = max(deepest[0], depth[0])
+        try:
+            apply()
+        finally:
+            depth[0] -= 1
+
+    panel._poll = measured
+    harness.ui.serverComboBox.currentText = "http://127.0.0.1:9"  # nothing listens there: the connect job fails
+    harness.ui.connectButton.click()
+    harness.wait_for_job()
+    assert len(harness.app.dialogs) == 1 and "failed" in harness.app.dialogs[0]["text"]
+    assert deepest[0] == 1  # the poll inside the dialog's loop returned at once

@@ -64,6 +64,7 @@ class SegXPanel(VTKObservationMixin):
         self.started = 0.0
         self.last_run: Optional[jobs.Explanation] = None
         self.callbacks = {}
+        self._polling = False
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -170,7 +171,19 @@ class SegXPanel(VTKObservationMixin):
         self.timer.start()
 
     def poll(self) -> None:
-        """Timer slot: progress of the running job; results of finished ones."""
+        """Timer slot: progress of the running job; results of finished ones. A dialog
+        opened while applying a result (an error, a question) runs a nested event loop in
+        which this timer fires again: that call returns at once, so one result is applied
+        (and one error shown) at a time."""
+        if self._polling:
+            return
+        self._polling = True
+        try:
+            self._poll()
+        finally:
+            self._polling = False
+
+    def _poll(self) -> None:
         if self.job is not None and not self.job.done:
             fraction, message = self.job.context.progress
             self.ui.progressBar.value = int(100 * fraction)
