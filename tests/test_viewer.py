@@ -27,6 +27,7 @@ from segx.formats.pacs import local_orthanc, orthanc_problem
 
 CHROMIUM = shutil.which("chromium")
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 except ImportError:  # the dev extra installs it
     sync_playwright = None
@@ -90,10 +91,16 @@ def _open(viewer, text: str, series: str | None = None, name: str = "view"):
         if series:
             page.get_by_text(series).first.dblclick()
         page.wait_for_function("t => document.body.textContent.includes(t)", arg=text, timeout=VIEW_TIMEOUT_MS)
-        if name == "segmentation":
-            page.click("[data-cy='panelSegmentation-btn']")
+        if name == "segmentation":  # the Segmentation panel: opened by the SEG's loading in some builds, by its button in others
             label = viewer.objects["seg"].SegmentSequence[0].SegmentLabel
-            page.wait_for_function("t => document.body.textContent.includes(t)", arg=label, timeout=VIEW_TIMEOUT_MS)
+            for waited in (5_000, VIEW_TIMEOUT_MS // 3, VIEW_TIMEOUT_MS // 3, VIEW_TIMEOUT_MS // 3):
+                try:
+                    page.wait_for_function("t => document.body.textContent.includes(t)", arg=label, timeout=waited)
+                    break
+                except PlaywrightTimeout:
+                    page.click("[data-cy='panelSegmentation-btn']")
+            else:
+                raise AssertionError(f"the segment label {label!r} never appeared")
         page.wait_for_timeout(2000)  # let the viewport finish drawing before reading and screenshots
         if os.environ.get("SEGX_SCREENSHOTS"):
             if page.locator("[data-cy='confirm-and-hide-button']").count():  # OHIF's investigational-use banner
