@@ -12,8 +12,9 @@
 - ``max_voxels``: images whose header declares more voxels are refused with 413 before
   they are decoded (default 200 000 000);
 - ``cache_mb``: memory for cached SegX results per model (default 1024);
-- ``hold_minutes``: an image given to one annotator by ``segu_lowest_certainty`` is not
-  given to another for this long (default 15);
+- ``hold_minutes``: an image given to one annotator by any strategy (``segu_lowest_certainty``,
+  and MONAI Label's ``random`` and ``first``) is not given to another for this long
+  (default 15) unless the first releases it (``release``: the image id);
 - ``tokens_file``: API tokens (``lib/tokens.py``); with it every route needs a bearer token
   and admin-only routes the admin role (see ``lib/security.py``);
 - ``network_modules``: comma-separated Python modules that model configurations may take
@@ -42,8 +43,11 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.tasks.activelearning.first import First  # noqa: E402
+from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from lib.activelearning.holds import Held  # noqa: E402
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.dicomweb import dicomweb_datastore  # noqa: E402
@@ -114,7 +118,8 @@ class SegXApp(MONAILabelApp):
 
     def init_strategies(self):
         hold = float(self.conf.get("hold_minutes", 15)) * 60
-        return {SegULowestCertainty.name: SegULowestCertainty(self.segu_scoring, hold)}
+        strategies = {SegULowestCertainty.name: SegULowestCertainty(self.segu_scoring), "random": Random(), "first": First()}
+        return {name: Held(strategy, hold) for name, strategy in strategies.items()}
 
     def infer_tasks(self) -> dict:
         return self._infers

@@ -456,3 +456,62 @@ def test_shipped_real_data_models_explain_real_images(server, tmp_path, model, r
     region = sitk.GetArrayFromImage(read_nrrd(split_multipart(post_infer(client, f"{model}_segx", SHARED_DATA / relative, params={"layer": "mask"}))[1], tmp_path)) > 0
     assert np.all(segx_map[~region] == 0)
     assert 2 * (region & truth).sum() / (region.sum() + truth.sum()) > 0.8, "the shipped segmenter finds the lesion / lungs"
+
+
+def _no_holds(datastore) -> None:
+    """Forget which annotator got which image (earlier tests' holds)."""
+    for image_id in datastore.get_unlabeled_images():
+        datastore.update_image_info(image_id, {"strategy": {}})
+
+
+def test_monai_labels_own_strategies_are_offered_with_the_same_holds(server):
+    """``random`` and ``first`` as MONAI Label ships them, beside ours; an image one annotator
+    got from any strategy is not given to another by any strategy."""
+    client, app, _ = server
+    _no_holds(app.datastore())
+    assert {"random", "first", "segu_lowest_certainty"} <= set(client.get("/info/").json()["strategies"])
+
+    def ask(strategy, who, **extra):
+        response = client.post(f"/activelearning/{strategy}", json={"client_id": who, **extra})
+        assert response.status_code == 200, response.text
+        return response.json().get("id")
+
+    carol = ask("first", "carol")
+    assert ask("first", "dave") not in (None, carol)  # MONAI Label's First alone would give dave carol's image
+    assert ask("random", "erin") != carol and ask("segu_lowest_certainty", "erin", model="toy2d") != carol
+    assert ask("first", "carol") == carol  # hers stays hers
+
+
+def test_an_annotator_releases_an_image_and_gets_another(server):
+    client, app, _ = server
+    _no_holds(app.datastore())
+
+    def ask(who, **extra):
+        return client.post("/activelearning/first", json={"client_id": who, **extra}).json().get("id")
+
+    kept = ask("frank")
+    other = ask("frank", release=kept)  # skip it
+    assert other and other != kept
+    assert ask("grace") == kept  # released: the first unheld image again
+    assert client.post("/activelearning/first", json={"client_id": "frank", "release": "../etc"}).status_code == 400
+
+
+def test_two_first_calls_at_once_score_each_image_once(server):
+    """The first SegU sample scores every unlabeled image; two annotators asking at once
+    must not score them twice (the second waits, then finds them scored)."""
+    import threading
+    from types import SimpleNamespace
+
+    from lib.activelearning.segu import SegUScoring
+
+    _, app, _ = server
+    runtime = app.models["toy2d"].runtime
+    calls = []
+    counting = SimpleNamespace(weights_digest="counting-1", pair=runtime.pair, explain=lambda *args: (calls.append(args), runtime.explain(*args))[1])
+    scoring = SegUScoring({"counting": counting})
+    threads = [threading.Thread(target=scoring, args=({}, app.datastore())) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == len(app.datastore().get_unlabeled_images())

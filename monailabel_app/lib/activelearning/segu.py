@@ -10,7 +10,7 @@ Scores live in each image's datastore info under ``segu``::
 from __future__ import annotations
 
 import logging
-import time
+import threading
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -38,8 +38,13 @@ class SegUScoring(ScoringMethod):
     def __init__(self, runtimes: dict[str, ModelRuntime]):
         super().__init__("SegU certainty of every unlabeled image, per model (skips images scored with the same weights)")
         self.runtimes = runtimes
+        self._one_at_a_time = threading.Lock()
 
     def __call__(self, request, datastore: Datastore):
+        with self._one_at_a_time:  # two first calls at once: the second finds the images scored
+            return self._score(request, datastore)
+
+    def _score(self, request, datastore: Datastore):
         runtimes = _selected(self.runtimes, request)
         images = datastore.get_unlabeled_images()
         counts = {"scored": 0, "skipped": 0, "failed": 0}
@@ -72,33 +77,20 @@ class SegUScoring(ScoringMethod):
 class SegULowestCertainty(Strategy):
     """The unlabeled image whose prediction is least certain (lowest SegU over the models,
     or for ``model`` when the request names one). Unscored images are scored first.
-
-    For a team: MONAI Label's active-learning route records who got an image
-    (``strategy.<name>.client_id`` and ``ts`` in its info, the client's ``client_id``);
-    an image given to another client less than ``hold_seconds`` ago is not given out
-    again, so two annotators never label the same image at once.
-    """
+    Annotators' holds are :class:`lib.activelearning.holds.Held`'s, as for every strategy."""
 
     name = "segu_lowest_certainty"
 
-    def __init__(self, scoring: SegUScoring, hold_seconds: float = 900.0):
-        super().__init__("Unlabeled image with the lowest SegU certainty first (not one another annotator holds)")
+    def __init__(self, scoring: SegUScoring):
+        super().__init__("Unlabeled image with the lowest SegU certainty first")
         self.scoring = scoring
-        self.hold_seconds = hold_seconds
-
-    def _held_by_another(self, info: dict, client: str) -> bool:
-        record = info.get("strategy", {}).get(self.name, {})
-        return record.get("client_id") not in (None, client) and time.time() - float(record.get("ts", 0)) < self.hold_seconds
 
     def __call__(self, request, datastore: Datastore):
         runtimes = _selected(self.scoring.runtimes, request)
         self.scoring({"model": request.get("model")}, datastore)
-        client = str(request.get("client_id") or "")
         candidates = []
         for image_id in datastore.get_unlabeled_images():
             info = datastore.get_image_info(image_id)
-            if self._held_by_another(info, client):
-                continue
             for name in runtimes:
                 score = info.get("segu", {}).get(name, {})
                 if "certainty" in score:
