@@ -376,6 +376,8 @@ def test_training_publishes_weights_that_the_next_inference_uses(server):
     )
     assert response.status_code == 200, response.text
     assert weights.read_bytes() != old_weights, "the trained checkpoint was published over the weights"
+    # the rollback point is the weights before this training, not its first epoch's
+    assert weights.with_name(weights.name + ".previous").read_bytes() == old_weights
     after = client.post("/infer/toy2d_segx?image=skin1&output=json").json()
     assert runtime.weights_digest != digest
     assert after["probabilities"] != before["probabilities"]

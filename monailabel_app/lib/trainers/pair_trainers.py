@@ -13,7 +13,9 @@ A training runs in a subprocess of the server (MONAI Label's). It holds a lock f
 its PID (one training of a model at a time, also across server restarts: a lock whose
 process is gone is taken over), dies with the server (Linux ``PR_SET_PDEATHSIG``, and a
 watch on its parent elsewhere), and publishes weights atomically: written next to the
-weight file, the previous weights kept as ``<weights>.previous``, then renamed over it.
+weight file, the weights the training started from kept as ``<weights>.previous`` (the
+rollback: copy it back over the weights; the server reloads them at its next request),
+then renamed over it.
 """
 
 from __future__ import annotations
@@ -57,17 +59,18 @@ TRAIN_DEFAULTS = {
 }
 
 
-def publish_atomically(trained: Path, weights: Path) -> bool:
+def publish_atomically(trained: Path, weights: Path, keep_previous: bool = True) -> bool:
     """Put ``trained`` in place of ``weights`` so that a reader sees the old file or the
-    new one, never half of one; the old one is kept as ``<weights>.previous``. Returns
-    whether anything changed."""
+    new one, never half of one; with ``keep_previous`` the old one is kept as
+    ``<weights>.previous`` (a training keeps the weights it started from: its first
+    publication only). Returns whether anything changed."""
     if weights.exists() and weights.read_bytes() == trained.read_bytes():
         return False
     partial = weights.with_name(f".{weights.name}.{os.getpid()}.partial")
     shutil.copyfile(trained, partial)
     with open(partial, "rb") as stream:
         os.fsync(stream.fileno())
-    if weights.exists():
+    if weights.exists() and keep_previous:
         shutil.copyfile(weights, weights.with_name(weights.name + ".previous"))
     os.replace(partial, weights)
     return True
@@ -157,8 +160,11 @@ class _PairTrainer(BasicTrainTask):
         if context.local_rank == 0 and publish_path:
             trained = Path(context.output_dir) / self._key_metric_filename
 
+            published = []  # epochs published by this training: only the first keeps the weights it replaced
+
             def publish(engine):
-                if trained.exists() and publish_atomically(trained, Path(publish_path)):
+                if trained.exists() and publish_atomically(trained, Path(publish_path), keep_previous=not published):
+                    published.append(engine.state.epoch)
                     logger.info(f"new weights published: {publish_path}")
 
             (context.evaluator or context.trainer).add_event_handler(Events.EPOCH_COMPLETED, publish)
