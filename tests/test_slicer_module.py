@@ -59,7 +59,7 @@ def test_the_module_loads_reloads_and_unloads_under_slicers_base_classes(harness
     assert logic.moduleName == "SegXSlicer"
     assert logic.getParameterNode() is logic.scene_logic.parameter_node  # Slicer's and ours: one node
     ui = harness.ui
-    for button in ("connectButton", "runButton", "cancelButton", "nextSampleButton", "submitLabelButton", "trainButton"):
+    for button in ("connectButton", "runButton", "cancelButton", "nextSampleButton", "skipSampleButton", "submitLabelButton", "trainButton"):
         assert getattr(ui, button).clicked.slots, f"{button} is not connected"
     assert not ui.runButton.enabled and not ui.opacitySlider.enabled  # nothing to run or style yet
     assert widget.panel.segment_editor.parent() is ui.regionEditorCollapsibleButton
@@ -255,6 +255,42 @@ def test_next_sample_edit_and_submit_label(harness, slicer_server):
     assert ui.statusLabel.text == f"label of {image_id} saved as final"
     labels = requests.get(f"{url}/datastore/?output=all", timeout=10).json()["objects"][image_id]["labels"]
     assert "final" in labels
+
+
+@pytest.fixture
+def own_slicer_server(tmp_path):
+    """A server like ``slicer_server`` whose images no earlier test holds (holds last 15
+    minutes, and every test's harness is another annotator)."""
+    from conftest import write_models, write_phantom_studies
+
+    from segx.demo import running_server
+
+    studies = write_phantom_studies(tmp_path)
+    with running_server(studies, "slicer3d", tmp_path / "server.log", models_dir=write_models(tmp_path / "models")) as server:
+        yield server.url, studies
+
+
+def test_skip_gives_the_image_back_and_loads_another(harness, own_slicer_server):
+    """An annotator skips the image Next sample gave: another loads, and the skipped one is
+    free for the next annotator at once (not held for the hold time)."""
+    url, studies = own_slicer_server
+    harness.load_module()
+    connect(harness, url)
+    ui, panel = harness.ui, harness.widget.panel
+    assert not ui.skipSampleButton.enabled  # nothing to skip yet
+    ui.nextSampleButton.click()
+    harness.wait_for_job()
+    harness.wait_for_job()
+    skipped = panel.logic.source.GetAttribute("SegX.imageId")
+    assert ui.skipSampleButton.enabled
+    ui.skipSampleButton.click()
+    harness.wait_for_job()
+    harness.wait_for_job()
+    shown = panel.logic.source.GetAttribute("SegX.imageId")
+    assert shown and shown != skipped and shown in ui.sampleLabel.text
+    other = requests.post(f"{url}/activelearning/first", json={"client_id": "another-annotator"}, timeout=60).json()
+    free = requests.post(f"{url}/activelearning/segu_lowest_certainty", json={"client_id": "a-third", "model": "slicer3d"}, timeout=300).json()
+    assert skipped in (other.get("id"), free.get("id"))  # released: given out again at once
 
 
 def test_the_modules_own_self_test_passes_in_the_harness(harness, slicer_server, monkeypatch):

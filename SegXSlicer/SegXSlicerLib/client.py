@@ -234,11 +234,12 @@ class SegXClient:
             raise ServerError(f"the 'params' part of the reply of {task} is not JSON") from None
         return reply, parts.get("image", b"")
 
-    def next_sample(self, strategy: str, model: Optional[str] = None, client_id: str = "") -> dict:
+    def next_sample(self, strategy: str, model: Optional[str] = None, client_id: str = "", release: str = "") -> dict:
         """``POST /activelearning/{strategy}``: the next image to label (``{}`` when
         none is left). ``client_id`` tells annotators apart: the server does not give an
-        image that one of them holds to another."""
-        body = {key: value for key, value in (("model", model), ("client_id", client_id)) if value}
+        image that one of them holds to another; ``release`` gives back (skips) the image
+        this client holds, which is then not the answer."""
+        body = {key: value for key, value in (("model", model), ("client_id", client_id), ("release", release)) if value}
         return self._json(self._request("POST", f"/activelearning/{strategy}", self.infer_timeout, json=body))
 
     def download_image(self, image_id: str) -> Tuple[str, bytes]:

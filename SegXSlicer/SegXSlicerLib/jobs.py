@@ -168,11 +168,12 @@ class Sample:
     content: bytes
 
 
-def next_sample(context: JobContext, client: SegXClient, model: Optional[str], client_id: str = "") -> Optional[Sample]:
+def next_sample(context: JobContext, client: SegXClient, model: Optional[str], client_id: str = "", release: str = "") -> Optional[Sample]:
     """The unlabeled image with the lowest SegU certainty that no other annotator holds,
-    and its file, or ``None`` when there is none."""
+    and its file, or ``None`` when there is none; ``release`` (a skip) gives that image
+    back first."""
     context.report(0.1, "asking the server for the least certain unlabeled image")
-    reply = client.next_sample(STRATEGY, model, client_id)
+    reply = client.next_sample(STRATEGY, model, client_id, release)
     if not reply.get("id"):
         return None
     context.report(0.6, f"downloading {reply['id']}")

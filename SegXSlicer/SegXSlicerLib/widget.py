@@ -98,6 +98,7 @@ class SegXPanel(VTKObservationMixin):
         ui.colourMapComboBox.currentTextChanged.connect(lambda name: self.logic.update(colour_map=name))
         ui.render3DCheckBox.toggled.connect(lambda checked: self.logic.update(render_3d=bool(checked)))
         ui.nextSampleButton.clicked.connect(self.on_next_sample)
+        ui.skipSampleButton.clicked.connect(self.on_skip_sample)
         ui.submitLabelButton.clicked.connect(self.on_submit_label)
         ui.trainButton.clicked.connect(self.on_train)
         ui.probabilityTable.setColumnCount(3)
@@ -395,6 +396,17 @@ class SegXPanel(VTKObservationMixin):
     def on_next_sample(self) -> None:
         self._submit("next sample", jobs.next_sample, self.client, self.model.name, client_id(), on_done=self._load_sample)
 
+    def on_skip_sample(self) -> None:
+        """Give the shown datastore image back (another annotator may label it) and load
+        the next one."""
+        image_id = self._sample_id()
+        self._submit("skip", jobs.next_sample, self.client, self.model.name, client_id(), image_id, on_done=self._load_sample)
+
+    def _sample_id(self) -> Optional[str]:
+        """The datastore id of the image shown (from Next sample), or None."""
+        source = self.logic.source
+        return (source.GetAttribute(IMAGE_ID_ATTRIBUTE) or None) if source is not None else None
+
     def _load_sample(self, sample) -> None:
         if sample is None:
             self._status("no unlabeled image is free: all are labelled, or held by other annotators")
@@ -414,7 +426,7 @@ class SegXPanel(VTKObservationMixin):
 
     def on_submit_label(self) -> None:
         source = self.logic.source
-        image_id = source.GetAttribute(IMAGE_ID_ATTRIBUTE) if source is not None else None
+        image_id = self._sample_id()
         try:
             if not image_id:
                 raise ValueError("Submit label needs an image from the datastore: use Next sample, Run, edit the clinical region")
@@ -443,6 +455,7 @@ class SegXPanel(VTKObservationMixin):
         for button in (ui.runButton, ui.nextSampleButton, ui.trainButton):
             button.enabled = connected and not busy
         ui.submitLabelButton.enabled = connected and not busy and self.logic.region is not None
+        ui.skipSampleButton.enabled = connected and not busy and self._sample_id() is not None
         ui.cancelButton.enabled = busy
         ui.progressBar.visible = busy
         has_result = self.logic.source is not None
