@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import AFFINE_3D
+from dicom_corpus import report_items
 
 from segx.demo.phantoms import phantom_3d
 from segx.formats.dicom import write_series
@@ -142,12 +143,6 @@ def test_opening_the_report_shows_certainty_level_and_prediction_beside_the_outl
         assert f"Predicted class: {summary['predicted']}" in text
         assert f"SegU certainty level: {summary['segu']['level'] or 'not calibrated'}" in text
     # the outline's image (the key slice) was fetched to draw it on
-    outline = next(item for group in sr.ContentSequence if hasattr(group, "ContentSequence") for item in _items(group) if item.ValueType == "SCOORD")
+    outline = next(item for item in report_items(sr) if item.ValueType == "SCOORD")
     key = outline.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
     assert any(key in url for url in requested)
-
-
-def _items(item):
-    for child in getattr(item, "ContentSequence", []):
-        yield child
-        yield from _items(child)

@@ -388,7 +388,7 @@ def key_slice(region: np.ndarray, weights: np.ndarray) -> int:
     """The slice a reader is shown first: of ``(Z, rows, columns)`` frames, the one holding
     most of ``weights`` (the SegX map) inside ``region``; the one with most region when the
     map is empty there; the middle one when the region is empty."""
-    inside = (weights * region).reshape(len(region), -1).sum(1)
+    inside = np.array([w[r > 0].sum(dtype=np.float64) for w, r in zip(weights, region)])  # slice by slice: no volume-sized product
     if inside.max() > 0:
         return int(inside.argmax())
     area = region.reshape(len(region), -1).sum(1)

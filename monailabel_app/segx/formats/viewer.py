@@ -173,13 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _plain(self, status: int, message: str, send_body: bool = True) -> None:
-        body = (message + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if send_body:
-            self.wfile.write(body)
+        self._bytes(status, (message + "\n").encode(), "text/plain; charset=utf-8", send_body)
 
     def _serve(self, send_body: bool) -> None:
         parts = urlsplit(self.path)
