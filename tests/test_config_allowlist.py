@@ -61,6 +61,7 @@ TOP_KEYS = {
     "certainty.min_support": DATA,
     "certainty.confidence": DATA,
     "certainty.combination": DATA,  # Combination.from_config: a VARIANTS name and numbers
+    "recipe": TABLE,  # segx.training.RECIPES, looked up by the server's trainers (lib/trainers)
 }
 NETWORK_KEYS = {  # both classifier and segmenter
     "network": ALLOW_LIST,
@@ -507,6 +508,7 @@ def test_the_loader_reads_only_classified_keys(tmp_path, monkeypatch):
         config["name"] = "ignored"
         config["multi_label"] = False
         config["region_labels"] = {"melanoma": [1]}
+        config["recipe"] = "demo2d"
         config["certainty"].update(low=0.2, high=0.8)  # levels set: their fields are read
         config["classifier"].update(output_key=0, target_layer="features", memory_format="contiguous", runtime="torch", input=full_input, unread="x",
                                     strict=True, key_map={"features.": "features."})  # fmt: skip

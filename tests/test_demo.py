@@ -125,9 +125,9 @@ def test_the_kept_weights_are_those_of_the_epoch_the_log_names():
 
     import torch
 
-    from segx.training import RECIPES, _fit
+    from segx.training import engine, samples
 
-    recipe = replace(RECIPES["demo2d"], batch_size=4, augment=False, cosine=False, seed=1)
+    schedule = engine.Schedule(batch_size=4, seed=1, selection="constant")
     x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1] * 4)
 
     def fresh():
@@ -137,11 +137,16 @@ def test_the_kept_weights_are_those_of_the_epoch_the_log_names():
     def constant(outputs, targets):  # every epoch ties
         return 0.5
 
-    after_one = fresh()
-    _fit(after_one, (x, y), (x, y), torch.nn.functional.cross_entropy, constant, 1, recipe, "one epoch", masks_too=False)
-    after_three = fresh()
-    log = _fit(after_three, (x, y), (x, y), torch.nn.functional.cross_entropy, constant, 3, recipe, "three epochs", masks_too=False)
-    assert log["best_epoch"] == 0
+    published = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(engine.SELECTION, "constant", ("constant", constant))
+        after_one = fresh()
+        engine.fit(after_one, samples(x, y), samples(x, y), "classifier", schedule, 1, n_classes=2)
+        after_three = fresh()
+        log = engine.fit(after_three, samples(x, y), samples(x, y), "classifier", schedule, 3, n_classes=2,
+                         on_best=lambda network, epoch: published.append(epoch))  # fmt: skip
+    assert log["best_epoch"] == 0 and published == [1], "only an epoch that beats the earlier ones is published"
+    assert len(log["losses"]) == len(log["val_scores"]) == 3
     torch.testing.assert_close(after_three.weight, after_one.weight)
 
 
@@ -150,7 +155,8 @@ def test_balanced_accuracy_selection_refuses_a_one_class_epoch_that_ranks_perfec
     cyst but call all of them tumour have macro AUROC 1 and balanced accuracy 0.5."""
     import torch
 
-    from segx.training import RECIPES, SELECTION
+    from segx.training import RECIPES
+    from segx.training.engine import SELECTION
 
     labels = torch.tensor([0, 0, 0, 1, 1])
     one_class = torch.tensor([[0.0, 0.1], [0.0, 0.2], [0.0, 0.3], [0.0, 0.8], [0.0, 0.9]])  # argmax 1 everywhere
@@ -160,4 +166,4 @@ def test_balanced_accuracy_selection_refuses_a_one_class_epoch_that_ranks_perfec
     assert name == "balanced accuracy" and balanced(one_class, labels) == 0.5
     two_right_of_three = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
     assert balanced(two_right_of_three, labels) == pytest.approx((2 / 3 + 1) / 2)
-    assert RECIPES["demo3d"].selection == "balanced_accuracy"
+    assert RECIPES["demo3d"].schedule.selection == "balanced_accuracy"

@@ -33,6 +33,7 @@ stay in it (see "What a configuration may name" below)::
       # input: {..., inferer: sliding_window, roi_size: [96, 96, 96], overlap: 0.25}
     region_labels: {malignant: [1]}     # optional; default: every foreground label
     certainty: {variant: mass_inside, low: 0.3, high: 0.6, ...}   # optional, calibrated
+    recipe: ham10000                    # optional: the training recipe the server's trainers follow
 
 What a configuration may name. A configuration file is data, and whoever can write one
 (an upload into a models folder) must not gain code execution from it:
@@ -563,6 +564,9 @@ def load_model_pair(path: str | Path, network_modules: Iterable[str] = (), bundl
         levels = load_levels(config) if "high" in certainty else None
     except TypeError as error:
         raise ConfigError(f"{config_file}: certainty: {error}") from error
+    recipe = config.get("recipe")  # the training recipe (segx.training.RECIPES) the server's trainers follow
+    if recipe is not None and not (isinstance(recipe, str) and recipe.isidentifier()):
+        raise ConfigError(f"{config_file}: recipe: a recipe name (letters, digits, '_'), not {recipe!r}")
     runtimes = {"classifier": _runtime(classifier_section, config_file, "classifier"), "segmenter": _runtime(segmenter_section, config_file, "segmenter")}
     segmenter_input = _preprocessing(segmenter_section, config_file, "segmenter")
     default_output = segmenter_input.output if isinstance(segmenter_input, BundlePipeline) else "logits"

@@ -4,10 +4,18 @@
 - ``NAME_classifier``: from image labels: the ``label`` key of an image's datastore info,
   else a ``labels.csv`` (``image_id,label``) in the studies folder.
 
-Both start from the weights in use and publish the best checkpoint over the weight file
-named in the configuration, so the running server picks it up at its next request.
-Only networks given as ``network`` + ``weights`` can be trained (not TorchScript or
-bundles).
+Both run :func:`segx.training.engine.fit`, the loop ``segx train`` made the shipped models
+with (MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``), under the recipe the model
+configuration names (``recipe: jsrt``; :data:`segx.training.RECIPES`: loss weighting,
+flips, learning rate and annealing, batch size, selection score, epochs; a configuration
+without one gets :class:`segx.training.engine.Schedule`'s defaults and 5 epochs). A
+request may set ``max_epochs``, ``learning_rate``, ``val_split`` and ``train_batch_size``
+(``lib.security.TRAIN_PARAMS``). Samples go through the model's own input pipeline, as in
+inference. Both start from the weights in use and publish every epoch that beats the
+earlier ones (on the validation split; on the training samples when ``val_split`` is 0)
+over the weight file named in the configuration, so the running server picks it up at its
+next request. Only networks given as ``network`` + ``weights`` can be trained (not
+TorchScript or bundles).
 
 A training runs in a subprocess of the server (MONAI Label's). It holds a lock file with
 its PID (one training of a model at a time, also across server restarts: a lock whose
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -29,35 +38,24 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.engine import Events
-from monai.handlers import ConfusionMatrix, from_engine
-from monai.inferers import SimpleInferer
-from monai.losses import DiceCELoss
-from monai.transforms import Activationsd, AsDiscreted, EnsureTyped, Lambdad, LoadImaged
+from monai.transforms import Compose, LoadImage, LoadImaged
 from monailabel.interfaces.datastore import Datastore
-from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.interfaces.tasks.train import TrainTask
+from tqdm import tqdm
 
 from segx.config import load_network
 from segx.preprocessing import Preprocessing
+from segx.training import RECIPES
+from segx.training.engine import Schedule, fit
 
 from ..infers.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
-
-TRAIN_DEFAULTS = {
-    "max_epochs": 5,
-    "train_batch_size": 4,
-    "val_batch_size": 4,
-    "val_split": 0.2,
-    "dataset": "Dataset",
-    "dataloader": "DataLoader",
-    "tracking": "None",  # MLflow's file store refuses to run without migration; opt in per request
-}
-
 
 def publish_atomically(trained: Path, weights: Path, keep_previous: bool = True) -> bool:
     """Put ``trained`` in place of ``weights`` so that a reader sees the old file or the
@@ -122,72 +120,80 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="segx-parent-watch", daemon=True).start()
 
 
-class _PairTrainer(BasicTrainTask):
-    """Common part: the network section of the configuration and where weights go."""
+class _PairTrainer(TrainTask):
+    """Common part: the network section of the configuration, its recipe, where weights go."""
 
     field = ""
 
     def __init__(self, runtime: ModelRuntime, preprocessing: Preprocessing, description: str):
+        super().__init__(description)
         self.runtime = runtime
         self.section = runtime.config[self.field]
         self.preprocessing = preprocessing
-        config_file = runtime.config_file
-        super().__init__(
-            model_dir=str(config_file.parent / "training" / f"{runtime.name}_{self.field}"),
-            description=description,
-            config=dict(TRAIN_DEFAULTS),
-            amp=False,
-            tracking=None,
-            publish_path=str(config_file.parent / self.section["weights"]),
-        )
+        self.weights = runtime.config_file.parent / self.section["weights"]
+        self.workdir = runtime.config_file.parent / "training" / f"{runtime.name}_{self.field}"
+        name = runtime.config.get("recipe")
+        if name is not None and name not in RECIPES:
+            raise ValueError(f"{runtime.name}: recipe {name!r} is not one of {sorted(RECIPES)}")
+        self.recipe = RECIPES.get(name)
+
+    def epochs(self) -> int:
+        return 5 if self.recipe is None else self.recipe.epochs
+
+    def config(self):
+        """The options a client may set, with this model's defaults."""
+        schedule = self.recipe.schedule if self.recipe else Schedule()
+        return {"max_epochs": self.epochs(), "learning_rate": schedule.learning_rate, "val_split": 0.2, "train_batch_size": schedule.batch_size}
+
+    def stats(self):
+        """The last training's log (losses, validation scores, best epoch, seconds)."""
+        log = self.workdir / "train_stats.json"
+        return json.loads(log.read_text()) if log.is_file() else {}
 
     def __call__(self, request, datastore: Datastore):
         """One training (see the module docstring): with the lock, dying with the server."""
         if os.environ.get("MONAI_LABEL_DATASTORE_AUTO_RELOAD") == "false":  # MONAI Label's training subprocess
             die_with_parent()
-        with TrainingLock(Path(self.runtime.config_file.parent / "training" / f"{self.runtime.name}_{self.field}.lock")):
-            return super().__call__(request, datastore)
+        with TrainingLock(self.workdir.with_suffix(".lock")):
+            return self._train({**self.config(), **request}, datastore)
 
-    def finalize(self, context):
-        """MONAI Label's finalisation without its publishing (a copy over the weight file in
-        place: a reader could see half a file), then :func:`publish_atomically` of the best
-        checkpoint after every epoch."""
-        publish_path, self._publish_path = self._publish_path, None  # its publisher now writes statistics only
-        try:
-            super().finalize(context)
-        finally:
-            self._publish_path = publish_path
-        if context.local_rank == 0 and publish_path:
-            trained = Path(context.output_dir) / self._key_metric_filename
+    def _train(self, options: dict, datastore: Datastore) -> dict:
+        start = time.perf_counter()
+        samples = [self._sample(item) for item in tqdm(self.datalist(datastore), desc="reading samples", leave=False)]
+        val_size = int(round(len(samples) * float(options["val_split"])))
+        order = np.random.default_rng(0).permutation(len(samples))
+        val = [samples[i] for i in order[:val_size]] if len(samples) - val_size >= 1 else []
+        train = [samples[i] for i in order[val_size:]] if val else samples
+        schedule = replace(self.recipe.schedule if self.recipe else Schedule(), learning_rate=float(options["learning_rate"]),
+                           batch_size=int(options["train_batch_size"]))  # fmt: skip
+        network = load_network(self.section, self.runtime.config_file, self.field)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        published: list[int] = []  # epochs published by this training: only the first keeps the weights it replaced
 
-            published = []  # epochs published by this training: only the first keeps the weights it replaced
+        def publish(trained: torch.nn.Module, epoch: int) -> None:
+            checkpoint = self.workdir / "best.pt"
+            torch.save({k: v.cpu() for k, v in trained.state_dict().items()}, checkpoint)
+            if publish_atomically(checkpoint, self.weights, keep_previous=not published):
+                published.append(epoch)
+                logger.info(f"epoch {epoch}: new weights published: {self.weights.name}")
 
-            def publish(engine):
-                if trained.exists() and publish_atomically(trained, Path(publish_path), keep_previous=not published):
-                    published.append(engine.state.epoch)
-                    logger.info(f"new weights published: {publish_path}")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log = fit(network, train, val, self.field, schedule, int(options["max_epochs"]), len(self.runtime.pair.class_names),
+                  desc=self.description, on_best=publish, device=device)  # fmt: skip
+        log.update(n_train=len(train), n_val=len(val), recipe=self.recipe.name if self.recipe else None, published_epochs=published,
+                   seconds=round(time.perf_counter() - start, 1))  # fmt: skip
+        (self.workdir / "train_stats.json").write_text(json.dumps(log, indent=2) + "\n")
+        return log
 
-            (context.evaluator or context.trainer).add_event_handler(Events.EPOCH_COMPLETED, publish)
+    def datalist(self, datastore: Datastore) -> list[dict]:
+        """``[{"image": path, "label": ...}]`` from the datastore."""
+        raise NotImplementedError
 
-    def network(self, context: Context):
-        return load_network(self.section, self.runtime.config_file, self.field).train()
-
-    def optimizer(self, context: Context):
-        return torch.optim.AdamW(context.network.parameters(), lr=float(context.request.get("learning_rate", 1e-4)))
-
-    def _preprocess(self, image) -> torch.Tensor:
-        """Loaded image (MetaTensor ``(C, *S)`` with its affine) -> network input without
-        batch axis ``(C_in, *size)``, through the same pipeline as inference."""
-        return self.preprocessing(image.as_tensor(), np.asarray(image.affine))[0]
-
-    def _image_transforms(self):
-        return [LoadImaged(keys="image", ensure_channel_first=True, image_only=True), Lambdad(keys="image", func=self._preprocess)]
-
-    def train_inferer(self, context: Context):
-        return SimpleInferer()
-
-    def val_inferer(self, context: Context):
-        return SimpleInferer()
+    def _sample(self, item: dict) -> dict:
+        """A datalist item -> :func:`segx.training.engine.fit`'s sample: the image ``(C_in,
+        *size)`` through the same pipeline as inference."""
+        image = LoadImage(ensure_channel_first=True, image_only=True)(item["image"])
+        return {"image": self.preprocessing(image.as_tensor(), np.asarray(image.affine))[0], "label": item["label"]}
 
 
 class SegmenterTrainer(_PairTrainer):
@@ -197,39 +203,34 @@ class SegmenterTrainer(_PairTrainer):
 
     def __init__(self, runtime: ModelRuntime):
         super().__init__(runtime, runtime.pair.segmenter_input, f"{runtime.name}: train the segmenter on final labels")
-        self.n_labels = max(runtime.pair.segment_names) + 1
+        self.label_grid = Compose([LoadImaged(keys="label", ensure_channel_first=True, image_only=True), *self.preprocessing.label_transforms("label")])
 
-    def loss_function(self, context: Context):
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+    def epochs(self) -> int:
+        return 5 if self.recipe is None else self.recipe.segmenter_epochs
 
-    def train_pre_transforms(self, context: Context):
-        label = [LoadImaged(keys="label", ensure_channel_first=True, image_only=True)] + self.preprocessing.label_transforms("label")
-        return self._image_transforms() + label + [EnsureTyped(keys=("image", "label"), track_meta=False)]
+    def datalist(self, datastore: Datastore) -> list[dict]:
+        datalist = datastore.datalist()
+        if not datalist:
+            raise ValueError(f"no final label for {self.runtime.name}: save labels with tag 'final' first")
+        return datalist
 
-    def train_post_transforms(self, context: Context):
-        return [
-            Activationsd(keys="pred", softmax=True),
-            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.n_labels, self.n_labels)),
-        ]
+    def _sample(self, item: dict) -> dict:
+        """...with its label map ``(1, *size)`` long, resampled nearest-neighbour onto the network's grid."""
+        label = self.label_grid({"label": item["label"]})["label"]
+        return {**super()._sample(item), "label": torch.as_tensor(label.as_tensor()).round().long()}
 
 
 class ClassifierTrainer(_PairTrainer):
     """Cross-entropy on image labels (datastore info ``label``, or ``labels.csv``)."""
 
     field = "classifier"
-    TRAIN_METRIC_ACCURACY = "train_acc"
-    VAL_METRIC_ACCURACY = "val_acc"
 
     def __init__(self, runtime: ModelRuntime, studies: str):
         super().__init__(runtime, runtime.pair.classifier_input, f"{runtime.name}: train the classifier on image labels")
-        self.n_classes = len(runtime.pair.class_names)
         self.labels_csv = Path(studies) / "labels.csv"
 
-    def loss_function(self, context: Context):
-        return torch.nn.CrossEntropyLoss()
-
-    def pre_process(self, request, datastore: Datastore):
-        """Datalist ``[{"image": path, "label": class index}]`` of the labelled images."""
+    def datalist(self, datastore: Datastore) -> list[dict]:
+        """The labelled images, their label a class index ``()`` long."""
         csv_labels = {}
         if self.labels_csv.is_file():
             with open(self.labels_csv, newline="") as stream:
@@ -244,33 +245,15 @@ class ClassifierTrainer(_PairTrainer):
             except ValueError:
                 logger.warning(f"{image_id}: label {label!r} is not a class of {self.runtime.name}; skipped")
                 continue
-            datalist.append({"image": datastore.get_image_uri(image_id), "label": index})
+            datalist.append({"image": datastore.get_image_uri(image_id), "label": torch.tensor(index)})
         if not datalist:
             raise ValueError(f"no labelled image for {self.runtime.name}: set 'label' in image info or add labels.csv")
         return datalist
 
-    def train_pre_transforms(self, context: Context):
-        return self._image_transforms() + [EnsureTyped(keys="image", track_meta=False), Lambdad(keys="label", func=torch.as_tensor)]
 
-    def train_post_transforms(self, context: Context):
-        return [
-            Activationsd(keys="pred", softmax=True),
-            AsDiscreted(keys=("pred", "label"), argmax=(True, False), to_onehot=(self.n_classes, self.n_classes)),
-        ]
-
-    def _accuracy(self):
-        return ConfusionMatrix(include_background=True, metric_name="accuracy", output_transform=from_engine(["pred", "label"]))
-
-    def train_key_metric(self, context: Context):
-        return {self.TRAIN_METRIC_ACCURACY: self._accuracy()}
-
-    def val_key_metric(self, context: Context):
-        return {self.VAL_METRIC_ACCURACY: self._accuracy()}
-
-
-def trainers_for(runtime: ModelRuntime, studies: str) -> dict[str, BasicTrainTask]:
+def trainers_for(runtime: ModelRuntime, studies: str) -> dict[str, TrainTask]:
     """``NAME_segmenter`` / ``NAME_classifier`` for the networks that have a state_dict."""
-    trainers: dict[str, BasicTrainTask] = {}
+    trainers: dict[str, TrainTask] = {}
     if "network" in runtime.config["segmenter"]:
         trainers[f"{runtime.name}_segmenter"] = SegmenterTrainer(runtime)
     if "network" in runtime.config["classifier"]:

@@ -137,7 +137,7 @@ def fine_tune(config_file: str | Path, data: str | Path, out: str | Path, recipe
 
     config_file, out = Path(config_file).resolve(), Path(out)
     pair = load_model_pair(config_file)
-    recipe = replace(RECIPES[recipe_name], learning_rate=learning_rate)
+    recipe = replace(RECIPES[recipe_name], schedule=replace(RECIPES[recipe_name].schedule, learning_rate=learning_rate))
 
     def inputs(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         studies, _ = find_studies(pair.class_names, data, Layout(), split)
