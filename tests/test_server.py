@@ -62,6 +62,7 @@ def write_trainable_segmenter_model(models):
         "labels": {1: "lesion"},
         "input": {"channels": 3, "spatial_size": [48, 48], "intensity": "divide255"},
     }
+    config["recipe"] = "demo2d"  # the server trains it as segx train's demo2d recipe says
     (models / "seg2d.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -399,6 +400,45 @@ def test_segmenter_training_on_final_labels(server, tmp_path):
     assert response.status_code == 200, response.text
     after = post_label_count(client, tmp_path)
     assert runtime.weights_digest != digest and after != before
+    stats = app.info()["train_stats"]["seg2d_segmenter"]
+    assert stats["recipe"] == "demo2d" and stats["n_train"] == 2 and len(stats["losses"]) == 2
+    same_as_segx_train(app, studies, tmp_path)
+
+
+def same_as_segx_train(app, studies, labels):
+    """One trainer: the server's segmenter training above (2 final labels, 2 epochs,
+    val_split 0) published exactly the weights that segx.training.engine.fit gives in this
+    process from the same starting weights, samples and recipe (demo2d's schedule, the
+    request's learning rate)."""
+    from dataclasses import replace
+
+    from monai.networks.nets import UNet
+    from monai.transforms import LoadImage, LoadImaged
+
+    from segx.preprocessing import Preprocessing
+    from segx.training import RECIPES
+    from segx.training.engine import fit
+
+    models = app.models["seg2d"].runtime.config_file.parent
+    previous = models / "seg2d_unet.pt.previous"
+    section = yaml.safe_load((models / "seg2d.yaml").read_text())["segmenter"]
+    preprocessing = Preprocessing(**section["input"])
+    label_grid = preprocessing.label_transforms("label")
+    samples = []
+    for image_id in ("skin0", "skin1"):  # the trainer sorts its samples by image
+        image = LoadImage(ensure_channel_first=True, image_only=True)(studies / f"{image_id}.png")
+        label = {"label": LoadImaged("label", ensure_channel_first=True, image_only=True)({"label": labels / f"{image_id}_label.png"})["label"]}
+        for step in label_grid:
+            label = step(label)
+        samples.append({"image": preprocessing(image.as_tensor(), np.asarray(image.affine))[0], "label": label["label"].as_tensor().round().long()})
+    network = UNet(**section["args"])
+    network.load_state_dict(torch.load(previous, weights_only=True))
+    schedule = replace(RECIPES["demo2d"].schedule, learning_rate=0.01)
+    log = fit(network, samples, [], "segmenter", schedule, 2)
+    published = torch.load(models / "seg2d_unet.pt", weights_only=True)
+    assert app.info()["train_stats"]["seg2d_segmenter"]["best_epoch"] == log["best_epoch"]
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(published[key], value, msg=key)
 
 
 def post_label_count(client, tmp_path) -> int:

@@ -159,7 +159,8 @@ class _PairTrainer(TrainTask):
 
     def _train(self, options: dict, datastore: Datastore) -> dict:
         start = time.perf_counter()
-        samples = [self._sample(item) for item in tqdm(self.datalist(datastore), desc="reading samples", leave=False)]
+        datalist = sorted(self.datalist(datastore), key=lambda item: item["image"])  # the same training whatever the datastore's order
+        samples = [self._sample(item) for item in tqdm(datalist, desc="reading samples", leave=False)]
         val_size = int(round(len(samples) * float(options["val_split"])))
         order = np.random.default_rng(0).permutation(len(samples))
         val = [samples[i] for i in order[:val_size]] if len(samples) - val_size >= 1 else []
