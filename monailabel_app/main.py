@@ -13,8 +13,11 @@
   they are decoded (default 200 000 000);
 - ``cache_mb``: memory for cached SegX results per model (default 1024);
 - ``hold_minutes``: an image given to one annotator by any strategy (``segu_lowest_certainty``,
-  and MONAI Label's ``random`` and ``first``) is not given to another for this long
-  (default 15) unless the first releases it (``release``: the image id);
+  and MONAI Label's ``random``, ``first`` and ``epistemic``) is not given to another for
+  this long (default 15) unless the first releases it (``release``: the image id);
+- ``epistemic_model``: the model whose segmenter MONAI Label's ``epistemic`` scoring and
+  strategy use (default: the first model with a trainable segmenter; without one neither is
+  offered);
 - ``tokens_file``: API tokens (``lib/tokens.py``); with it every route needs a bearer token
   and admin-only routes the admin role (see ``lib/security.py``);
 - ``network_modules``: comma-separated Python modules that model configurations may take
@@ -47,7 +50,9 @@ from monailabel.tasks.activelearning.first import First  # noqa: E402
 from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from lib.activelearning.epistemic import epistemic_scoring  # noqa: E402
 from lib.activelearning.holds import Held  # noqa: E402
+from monailabel.tasks.activelearning.epistemic import Epistemic  # noqa: E402
 from lib.activelearning.segu import SegULowestCertainty, SegUScoring  # noqa: E402
 from lib.configs.segx_model import load_model_configs  # noqa: E402
 from lib.dicomweb import dicomweb_datastore  # noqa: E402
@@ -74,6 +79,10 @@ class SegXApp(MONAILabelApp):
         self.max_upload_bytes = int(float(conf.get("max_upload_mb", 1024)) * 2**20)
         self.max_voxels = int(float(conf.get("max_voxels", DEFAULT_MAX_VOXELS)))
         self.segu_scoring = SegUScoring({name: model.runtime for name, model in self.models.items()})
+        trainable = [name for name, model in self.models.items() if "network" in model.runtime.config["segmenter"]]
+        self.epistemic_model = conf.get("epistemic_model", trainable[0] if trainable else None)
+        if self.epistemic_model is not None and self.epistemic_model not in trainable:
+            raise ValueError(f"epistemic_model: {self.epistemic_model!r} is not a loaded model with a trainable segmenter ({trainable})")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -114,11 +123,16 @@ class SegXApp(MONAILabelApp):
         return trainers
 
     def init_scoring_methods(self):
-        return {"segu": self.segu_scoring}
+        methods = {"segu": self.segu_scoring}
+        if self.epistemic_model:
+            methods["epistemic"] = epistemic_scoring(self.models[self.epistemic_model].runtime)
+        return methods
 
     def init_strategies(self):
         hold = float(self.conf.get("hold_minutes", 15)) * 60
         strategies = {SegULowestCertainty.name: SegULowestCertainty(self.segu_scoring), "random": Random(), "first": First()}
+        if self.epistemic_model:
+            strategies["epistemic"] = Epistemic()
         return {name: Held(strategy, hold) for name, strategy in strategies.items()}
 
     def infer_tasks(self) -> dict:

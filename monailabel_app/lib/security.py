@@ -110,8 +110,9 @@ _text = _check("a string", lambda value: isinstance(value, str))
 #: Training params an admin may set (``POST /train/{model}``): MONAI Label's trainers also
 #: take ``name`` (the output folder), ``train_ds``/``val_ds`` (datalist files),
 #: ``distributed_url``, ``tracking_uri`` ... which name paths and URLs on the server.
+#: ``client_id``: the official client adds it to every request it makes with one.
 TRAIN_PARAMS = {"max_epochs": _number(1, 10000, whole=True), "learning_rate": _number(1e-8, 1.0), "val_split": _number(0.0, 0.9),
-                "train_batch_size": _number(1, 1024, whole=True)}  # fmt: skip
+                "train_batch_size": _number(1, 1024, whole=True), "client_id": _plain_name}  # fmt: skip
 #: Params of ``POST /activelearning/{strategy}`` (others are dropped): what SegU-first reads.
 SAMPLE_PARAMS = {"model": _plain_name, "client_id": _plain_name, "release": _plain_name}
 #: Params of ``POST /infer/{model}`` (others are dropped, above all those with which MONAI

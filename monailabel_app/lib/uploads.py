@@ -1,6 +1,8 @@
 """Our handlers of the routes that take files (sessions, datastore images and labels), in
 place of MONAI Label's: every file through :func:`lib.ingest.receive`, labels checked
-against their image (:mod:`lib.labels`), sessions owned by the user who made them.
+against their image (:mod:`lib.labels`), sessions owned by the user who made them. A
+label's ``params`` may carry ``image_label`` (the image's class, for the classifier
+trainers) and ``label_info`` (segment names); nothing else of them is stored.
 
 MONAI Label's own handlers unpack archives with ``shutil.unpack_archive`` (members may
 name any path), copy uploads under the client's file name, give sessions ``uuid1`` ids
@@ -27,7 +29,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from . import ingest
 from .labels import check_label
-from .security import check_name, params_object, public, request_user
+from .security import check_name, is_plain_name, params_object, public, request_user
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ def install_upload_routes(segx_app, max_upload_bytes: int, max_voxels: int, labe
         if image not in datastore.list_images():
             raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
         info = _label_info(params)
+        image_label = _image_label(params)
         workdir, path = received([label], max_upload_bytes, max_voxels, archives=False)
         try:
             try:
@@ -137,6 +140,8 @@ def install_upload_routes(segx_app, max_upload_bytes: int, max_voxels: int, labe
             except ValueError as error:
                 raise HTTPException(status_code=400, detail=public(str(error))) from None
             label_id = datastore.save_label(image, str(path), tag or DefaultLabelTag.FINAL.value, {**info, "user": request_user(request)})
+            if image_label is not None:
+                datastore.update_image_info(image, {"label": image_label})  # what the classifier trainers learn from
         finally:
             ingest.remove(workdir)
         reply = segx_app.on_save_label(image, label_id) or {}
@@ -165,6 +170,15 @@ def _stem(filename: str) -> str:
     name = Path(filename).name
     suffix = ingest.suffix_of(name, ingest.IMAGE_SUFFIXES) or ""
     return name[: len(name) - len(suffix)]
+
+
+def _image_label(params: str) -> str | None:
+    """``image_label``: the annotator's class of the whole image (a plain name), stored as
+    the image info ``label`` that the classifier trainers read; None when not given."""
+    value = params_object(params).get("image_label")
+    if value is not None and not (isinstance(value, str) and len(value) <= 64 and is_plain_name(value)):
+        raise HTTPException(status_code=400, detail="image_label must be a class name (letters, digits, spaces, '.', '_', '-'; at most 64)")
+    return value
 
 
 def _label_info(params: str) -> dict:

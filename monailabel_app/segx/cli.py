@@ -149,6 +149,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _al_simulate(args: argparse.Namespace) -> int:
+    from .demo.sessions import simulate
+
+    analysis = simulate(args.data, args.setup, args.out, args.seeds, tuple(args.strategies), args.resamples)
+    print(Path(args.out) / "report.md")
+    print("AL " + json.dumps({"labels_to_target": analysis["labels_to_target"], "saving_vs_random": analysis["saving_vs_random"], "seconds": analysis["seconds"]}))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -297,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     shortcut.add_argument("--mc-samples", type=int, default=10, help="forward passes of the MC dropout baseline")
     shortcut.add_argument("--out", required=True, help="output folder: data/ (patched pictures), weights, evaluation/, shortcut.md")
     shortcut.set_defaults(run=_shortcut)
+
+    from .demo.sessions import SETUPS, STRATEGIES
+
+    sessions = commands.add_parser("al-simulate", help="replay annotation sessions per active learning strategy through the live server "
+                                   "(official MONAILabelClient): learning curves, labels to 95%% of the full-data figure, savings vs random")  # fmt: skip
+    sessions.add_argument("--data", required=True, help="a data set folder (images/, masks/, a CSV with a split column; see segx train)")
+    sessions.add_argument("--setup", required=True, choices=sorted(SETUPS), help="the recipe and the reduced scale (image size, pool, rounds, epochs)")
+    sessions.add_argument("--seeds", type=int, default=3)
+    sessions.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="server strategy names")
+    sessions.add_argument("--resamples", type=int, default=400, help="bootstrap draws (seeds and test images)")
+    sessions.add_argument("--out", required=True, help="output folder: data/, runs/, runs.json, analysis.json, learning_curves.png, report.md")
+    sessions.set_defaults(run=_al_simulate)
 
     calibrate = commands.add_parser("calibrate", help="choose the default SegU variant and its levels on a validation split")
     _add_dataset_arguments(calibrate, "val")
