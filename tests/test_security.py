@@ -415,12 +415,18 @@ def test_labels_are_checked_against_their_image_and_name_who_saved_them(attack, 
         assert answer.status_code == 400 and message in answer.json()["detail"], (case, answer.text)
     unknown = attack.call("PUT", "/datastore/label", attack.alice, params={"image": "nosuchimage"}, files={"label": ("l.nii.gz", label_file(good))})
     assert unknown.status_code == 404
+    for bad_class in ("../../etc/passwd", "x" * 65, 3, ["benign"]):  # the image's class is a plain name
+        answer = attack.call("PUT", "/datastore/label", attack.alice, params={"image": "ct0", "tag": "final"}, files={"label": ("l.nii.gz", label_file(good))},
+                             data={"params": json.dumps({"image_label": bad_class})})  # fmt: skip
+        assert answer.status_code == 400 and "image_label" in answer.json()["detail"], (bad_class, answer.text)
     assert (files_under(labels) if labels.exists() else {}) == before
-    spoofed = json.dumps({"user": "bob", "label_info": [{"name": "organ", "idx": 1}]})
+    spoofed = json.dumps({"user": "bob", "label_info": [{"name": "organ", "idx": 1}], "image_label": "malignant", "path": "/etc"})
     saved = attack.call("PUT", "/datastore/label", attack.alice, params={"image": "ct0", "tag": "final"}, files={"label": ("l.nii.gz", label_file(good))}, data={"params": spoofed})
     assert saved.status_code == 200, saved.text
     info = attack.call("GET", "/datastore/label/info", attack.alice, params={"label": "ct0", "tag": "final"}).json()
-    assert info["user"] == "alice" and info["label_info"] == [{"name": "organ", "idx": 1}]
+    assert info["user"] == "alice" and info["label_info"] == [{"name": "organ", "idx": 1}] and "image_label" not in info
+    image_info = attack.call("GET", "/datastore/image/info", attack.alice, params={"image": "ct0"}).json()
+    assert image_info["label"] == "malignant" and "path" not in image_info  # what the classifier trainers read
     assert set((attack.root / "tmp").iterdir()) == attack.tmp_at_start
 
 
