@@ -272,17 +272,25 @@ def own_slicer_server(tmp_path):
 
 def test_skip_gives_the_image_back_and_loads_another(harness, own_slicer_server):
     """An annotator skips the image Next sample gave: another loads, and the skipped one is
-    free for the next annotator at once (not held for the hold time)."""
+    free for the next annotator at once (not held for the hold time). Next sample asks the
+    strategy chosen in the settings (an unknown one: the server's message is shown)."""
     url, studies = own_slicer_server
+    QSettings.store["SegX/activeLearningStrategy"] = "no_such_strategy"
     harness.load_module()
     connect(harness, url)
     ui, panel = harness.ui, harness.widget.panel
     assert not ui.skipSampleButton.enabled  # nothing to skip yet
     ui.nextSampleButton.click()
     harness.wait_for_job()
+    assert "no_such_strategy" in ui.statusLabel.text and panel.logic.source is None, ui.statusLabel.text
+    del QSettings.store["SegX/activeLearningStrategy"]  # the default
+    ui.nextSampleButton.click()
+    harness.wait_for_job()
     harness.wait_for_job()
     skipped = panel.logic.source.GetAttribute("SegX.imageId")
     assert ui.skipSampleButton.enabled
+    given_by = requests.get(f"{url}/datastore/image/info", params={"image": skipped}, timeout=10).json()["strategy"]
+    assert list(given_by) == ["segu_lowest_certainty"], given_by
     ui.skipSampleButton.click()
     harness.wait_for_job()
     harness.wait_for_job()

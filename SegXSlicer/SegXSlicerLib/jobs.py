@@ -168,12 +168,12 @@ class Sample:
     content: bytes
 
 
-def next_sample(context: JobContext, client: SegXClient, model: Optional[str], client_id: str = "", release: str = "") -> Optional[Sample]:
-    """The unlabeled image with the lowest SegU certainty that no other annotator holds,
-    and its file, or ``None`` when there is none; ``release`` (a skip) gives that image
-    back first."""
-    context.report(0.1, "asking the server for the least certain unlabeled image")
-    reply = client.next_sample(STRATEGY, model, client_id, release)
+def next_sample(context: JobContext, client: SegXClient, model: Optional[str], client_id: str = "", release: str = "",
+                strategy: str = STRATEGY) -> Optional[Sample]:  # fmt: skip
+    """The unlabeled image ``strategy`` gives out that no other annotator holds, and its
+    file, or ``None`` when there is none; ``release`` (a skip) gives that image back first."""
+    context.report(0.1, f"asking the server for the next unlabeled image ({strategy})")
+    reply = client.next_sample(strategy, model, client_id, release)
     if not reply.get("id"):
         return None
     context.report(0.6, f"downloading {reply['id']}")

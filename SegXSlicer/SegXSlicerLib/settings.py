@@ -1,12 +1,14 @@
 """SegX's page of Slicer's Application Settings (*Edit > Application Settings > SegX*):
-the server address, the address history, the API token and whether to ask before an
-image is sent.
+the server address, the address history, the API token, whether to ask before an image
+is sent, and the active learning strategy of *Next sample*.
 The keys are the ones the panel reads and writes. Qt; inside Slicer only."""
 
 import uuid
 
 import ctk
 import qt
+
+from .jobs import STRATEGY
 
 #: QSettings keys: the last server, the servers used before (";"-separated, newest first,
 #: like the MONAI Label plugin's ``MONAILabel/serverUrlHistory``) and the stored answer of
@@ -16,6 +18,7 @@ SETTINGS_HISTORY = "SegX/serverUrlHistory"
 SETTINGS_CONSENT = "SegX/dontAskBeforeUploading"
 SETTINGS_TOKEN = "SegX/apiToken"
 SETTINGS_CLIENT_ID = "SegX/clientId"
+SETTINGS_STRATEGY = "SegX/activeLearningStrategy"
 
 
 #: What CTK's ``ctkMessageBox`` writes for "ask again" (``QMessageBox::InvalidRole``).
@@ -41,6 +44,11 @@ def client_id() -> str:
     return value
 
 
+def strategy() -> str:
+    """The server strategy *Next sample* asks (the settings' choice, else :data:`jobs.STRATEGY`)."""
+    return str(qt.QSettings().value(SETTINGS_STRATEGY, "") or "").strip() or STRATEGY
+
+
 class SegXSettingsPanel(ctk.ctkSettingsPanel):
     """The settings page, added by the module once Slicer has started (as the MONAI Label
     plugin adds its own)."""
@@ -61,6 +69,12 @@ class SegXSettingsPanel(ctk.ctkSettingsPanel):
         token.toolTip = "The API token your server administrator gave you (python monailabel_app/lib/tokens.py), if the server requires one"
         layout.addRow("API token:", token)
         self.registerProperty(SETTINGS_TOKEN, token, "text", str(qt.SIGNAL("textChanged(QString)")))
+        chosen = qt.QLineEdit()
+        chosen.placeholderText = STRATEGY
+        chosen.toolTip = (f"Which unlabeled image Next sample asks the server for: {STRATEGY} (empty: the default), random, first, "
+                          "epistemic or segu_lowest_certainty (see the server's /info/ strategies)")  # fmt: skip
+        layout.addRow("Active learning strategy:", chosen)
+        self.registerProperty(SETTINGS_STRATEGY, chosen, "text", str(qt.SIGNAL("textChanged(QString)")))
         self.askCheckBox = qt.QCheckBox()
         self.askCheckBox.toolTip = "Ask before the module sends an image to a server (patient data leaves this computer)"
         self.askCheckBox.toggled.connect(self.onAskToggled)

@@ -22,7 +22,7 @@ from .client import METHODS, SegXClient, ServerError
 from .display import COLOUR_MAPS
 from .logic import MODULE_NAME, SegXLogic
 from .results import segx_models, unavailable_models
-from .settings import client_id, SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_TOKEN, SETTINGS_URL
+from .settings import client_id, strategy, SETTINGS_CONSENT, SETTINGS_HISTORY, SETTINGS_TOKEN, SETTINGS_URL
 from .worker import JobRunner
 
 #: Volume attribute that holds the datastore id of an image loaded by Next sample.
@@ -394,13 +394,13 @@ class SegXPanel(VTKObservationMixin):
     # --- active learning ------------------------------------------------------------
 
     def on_next_sample(self) -> None:
-        self._submit("next sample", jobs.next_sample, self.client, self.model.name, client_id(), on_done=self._load_sample)
+        self._submit("next sample", jobs.next_sample, self.client, self.model.name, client_id(), "", strategy(), on_done=self._load_sample)
 
     def on_skip_sample(self) -> None:
         """Give the shown datastore image back (another annotator may label it) and load
         the next one."""
         image_id = self._sample_id()
-        self._submit("skip", jobs.next_sample, self.client, self.model.name, client_id(), image_id, on_done=self._load_sample)
+        self._submit("skip", jobs.next_sample, self.client, self.model.name, client_id(), image_id, strategy(), on_done=self._load_sample)
 
     def _sample_id(self) -> Optional[str]:
         """The datastore id of the image shown (from Next sample), or None."""
