@@ -524,6 +524,28 @@ def test_monai_labels_own_strategies_are_offered_with_the_same_holds(server):
     assert ask("first", "carol") == carol  # hers stays hers
 
 
+def test_epistemic_scoring_and_strategy_as_monai_label_ships_them(server):
+    """MONAI Label's EpistemicScoring (dropout passes of the epistemic model's segmenter)
+    writes `epistemic_entropy` into the unlabeled images it can read (a 3D volume for a 2D
+    segmenter is skipped, the others go on); its Epistemic strategy, under the same holds,
+    gives out the highest."""
+    client, app, _ = server
+    datastore = app.datastore()
+    _no_holds(datastore)
+    info = client.get("/info/").json()
+    assert "epistemic" in info["scoring"] and "epistemic" in info["strategies"]
+    response = client.post("/scoring/epistemic?run_sync=true", json={})
+    assert response.status_code == 200, response.text
+    dims = app.models[app.epistemic_model].runtime.pair.spatial_dims
+    entropy = {i: datastore.get_image_info(i).get("epistemic_entropy") for i in datastore.get_unlabeled_images()}
+    readable = {i for i in entropy if i.startswith("skin" if dims == 2 else "ct")}
+    assert {i for i, e in entropy.items() if e is not None} == readable, entropy
+    highest = max(readable, key=lambda i: entropy[i])
+    given = client.post("/activelearning/epistemic", json={"client_id": "heidi"}).json()["id"]
+    assert given == highest
+    assert client.post("/activelearning/epistemic", json={"client_id": "ivan"}).json().get("id") != given  # held for heidi
+
+
 def test_an_annotator_releases_an_image_and_gets_another(server):
     client, app, _ = server
     _no_holds(app.datastore())

@@ -87,3 +87,26 @@ def test_a_replayed_session_labels_what_the_strategy_gives_and_trains_both_netwo
         assert any(not torch.equal(first[k], last[k]) for k in first), f"the {part} was not trained"
     figures = sessions.figures(result["rounds"][-1]["images"], n_classes=2)
     assert 0 <= figures["dice"] <= 1
+
+
+def test_reanalysing_a_run_writes_the_curves_and_the_tables(tmp_path, capsys):
+    """`segx al-simulate --out OUT --reanalyse`: the analysis of OUT/runs.json again (no server)."""
+    import json
+
+    from segx.cli import main
+
+    runs = []
+    for seed in (0, 1):
+        runs += [run("full", seed, [0.9], counts=(40,)), run("random", seed, [0.5, 0.8, 0.86]), run("epistemic", seed, [0.5, 0.82, 0.9])]
+    for r in runs:
+        for round_ in r["rounds"]:
+            round_.update(sample_seconds=[], train_seconds=1.0)
+        r["chosen"] = ["x"] * r["rounds"][-1]["labels"]
+    (tmp_path / "runs.json").write_text(json.dumps({"setup_name": "demo2d", "data": {"pool": 40, "test": 4}, "seconds": 1.0, "runs": runs}))
+    assert main(["al-simulate", "--out", str(tmp_path), "--reanalyse", "--resamples", "20"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("AL "):])
+    assert printed["labels_to_target"]["dice"]["epistemic"]["labels"] == 12 and printed["labels_to_target"]["dice"]["random"]["labels"] == 12
+    report = (tmp_path / "report.md").read_text()
+    assert "| epistemic | +0.030 [+0.030, +0.030]" in report  # mean of (0.82, 0.9) minus mean of (0.8, 0.86)
+    assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
+    assert main(["al-simulate", "--out", str(tmp_path / "nothing")]) == 2  # neither --data/--setup nor --reanalyse

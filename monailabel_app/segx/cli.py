@@ -150,9 +150,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _al_simulate(args: argparse.Namespace) -> int:
-    from .demo.sessions import simulate
+    from .demo.sessions import simulate, write_analysis
 
-    analysis = simulate(args.data, args.setup, args.out, args.seeds, tuple(args.strategies), args.resamples)
+    if args.reanalyse:
+        analysis = write_analysis(args.out, args.resamples)
+    elif not (args.data and args.setup):
+        raise ValueError("al-simulate needs --data and --setup (or --reanalyse with the --out of an earlier run)")
+    else:
+        analysis = simulate(args.data, args.setup, args.out, args.seeds, tuple(args.strategies), args.resamples)
     print(Path(args.out) / "report.md")
     print("AL " + json.dumps({"labels_to_target": analysis["labels_to_target"], "saving_vs_random": analysis["saving_vs_random"], "seconds": analysis["seconds"]}))
     return 0
@@ -311,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sessions = commands.add_parser("al-simulate", help="replay annotation sessions per active learning strategy through the live server "
                                    "(official MONAILabelClient): learning curves, labels to 95%% of the full-data figure, savings vs random")  # fmt: skip
-    sessions.add_argument("--data", required=True, help="a data set folder (images/, masks/, a CSV with a split column; see segx train)")
-    sessions.add_argument("--setup", required=True, choices=sorted(SETUPS), help="the recipe and the reduced scale (image size, pool, rounds, epochs)")
+    sessions.add_argument("--data", help="a data set folder (images/, masks/, a CSV with a split column; see segx train)")
+    sessions.add_argument("--setup", choices=sorted(SETUPS), help="the recipe and the reduced scale (image size, pool, rounds, epochs)")
+    sessions.add_argument("--reanalyse", action="store_true", help="analyse the runs.json of --out again (no replay)")
     sessions.add_argument("--seeds", type=int, default=3)
     sessions.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="server strategy names")
     sessions.add_argument("--resamples", type=int, default=400, help="bootstrap draws (seeds and test images)")

@@ -256,7 +256,10 @@ def analyse(runs: list[dict], n_classes: int, targets: tuple[str, ...] = ("dice"
     figure on the drawn images. ``labels_to_target`` is the first label count whose curve
     reaches :data:`TARGET_FRACTION` of the full-data figure (inf: not within the replay);
     ``saving_vs_random`` is ``1 - labels / labels of random``, undefined in a draw where
-    either does not reach it (the share of draws where both do is given)."""
+    either does not reach it (the share of draws where both do is given).
+    ``mean_after_seed_vs_random`` is, per figure, the mean of a strategy's curve over the
+    rounds after the seed round minus random's (an area between the learning curves,
+    which a replay too short to reach the target does not censor), with its paired CI."""
     by_strategy: dict[str, dict[int, dict]] = {}
     for run in runs:
         by_strategy.setdefault(run["strategy"], {})[run["seed"]] = run
@@ -288,10 +291,18 @@ def analyse(runs: list[dict], n_classes: int, targets: tuple[str, ...] = ("dice"
         finite = [v for v in values if np.isfinite(v)]
         return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))] if len(finite) >= 0.5 * len(values) else None
 
-    result = {"seeds": seeds, "n_test": n_images, "counts": counts, "full": ref, "curves": {}, "labels_to_target": {}, "saving_vs_random": {}}
+    result = {"seeds": seeds, "n_test": n_images, "counts": counts, "full": ref, "curves": {}, "labels_to_target": {}, "saving_vs_random": {},
+              "mean_after_seed_vs_random": {}}
     for strategy in strategies:
         result["curves"][strategy] = {f: {"mean": point[strategy][f], "ci": [ci([d[1][strategy][f][i] for d in draws]) for i in range(len(counts[strategy]))]}
                                       for f in FIGURES}  # fmt: skip
+    if "random" in strategies:  # the area under the curve after the seed round, paired against random: not censored like labels-to-target
+        for figure in FIGURES:
+            def gain(curves_of: dict, strategy: str) -> float:
+                return _mean(curves_of[strategy][figure][1:]) - _mean(curves_of["random"][figure][1:])
+
+            result["mean_after_seed_vs_random"][figure] = {
+                s: {"difference": gain(point, s), "ci": ci([gain(d[1], s) for d in draws])} for s in strategies if s != "random"}
     for figure in targets:
         target = TARGET_FRACTION * ref[figure]
         per_draw = [{s: _labels_to_target(counts[s], d[1][s][figure], TARGET_FRACTION * d[0][figure]) for s in strategies} for d in draws]
@@ -323,7 +334,8 @@ def plot(analysis: dict, path: Path, title: str) -> None:
 
     names = {"dice": "segmenter Dice", "auroc": "classifier macro AUROC", "balanced_accuracy": "classifier balanced accuracy",
              "segu_auroc": "SegU AUROC (right vs wrong)", "msp_auroc": "MSP AUROC (right vs wrong)"}  # fmt: skip
-    fig, axes = plt.subplots(1, len(FIGURES), figsize=(4.2 * len(FIGURES), 3.6))
+    fig, grid = plt.subplots(2, 3, figsize=(12.5, 7))
+    axes = grid.ravel()
     for ax, figure in zip(axes, FIGURES):
         for strategy, curve in analysis["curves"].items():
             x = analysis["counts"][strategy]
@@ -339,7 +351,8 @@ def plot(analysis: dict, path: Path, title: str) -> None:
                 ax.axhline(TARGET_FRACTION * full, color="black", lw=0.8, ls="--", label=f"{TARGET_FRACTION:.0%} of all labels")
         ax.set_title(names[figure], fontsize=9)
         ax.set_xlabel("labelled images")
-    axes[0].legend(fontsize=7)
+    axes[-1].axis("off")
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=9, title="strategy (band: 95 % CI)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -348,25 +361,38 @@ def plot(analysis: dict, path: Path, title: str) -> None:
 
 def simulate(data: str | Path, setup_name: str, out: str | Path, seeds: int = 3, strategies: tuple[str, ...] = STRATEGIES, n_resamples: int = 400) -> dict:
     """Prepare, replay every strategy and the full-data reference for each seed, analyse;
-    writes ``out/runs.json``, ``out/analysis.json``, ``out/learning_curves.png`` and
-    ``out/report.md``. Returns the analysis with the setup and the seconds taken."""
+    writes ``out/runs.json`` (with the setup, the data counts and the seconds taken) and
+    :func:`write_analysis`'s files. Returns the analysis."""
     setup = SETUPS[setup_name]
     out = Path(out)
     start = time.perf_counter()
-    prepared = out / "data"
-    counts = prepare(data, setup, prepared)
-    runs = []
+    counts = prepare(data, setup, out / "data")
+    record = {"setup_name": setup_name, "setup": asdict(setup), "data": counts, "runs": []}
     for seed in range(seeds):
         for strategy in (None, *strategies):
-            runs.append(replay(setup, prepared, strategy, seed, out / "runs"))
-            (out / "runs.json").write_text(json.dumps(runs))
+            record["runs"].append(replay(setup, out / "data", strategy, seed, out / "runs"))
+            record["seconds"] = round(time.perf_counter() - start, 1)
+            (out / "runs.json").write_text(json.dumps(record))
+    return write_analysis(out, n_resamples)
+
+
+def write_analysis(out: str | Path, n_resamples: int = 400) -> dict:
+    """:func:`analyse` ``out/runs.json`` again (the replays are not rerun): writes
+    ``out/analysis.json``, ``out/learning_curves.png`` and ``out/report.md``."""
+    out = Path(out)
+    record = json.loads((out / "runs.json").read_text())
+    if isinstance(record, list):  # written before the setup was recorded with the runs
+        record = {"runs": record, "setup_name": out.name, "data": {}, "seconds": None}
+    setup = SETUPS[record["setup_name"]]
+    runs = record["runs"]
     analysis = analyse(runs, len(RECIPES[setup.recipe].classes), n_resamples=n_resamples)
-    analysis.update(setup=asdict(setup), data=counts, seconds=round(time.perf_counter() - start, 1),
+    analysis.update(setup=asdict(setup), data=record["data"], seconds=record["seconds"],
                     sample_seconds=[t for run in runs for r in run["rounds"] for t in r["sample_seconds"]],
                     train_seconds=[r["train_seconds"] for run in runs for r in run["rounds"]])  # fmt: skip
     (out / "analysis.json").write_text(json.dumps(analysis, indent=1))
-    plot(analysis, out / "learning_curves.png", f"{setup_name}: {seeds} seeds, {counts['pool']} pool, {counts['test']} test images")
-    (out / "report.md").write_text(report(analysis, setup_name))
+    pool = len(next(run for run in runs if run["strategy"] == "full")["chosen"])
+    plot(analysis, out / "learning_curves.png", f"{record['setup_name']}: {len(analysis['seeds'])} seeds, {pool} pool images, {analysis['n_test']} test images")
+    (out / "report.md").write_text(report(analysis, record["setup_name"]))
     return analysis
 
 
@@ -386,6 +412,15 @@ def report(analysis: dict, name: str) -> str:
             text = "-" if saving is None else (f"{saving['saving']:+.0%}" if saving["saving"] is not None else "undefined") + (
                 f" [{saving['ci'][0]:+.0%}, {saving['ci'][1]:+.0%}]" if saving["ci"] else " [CI undefined]")
             lines.append(f"| {strategy} | {labels(entry)} | {text} |")
+        lines.append("")
+    gains = analysis.get("mean_after_seed_vs_random", {})
+    if gains:
+        lines += ["## Mean over the rounds after the seed, minus random's [paired 95 % CI]", "", "| strategy | " + " | ".join(FIGURES) + " |",
+                  "|---|" + "---|" * len(FIGURES)]  # fmt: skip
+        for strategy in next(iter(gains.values())):
+            cells = [f"{gains[f][strategy]['difference']:+.3f}" + (f" [{gains[f][strategy]['ci'][0]:+.3f}, {gains[f][strategy]['ci'][1]:+.3f}]"
+                     if gains[f][strategy]["ci"] else "") for f in FIGURES]  # fmt: skip
+            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Learning curves (mean over seeds [95 % CI])", "", "| strategy | labels | " + " | ".join(FIGURES) + " |", "|---|---|" + "---|" * len(FIGURES)]
     for strategy, curve in analysis["curves"].items():
