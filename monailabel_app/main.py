@@ -133,7 +133,8 @@ class SegXApp(MONAILabelApp):
         strategies = {SegULowestCertainty.name: SegULowestCertainty(self.segu_scoring), "random": Random(), "first": First()}
         if self.epistemic_model:
             strategies["epistemic"] = Epistemic()
-        return {name: Held(strategy, hold) for name, strategy in strategies.items()}
+        model_dims = {name: model.runtime.pair.spatial_dims for name, model in self.models.items()}
+        return {name: Held(strategy, hold, model_dims) for name, strategy in strategies.items()}
 
     def infer_tasks(self) -> dict:
         return self._infers

@@ -524,6 +524,27 @@ def test_monai_labels_own_strategies_are_offered_with_the_same_holds(server):
     assert ask("first", "carol") == carol  # hers stays hers
 
 
+def test_a_strategy_gives_only_images_the_named_model_can_take(server):
+    """MONAI Label's random and first do not look at the model: on these mixed studies (2D
+    pictures, 3D volumes) they would give a 3D model's annotator a picture. Named, the
+    model's number of axes decides (read from the headers); unnamed, any image."""
+    client, app, _ = server
+    datastore = app.datastore()
+    for strategy in ("random", "first"):
+        for model, prefix in (("toy3d", "ct"), ("toy2d", "skin")):
+            given = set()
+            for n in range(6):
+                _no_holds(datastore)
+                response = client.post(f"/activelearning/{strategy}", json={"client_id": f"judy{n}", "model": model})
+                assert response.status_code == 200, response.text
+                given.add(response.json().get("id"))
+            unlabeled = {i for i in datastore.get_unlabeled_images() if i.startswith(prefix)}
+            assert given <= unlabeled | ({None} if not unlabeled else set()), (strategy, model, given)
+    _no_holds(datastore)
+    anyone = {client.post("/activelearning/first", json={"client_id": f"kim{n}"}).json().get("id") for n in range(5)}
+    assert any(i.startswith("ct") for i in anyone) and any(i.startswith("skin") for i in anyone)
+
+
 def test_epistemic_scoring_and_strategy_as_monai_label_ships_them(server):
     """MONAI Label's EpistemicScoring (dropout passes of the epistemic model's segmenter)
     writes `epistemic_entropy` into the unlabeled images it can read (a 3D volume for a 2D

@@ -127,7 +127,7 @@ def test_server_messages_reach_the_user(live):
 def test_next_sample_submit_label_and_train(live):
     url, studies = live
     client = SegXClient(url)
-    sample = run_in_background(jobs.next_sample, client, "slicer3d")
+    sample = run_in_background(jobs.next_sample, client, "slicer3d", "", "", "segu_lowest_certainty")  # a strategy the settings may name
     assert sample.image_id.startswith("test3d_") and 0.0 <= sample.reply["certainty"] <= 1.0
     assert sample.content == (studies / sample.file_name).read_bytes()
 

@@ -16,6 +16,7 @@ import vtk
 from slicer_harness import QMessageBox, QSettings, QShortcut, SlicerHarness
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "SegXSlicer"))
+from SegXSlicerLib.jobs import STRATEGY  # noqa: E402
 
 CT = "test3d_11_0000.nii.gz"
 
@@ -290,7 +291,8 @@ def test_skip_gives_the_image_back_and_loads_another(harness, own_slicer_server)
     skipped = panel.logic.source.GetAttribute("SegX.imageId")
     assert ui.skipSampleButton.enabled
     given_by = requests.get(f"{url}/datastore/image/info", params={"image": skipped}, timeout=10).json()["strategy"]
-    assert list(given_by) == ["segu_lowest_certainty"], given_by
+    assert list(given_by) == [STRATEGY] == ["random"], given_by  # the default the replayed sessions chose
+    assert skipped.startswith("test3d"), "a volume for the 3D model (random itself does not look at the model)"
     ui.skipSampleButton.click()
     harness.wait_for_job()
     harness.wait_for_job()

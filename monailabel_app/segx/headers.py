@@ -732,3 +732,20 @@ def check_image_file(path: str | Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> 
         raise ValueError(f"cannot read {path.name}: {error.strerror or _public(str(error), path) or type(error).__name__}") from error
     except Exception as error:  # readers raise many types (nibabel, PIL, pydicom, struct, int()): one clear message
         raise ValueError(f"cannot read the header of {path.name}: {_public(str(error), path) or type(error).__name__}") from error
+
+
+def spatial_dims(path: str | Path) -> int:
+    """2 or 3: the spatial axes the image file or DICOM folder at ``path`` declares, from
+    its headers (:func:`check_image_file`): a picture 2; DICOM 2 for a single frame or
+    slice; NIfTI, NRRD, MetaImage 3 when its first three sizes all exceed 1.
+
+    Raises:
+        ValueError: the file is refused (see :func:`check_image_file`).
+    """
+    path = Path(path)
+    shape = check_image_file(path)
+    if any(path.name.lower().endswith(suffix) for suffix in _PICTURE_FORMATS):
+        return 2
+    if path.is_dir() or not any(path.name.lower().endswith(suffix) for suffix in SUFFIXES) or path.name.lower().endswith(".dcm"):
+        return 2 if shape[0] == 1 else 3  # (frames or slices, rows, columns, samples)
+    return 3 if len(shape) >= 3 and all(size > 1 for size in shape[:3]) else 2

@@ -7,10 +7,13 @@ dropout on) writes ``epistemic_entropy`` into each unlabeled image's info, and i
 
 A segmenter without dropout layers gives the same output every pass: the score is then
 the entropy of its one softmax output. ``POST /scoring/epistemic`` scores with the weights
-in use (MONAI Label skips images scored with the same weight file timestamp).
+in use (MONAI Label skips images scored with the same weight file timestamp); an image
+it cannot score is skipped (:class:`EachImageEpistemicScoring`).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 from monai.inferers import SimpleInferer
@@ -22,6 +25,9 @@ from monailabel.tasks.scoring.epistemic_v2 import EpistemicScoring
 from segx.config import load_network
 
 from ..infers.runtime import ModelRuntime
+from ..security import public
+
+logger = logging.getLogger(__name__)
 
 
 class DropoutSegmentation(BasicInferTask):
@@ -63,6 +69,18 @@ class DropoutSegmentation(BasicInferTask):
         return super().__call__({**request, "device": str(self.device)}, callbacks)
 
 
+class EachImageEpistemicScoring(EpistemicScoring):
+    """MONAI Label's scoring, but an image it cannot score (a 3D volume for a 2D
+    segmenter, an unreadable file) is logged and left unscored: as shipped, one such image
+    fails the whole scoring (HTTP 500) and no image gets a score."""
+
+    def run_scoring(self, image_id, simulation_size, model_ts, datastore):
+        try:
+            return super().run_scoring(image_id, simulation_size, model_ts, datastore)
+        except Exception as error:  # noqa: BLE001 (any failure of one image; the others go on)
+            logger.warning(f"epistemic scoring: {image_id} skipped: {type(error).__name__}: {public(str(error))}")
+
+
 def epistemic_scoring(runtime: ModelRuntime, simulation_size: int = 5) -> EpistemicScoring:
-    """MONAI Label's scoring (one worker: the server's cores run the passes) for ``runtime``'s segmenter."""
-    return EpistemicScoring(DropoutSegmentation(runtime), simulation_size=simulation_size)
+    """MONAI Label's scoring of ``runtime``'s segmenter, image by image."""
+    return EachImageEpistemicScoring(DropoutSegmentation(runtime), simulation_size=simulation_size)

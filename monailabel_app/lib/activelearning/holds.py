@@ -4,15 +4,24 @@ MONAI Label's active-learning route records, in an image's info, which client go
 which strategy and when (``strategy.<name>.client_id`` and ``ts``). An image another
 client got from *any* strategy less than ``hold_seconds`` ago is held: no strategy gives it
 out. A client releases an image it holds by naming it in ``release`` (a skip: the image is
-not given back in the same answer, and other annotators may have it at once).
+not given back in the same answer, and other annotators may have it at once). A request
+that names its ``model`` is given only images with that model's number of spatial axes
+(MONAI Label's ``random``, ``first`` and ``epistemic`` do not look at the model: on a
+datastore of 2D pictures and 3D volumes they would give a 3D model's annotator a picture).
 """
 
 from __future__ import annotations
 
 import time
 
+import logging
+
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
+
+from segx.headers import spatial_dims
+
+logger = logging.getLogger(__name__)
 
 
 def holder(info: dict, hold_seconds: float, now: float) -> str | None:
@@ -48,12 +57,23 @@ class Held(Strategy):
     """``strategy`` (any :class:`Strategy`, MONAI Label's own as they ship) over the
     unlabeled images no other client holds, after ``release`` of the request's image."""
 
-    def __init__(self, strategy: Strategy, hold_seconds: float):
-        super().__init__(f"{strategy.description} (not an image another annotator holds; 'release' skips one)")
-        self.strategy, self.hold_seconds = strategy, hold_seconds
+    def __init__(self, strategy: Strategy, hold_seconds: float, model_dims: dict[str, int]):
+        super().__init__(f"{strategy.description} (not an image another annotator holds, nor one the named model cannot take; 'release' skips one)")
+        self.strategy, self.hold_seconds, self.model_dims = strategy, hold_seconds, model_dims
+        self._dims: dict[str, int | None] = {}  # image id -> spatial axes (None: unreadable), read once
+
+    def _image_dims(self, datastore: Datastore, image_id: str) -> int | None:
+        if image_id not in self._dims:
+            try:
+                self._dims[image_id] = spatial_dims(datastore.get_image_uri(image_id))
+            except (ValueError, OSError) as error:
+                logger.warning(f"active learning: {image_id} left out: {error}")
+                self._dims[image_id] = None
+        return self._dims[image_id]
 
     def __call__(self, request, datastore: Datastore):
         client = str(request.get("client_id") or "")
+        dims = self.model_dims.get(str(request.get("model") or ""))
         left_out = set()
         if request.get("release"):
             release(datastore, str(request["release"]), client)
@@ -61,6 +81,6 @@ class Held(Strategy):
         now = time.time()
         for image_id in datastore.get_unlabeled_images():
             owner = holder(datastore.get_image_info(image_id), self.hold_seconds, now)
-            if owner not in (None, client):
+            if owner not in (None, client) or (dims is not None and self._image_dims(datastore, image_id) != dims):
                 left_out.add(image_id)
         return self.strategy(request, _Without(datastore, left_out))

@@ -179,6 +179,7 @@ class _PairTrainer(TrainTask):
                 logger.info(f"epoch {epoch}: new weights published: {self.weights.name}")
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(schedule.seed)  # dropout masks: the same training from the same samples (fit seeds its shuffling and flips)
         log = fit(network, train, val, self.field, schedule, int(options["max_epochs"]), len(self.runtime.pair.class_names),
                   desc=self.description, on_best=publish, device=device)  # fmt: skip
         log.update(n_train=len(train), n_val=len(val), recipe=self.recipe.name if self.recipe else None, published_epochs=published,
