@@ -15,8 +15,9 @@
   replaced) and *train -> in use* (the first SegX answer after that whose segmentation
   differs from the one before training).
 
-Last line ``RESULT {json}``: ``labels_to_target_<figure>_<strategy>_<dataset>`` (inf: not
-reached), ``saving_vs_random_<figure>_<strategy>_<dataset>`` with ``..._ci``,
+Last line ``RESULT {json}``: ``labels_to_target_<figure>_<strategy>_<dataset>`` (null: not
+reached within the replay), ``saving_vs_random_<figure>_<strategy>_<dataset>`` with
+``..._ci``, ``dice_mean_after_seed_minus_random_<strategy>_<dataset>`` with ``..._ci``,
 ``next_sample_p50_s`` / ``_p95_s``, ``submit_p50_s`` / ``_p95_s``, ``train_to_published_s``,
 ``train_to_in_use_s``.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -62,12 +64,15 @@ def replays(datasets: list[str], out: Path, seeds: int, reuse: bool) -> dict:
             continue
         for figure, table in analysis["labels_to_target"].items():
             for strategy, entry in table.items():
-                figures[f"labels_to_target_{figure}_{strategy}_{name}"] = entry["labels"]
+                figures[f"labels_to_target_{figure}_{strategy}_{name}"] = entry["labels"] if math.isfinite(entry["labels"]) else None  # None: not reached
                 figures[f"labels_to_target_{figure}_{strategy}_{name}_ci"] = entry["ci"]
         for figure, table in analysis["saving_vs_random"].items():
             for strategy, entry in table.items():
                 figures[f"saving_vs_random_{figure}_{strategy}_{name}"] = entry["saving"]
                 figures[f"saving_vs_random_{figure}_{strategy}_{name}_ci"] = entry["ci"]
+        for strategy, entry in analysis["mean_after_seed_vs_random"]["dice"].items():
+            figures[f"dice_mean_after_seed_minus_random_{strategy}_{name}"] = round(entry["difference"], 4)
+            figures[f"dice_mean_after_seed_minus_random_{strategy}_{name}_ci"] = [round(v, 4) for v in entry["ci"]]
         figures[f"full_{name}"] = analysis["full"]
         figures[f"replay_seconds_{name}"] = analysis["seconds"]
     return figures
@@ -80,7 +85,7 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 def latencies(studies_n: int, images: int, strategy: str, epochs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="segx_al_bench_") as tmp:
         tmp = Path(tmp)
-        generate(tmp / "phantoms", 2, studies_n, 11, "bench")
+        generate(tmp / "phantoms", 2, studies_n, 11, "test", progress=False)
         studies = tmp / "studies"
         studies.mkdir()
         for image in (tmp / "phantoms" / "images").glob("*.png"):
