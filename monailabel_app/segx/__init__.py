@@ -1,6 +1,7 @@
 """SegX core: explanations of a classifier aligned with the clinical region found by a
 segmentation model (SegX), and a certainty score from how far the unrefined explanation
-strays from that region (SegU). Imports neither monailabel nor slicer.
+strays from that region (SegU). Imports neither monailabel nor slicer (one exception:
+``segx.demo.sessions`` replays annotation sessions with MONAI Label's official client).
 
     from segx import explain, load_model_pair
     result = explain(load_model_pair("pair.yaml"), "image.nii.gz")
@@ -13,8 +14,8 @@ import and fails otherwise):
   images (``imageio``, ``headers``), explainers, SegX refinement, SegU certainty, the engine.
 - ``segx.formats``: results as files and DICOM, the PACS.
 - ``segx.evaluation``: datasets, metrics, controls, whole-dataset runs, calibration, worklists.
-- ``segx.training``: training recipes, the shortcut experiment.
-- ``segx.demo``: phantoms, the end-to-end demo, the test server helper.
+- ``segx.training``: training recipes, the one training loop (``engine``), the shortcut experiment.
+- ``segx.demo``: phantoms, the end-to-end demo, the test server helper, replayed annotation sessions.
 - ``segx.cli``: the command line, over all of them.
 """
 
