@@ -30,7 +30,7 @@ def test_labels_to_target_and_saving_against_random_by_hand():
     for seed in (0, 1):
         runs += [run("full", seed, [0.9], counts=(40,)), run("random", seed, [0.5, 0.8, 0.86]), run("segu_lowest_certainty", seed, [0.5, 0.86, 0.87]),
                  run("first", seed, [0.5, 0.6, 0.7])]  # fmt: skip
-    analysis = sessions.analyse(runs, n_classes=2, targets=("dice",), n_resamples=30)
+    analysis = sessions.analyse(runs, targets=("dice",), n_resamples=30)
     table = analysis["labels_to_target"]["dice"]
     assert analysis["full"]["dice"] == pytest.approx(0.9)
     assert table["random"]["labels"] == 12 and table["segu_lowest_certainty"]["labels"] == 8
@@ -49,7 +49,7 @@ def test_the_bootstrap_resamples_seeds_together_across_strategies():
     runs = [run("full", 0, [0.9], (40,)), run("full", 1, [0.9], (40,)),
             run("random", 0, [0.9, 0.9, 0.9]), run("random", 1, [0.5, 0.5, 0.9]),
             run("segu_lowest_certainty", 0, [0.9, 0.9, 0.9]), run("segu_lowest_certainty", 1, [0.5, 0.5, 0.9])]  # fmt: skip
-    analysis = sessions.analyse(runs, n_classes=2, targets=("dice",), n_resamples=200)
+    analysis = sessions.analyse(runs, targets=("dice",), n_resamples=200)
     labels = analysis["labels_to_target"]["dice"]["random"]
     assert labels["ci"][0] < labels["ci"][1], "seed draws change the labels needed"
     assert analysis["saving_vs_random"]["dice"]["segu_lowest_certainty"]["ci"] == [0.0, 0.0]
@@ -85,12 +85,13 @@ def test_a_replayed_session_labels_what_the_strategy_gives_and_trains_both_netwo
         first = torch.load(weights / f"session_{part}.pt.previous", weights_only=True)
         last = torch.load(weights / f"session_{part}.pt", weights_only=True)
         assert any(not torch.equal(first[k], last[k]) for k in first), f"the {part} was not trained"
-    figures = sessions.figures(result["rounds"][-1]["images"], n_classes=2)
+    figures = sessions.figures(result["rounds"][-1]["images"])
     assert 0 <= figures["dice"] <= 1
 
 
 def test_reanalysing_a_run_writes_the_curves_and_the_tables(tmp_path, capsys):
     """`segx al-simulate --out OUT --reanalyse`: the analysis of OUT/runs.json again (no server)."""
+    import dataclasses
     import json
 
     from segx.cli import main
@@ -102,7 +103,8 @@ def test_reanalysing_a_run_writes_the_curves_and_the_tables(tmp_path, capsys):
         for round_ in r["rounds"]:
             round_.update(sample_seconds=[], train_seconds=1.0)
         r["chosen"] = ["x"] * r["rounds"][-1]["labels"]
-    (tmp_path / "runs.json").write_text(json.dumps({"setup_name": "demo2d", "data": {"pool": 40, "test": 4}, "seconds": 1.0, "runs": runs}))
+    record = {"setup_name": "demo2d", "setup": dataclasses.asdict(sessions.SETUPS["demo2d"]), "data": {"pool": 40, "test": 4}, "seconds": 1.0, "runs": runs}
+    (tmp_path / "runs.json").write_text(json.dumps(record))  # as simulate() writes it
     assert main(["al-simulate", "--out", str(tmp_path), "--reanalyse", "--resamples", "20"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("AL "):])
     assert printed["labels_to_target"]["dice"]["epistemic"]["labels"] == 12 and printed["labels_to_target"]["dice"]["random"]["labels"] == 12

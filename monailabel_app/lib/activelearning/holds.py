@@ -12,9 +12,10 @@ datastore of 2D pictures and 3D volumes they would give a 3D model's annotator a
 
 from __future__ import annotations
 
-import time
-
 import logging
+import time
+from functools import lru_cache
+from pathlib import Path
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -22,6 +23,17 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from segx.headers import spatial_dims
 
 logger = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=None)
+def image_axes(path: str) -> int | None:
+    """The spatial axes of the image at ``path`` (:func:`segx.headers.spatial_dims`; None:
+    unreadable), read once for every strategy."""
+    try:
+        return spatial_dims(path)
+    except (ValueError, OSError) as error:
+        logger.warning(f"active learning: {Path(path).name} left out: {error}")
+        return None
 
 
 def holder(info: dict, hold_seconds: float, now: float) -> str | None:
@@ -60,16 +72,6 @@ class Held(Strategy):
     def __init__(self, strategy: Strategy, hold_seconds: float, model_dims: dict[str, int]):
         super().__init__(f"{strategy.description} (not an image another annotator holds, nor one the named model cannot take; 'release' skips one)")
         self.strategy, self.hold_seconds, self.model_dims = strategy, hold_seconds, model_dims
-        self._dims: dict[str, int | None] = {}  # image id -> spatial axes (None: unreadable), read once
-
-    def _image_dims(self, datastore: Datastore, image_id: str) -> int | None:
-        if image_id not in self._dims:
-            try:
-                self._dims[image_id] = spatial_dims(datastore.get_image_uri(image_id))
-            except (ValueError, OSError) as error:
-                logger.warning(f"active learning: {image_id} left out: {error}")
-                self._dims[image_id] = None
-        return self._dims[image_id]
 
     def __call__(self, request, datastore: Datastore):
         client = str(request.get("client_id") or "")
@@ -81,6 +83,6 @@ class Held(Strategy):
         now = time.time()
         for image_id in datastore.get_unlabeled_images():
             owner = holder(datastore.get_image_info(image_id), self.hold_seconds, now)
-            if owner not in (None, client) or (dims is not None and self._image_dims(datastore, image_id) != dims):
+            if owner not in (None, client) or (dims is not None and image_axes(datastore.get_image_uri(image_id)) != dims):
                 left_out.add(image_id)
         return self.strategy(request, _Without(datastore, left_out))

@@ -219,7 +219,7 @@ class SegmenterTrainer(_PairTrainer):
     def _sample(self, item: dict) -> dict:
         """...with its label map ``(1, *size)`` long, resampled nearest-neighbour onto the network's grid."""
         label = self.label_grid({"label": item["label"]})["label"]
-        return {**super()._sample(item), "label": torch.as_tensor(label.as_tensor()).round().long()}
+        return {**super()._sample(item), "label": label.as_tensor().round().long()}
 
 
 class ClassifierTrainer(_PairTrainer):

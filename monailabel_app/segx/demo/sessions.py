@@ -155,10 +155,6 @@ def _train(client, model: str, epochs: int, poll: float = 0.5) -> float:
     return time.perf_counter() - start
 
 
-def test_studies(prepared: Path, classes: list[str]) -> list[Study]:
-    return find_studies(classes, prepared / "test", Layout(), "test")[0]
-
-
 def measure(config_file: Path, studies: list[Study]) -> list[dict]:
     """Per test image, with the published weights: ``label`` (class index), ``p`` (class
     probabilities), ``correct``, ``dice`` (predicted clinical region vs mask), ``msp`` and
@@ -185,7 +181,7 @@ def replay(setup: Setup, prepared: Path, strategy: str | None, seed: int, out: P
     for image in (prepared / "pool").glob("*.png"):
         (studies / image.name).write_bytes(image.read_bytes())
     classes = json.loads((prepared / "classes.json").read_text())
-    held_out = test_studies(prepared, RECIPES[setup.recipe].classes)
+    held_out, _ = find_studies(RECIPES[setup.recipe].classes, prepared / "test", Layout(), "test")
     rounds, chosen = [], []
     with running_server(studies, model, run / "server.log", models_dir=models) as server:
         client = MONAILabelClient(server.url, tmpdir=str(run / "client"), client_id="annotator")
@@ -221,7 +217,7 @@ def replay(setup: Setup, prepared: Path, strategy: str | None, seed: int, out: P
     return {"strategy": name, "seed": seed, "rounds": rounds, "chosen": chosen}
 
 
-def figures(images: list[dict], n_classes: int) -> dict:
+def figures(images: list[dict]) -> dict:
     """:data:`FIGURES` of per-image records (:func:`measure`); an AUROC is None where it is
     undefined (one class, or all right or all wrong)."""
     correct = np.array([r["correct"] for r in images], dtype=bool)
@@ -247,7 +243,7 @@ def _labels_to_target(counts: list[int], curve: list[float], target: float) -> f
     return next((float(n) for n, value in zip(counts, curve) if value >= target), float("inf"))
 
 
-def analyse(runs: list[dict], n_classes: int, targets: tuple[str, ...] = ("dice", "auroc"), n_resamples: int = 400, seed: int = 0) -> dict:
+def analyse(runs: list[dict], targets: tuple[str, ...] = ("dice", "auroc"), n_resamples: int = 400, seed: int = 0) -> dict:
     """Learning curves, labels-to-target and savings against ``random`` (see the module
     docstring) from :func:`replay`'s results (the ``full`` runs are the reference).
 
@@ -271,7 +267,7 @@ def analyse(runs: list[dict], n_classes: int, targets: tuple[str, ...] = ("dice"
 
     def curves(seed_draw: list[int], image_draw: np.ndarray) -> tuple[dict, dict]:
         def figure_of(run_round: dict) -> dict:
-            return figures([run_round["images"][i] for i in image_draw], n_classes)
+            return figures([run_round["images"][i] for i in image_draw])
 
         full = [figure_of(reference[k]["rounds"][-1]) for k in seed_draw]
         ref = {f: _mean(r[f] for r in full) for f in FIGURES}
@@ -381,12 +377,9 @@ def write_analysis(out: str | Path, n_resamples: int = 400) -> dict:
     ``out/analysis.json``, ``out/learning_curves.png`` and ``out/report.md``."""
     out = Path(out)
     record = json.loads((out / "runs.json").read_text())
-    if isinstance(record, list):  # written before the setup was recorded with the runs
-        record = {"runs": record, "setup_name": out.name, "data": {}, "seconds": None}
-    setup = SETUPS[record["setup_name"]]
     runs = record["runs"]
-    analysis = analyse(runs, len(RECIPES[setup.recipe].classes), n_resamples=n_resamples)
-    analysis.update(setup=asdict(setup), data=record["data"], seconds=record["seconds"],
+    analysis = analyse(runs, n_resamples=n_resamples)
+    analysis.update(setup=record["setup"], data=record["data"], seconds=record["seconds"],
                     sample_seconds=[t for run in runs for r in run["rounds"] for t in r["sample_seconds"]],
                     train_seconds=[r["train_seconds"] for run in runs for r in run["rounds"]])  # fmt: skip
     (out / "analysis.json").write_text(json.dumps(analysis, indent=1))
